@@ -1,0 +1,55 @@
+#!/usr/bin/env bun
+import { printErr, UsageError } from "./commands/args.ts";
+/**
+ * multilora's command line: one entry point, one module per command under src/commands/.
+ */
+import { runExtract } from "./commands/extract.ts";
+import { runInspect } from "./commands/inspect.ts";
+import { MultiloraError } from "./errors.ts";
+import { VERSION } from "./version.ts";
+
+const HELP = `multilora ${VERSION}: one base model, many LoRA adapters.
+
+Usage: multilora <command> [options]
+
+Commands:
+  extract    convert a Hugging Face PEFT adapter to TensorRT-LLM's LoRA format
+  inspect    show what an adapter (either format) holds, and whether it is valid
+
+Run "multilora <command> --help" for a command's options.`;
+
+const COMMANDS: Record<string, (argv: string[]) => number | Promise<number>> = {
+  extract: runExtract,
+  inspect: runInspect,
+};
+
+export async function main(argv: string[]): Promise<number> {
+  const [command, ...rest] = argv;
+  if (command === undefined || command === "-h" || command === "--help" || command === "help") {
+    console.log(HELP);
+    return command === undefined ? 2 : 0;
+  }
+  if (command === "--version" || command === "-V") {
+    console.log(VERSION);
+    return 0;
+  }
+  const run = COMMANDS[command];
+  try {
+    if (!run) throw new UsageError(`unknown command "${command}"`);
+    return await run(rest);
+  } catch (e) {
+    if (e instanceof UsageError) {
+      printErr(
+        `multilora ${run ? command : ""}: ${e.message}\nRun "multilora ${run ? `${command} ` : ""}--help" for usage.`,
+      );
+      return 2;
+    }
+    if (e instanceof MultiloraError) {
+      printErr(`error: ${e.message}`);
+      return 1;
+    }
+    throw e;
+  }
+}
+
+if (import.meta.main) process.exit(await main(process.argv.slice(2)));

@@ -1,0 +1,52 @@
+/**
+ * Reads a JSON file and validates it with a valibot schema, reporting every problem at once with the
+ * field path it concerns.
+ */
+import { readFileSync } from "node:fs";
+import * as v from "valibot";
+import { listProblems, MultiloraError } from "../errors.ts";
+import { fileError } from "./files.ts";
+
+/** The issues of a failed parse as "field.path: message" lines. */
+export function describeIssues(issues: readonly v.BaseIssue<unknown>[]): string[] {
+  return issues.map((issue) => {
+    const path = v.getDotPath(issue);
+    return path ? `${path}: ${issue.message}` : issue.message;
+  });
+}
+
+/** Validates `value` against `schema`; on failure one error lists every problem, headed by `source`. */
+export function parseWith<const S extends v.GenericSchema>(
+  schema: S,
+  value: unknown,
+  source: string,
+  code = "invalid_config",
+): v.InferOutput<S> {
+  const result = v.safeParse(schema, value);
+  if (result.success) return result.output;
+  throw new MultiloraError(listProblems(`${source} is not valid:`, describeIssues(result.issues)), { code });
+}
+
+/** Reads and parses the JSON file at `path` (no schema). */
+export function readJson(path: string, code = "invalid_config"): unknown {
+  let text: string;
+  try {
+    text = readFileSync(path, "utf8");
+  } catch (e) {
+    throw fileError(path, e, "read");
+  }
+  try {
+    return JSON.parse(text);
+  } catch (e) {
+    throw new MultiloraError(`${path}: not valid JSON (${(e as Error).message})`, { code });
+  }
+}
+
+/** Reads the JSON file at `path` and validates it against `schema`. */
+export function readJsonFile<const S extends v.GenericSchema>(
+  path: string,
+  schema: S,
+  code = "invalid_config",
+): v.InferOutput<S> {
+  return parseWith(schema, readJson(path, code), path, code);
+}
