@@ -14,6 +14,7 @@ import { readSync } from "node:fs";
 import { MultiloraError } from "../errors.ts";
 import { type DType, dtypeSize, isDType, type TypedView, typedView } from "./dtypes.ts";
 import { openForReading } from "./files.ts";
+import { type Sha256Stream, sha256Stream } from "./sha256.ts";
 
 /** The largest header we accept: the reference implementation's limit. */
 export const MAX_HEADER_BYTES = 100_000_000;
@@ -220,12 +221,15 @@ function checkCoverage(tensors: TensorInfo[], dataStart: number, fileLength: num
 }
 
 /**
- * Reads a whole file into memory we own. Large files are read in 8 MiB calls; the same calls serve the
- * extract benchmark's plain-copy baseline.
+ * Reads a whole file into memory we own, in 8 MiB calls (the extract benchmark's plain-copy baseline makes
+ * the same calls). `onChunk(bytes, end)` is told after each call that bytes [0, end) are in place.
  *
- * With `shared`, the memory is a SharedArrayBuffer so a worker can hash it while the caller uses it.
+ * With `shared`, the memory is a SharedArrayBuffer, so a worker can hash it while it is read and used.
  */
-export function readFileBytes(path: string, options: { shared?: boolean } = {}): Uint8Array {
+export function readFileBytes(
+  path: string,
+  options: { shared?: boolean; onChunk?: (bytes: Uint8Array, end: number) => void } = {},
+): Uint8Array {
   const { fd, size, close } = openForReading(path);
   try {
     const bytes = new Uint8Array(options.shared ? new SharedArrayBuffer(size) : new ArrayBuffer(size));
@@ -234,6 +238,7 @@ export function readFileBytes(path: string, options: { shared?: boolean } = {}):
       const n = readSync(fd, bytes, done, Math.min(READ_CHUNK, size - done), done);
       if (n === 0) throw new MultiloraError(`${path}: file shrank while it was read`, { code: "io_error" });
       done += n;
+      options.onChunk?.(bytes, done);
     }
     return bytes;
   } finally {
@@ -243,9 +248,22 @@ export function readFileBytes(path: string, options: { shared?: boolean } = {}):
 
 const READ_CHUNK = 8 << 20;
 
+/** Reads `path` into memory we own and hashes it on the way (sha256, hex; off the main thread when big). */
+export function readFileHashed(path: string): { bytes: Uint8Array; sha256: Promise<string> } {
+  let stream: Sha256Stream | undefined;
+  const bytes = readFileBytes(path, {
+    shared: true,
+    onChunk: (filling, end) => {
+      stream ??= sha256Stream(filling);
+      stream.advance(end);
+    },
+  });
+  return { bytes, sha256: (stream ?? sha256Stream(bytes)).digest() };
+}
+
 /** Reads `path` into memory we own and parses it (for adapters, which may be rewritten while we serve). */
-export function readSafetensors(path: string, options: { shared?: boolean } = {}): SafetensorsFile {
-  return parseSafetensors(readFileBytes(path, options), path);
+export function readSafetensors(path: string): SafetensorsFile {
+  return parseSafetensors(readFileBytes(path), path);
 }
 
 /** Memory-maps `path` (no copy) and parses it: for model weights, which are not replaced while serving. */

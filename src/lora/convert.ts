@@ -8,12 +8,15 @@
  * For a fused gate_up_proj (module mlp_gate_up) the two halves of B are swapped: PEFT stores
  * [gate; up], TensorRT-LLM reads [up; gate].
  *
- * Rows are converted and streamed one chunk at a time; the source file is hashed on a worker meanwhile.
+ * Rows are converted (by the native kernel when the library is built, else in TypeScript) and streamed
+ * one chunk at a time, while the source file's sha256 is computed on a worker.
  * Nothing appears at the output path unless every row converted cleanly.
  */
+
+import { nativeCastFloats } from "../engine/native.ts";
 import { listProblems, MultiloraError } from "../errors.ts";
 import {
-  castFloats,
+  castFloats as castFloatsTs,
   countNonFinite,
   type FloatDType,
   type FloatSource,
@@ -22,7 +25,6 @@ import {
 import type { BaseModel } from "../formats/model-config.ts";
 import type { SafetensorsFile, TensorInfo } from "../formats/safetensors-reader.ts";
 import { SafetensorsWriter } from "../formats/safetensors-writer.ts";
-import { sha256Hex } from "../formats/sha256.ts";
 import { VERSION } from "../version.ts";
 import { MODULE_IDS, type ModuleName } from "./modules.ts";
 import { hasFatal, type LoraPair, type PeftAdapter } from "./peft-adapter.ts";
@@ -89,7 +91,6 @@ export async function convertPeftAdapter(
   const rowLength = Math.max(...pairs.map((p) => p.rank * (p.in + p.out)));
   const rowBytes = rowLength * elemSize;
   const config = new Int32Array(pairs.flatMap((p) => [MODULE_IDS[p.module], p.layer, p.rank]));
-  const hashing = sha256Hex(adapter.file.bytes);
   const metadata = provenance(adapter, dtype, "0".repeat(64));
   const writer = SafetensorsWriter.create(
     options.output,
@@ -110,7 +111,7 @@ export async function convertPeftAdapter(
       );
     }
     writer.write(new Uint8Array(config.buffer));
-    const sourceSha256 = await hashing;
+    const sourceSha256 = await adapter.sha256;
     writer.setMetadata({ ...metadata, [SOURCE_SHA256_KEY]: sourceSha256 });
     writer.commit();
     return {
@@ -126,7 +127,6 @@ export async function convertPeftAdapter(
     };
   } catch (e) {
     writer.abort();
-    await hashing.catch(() => {});
     throw e;
   }
 }
@@ -163,6 +163,13 @@ function provenance(adapter: PeftAdapter, dtype: FloatDType, sha256: string): Re
     converter: `multilora ${VERSION}`,
   };
 }
+
+/** The native kernel when available (bit-identical, several times faster), else TypeScript. */
+const castFloats: typeof castFloatsTs = (...args) => {
+  const native = nativeCast?.(...args) ?? -1;
+  return native >= 0 ? native : castFloatsTs(...args);
+};
+const nativeCast = nativeCastFloats();
 
 function floatSource(file: SafetensorsFile, t: TensorInfo): FloatSource {
   return { dtype: t.dtype, data: file.view(t.name) } as FloatSource;

@@ -7,7 +7,12 @@ import { existsSync, statSync } from "node:fs";
 import { basename, join, resolve } from "node:path";
 import { listProblems, MultiloraError } from "../errors.ts";
 import type { FloatDType } from "../formats/dtypes.ts";
-import { readSafetensors, type SafetensorsFile, type TensorInfo } from "../formats/safetensors-reader.ts";
+import {
+  parseSafetensors,
+  readFileHashed,
+  type SafetensorsFile,
+  type TensorInfo,
+} from "../formats/safetensors-reader.ts";
 import { HF_MODULES, type HfModuleName, isHfModuleName, LLAMA_MODULES, type ModuleName } from "./modules.ts";
 import {
   configWarnings,
@@ -45,6 +50,8 @@ export interface PeftAdapter {
   weightsPath: string;
   config: PeftConfig;
   file: SafetensorsFile;
+  /** sha256 (hex) of adapter_model.safetensors, computed in the background while it was read. */
+  sha256: Promise<string>;
   /** Pairs sorted by layer, then module id. */
   pairs: LoraPair[];
   /** What cannot be converted, settings first, then tensors. */
@@ -113,7 +120,8 @@ export function readPeftAdapter(dir: string): PeftAdapter {
     throw new MultiloraError(`${dir}: has no adapter_model.safetensors`, { code: "invalid_adapter" });
   }
   const config = readPeftConfig(configPath);
-  const file = readSafetensors(weightsPath, { shared: true });
+  const read = readFileHashed(weightsPath);
+  const file = parseSafetensors(read.bytes, weightsPath);
   const { pairs, unsupported, problems } = pairTensors(file, config);
   if (problems.length > 0) {
     throw new MultiloraError(listProblems(`${weightsPath} cannot be converted:`, problems), {
@@ -127,6 +135,7 @@ export function readPeftAdapter(dir: string): PeftAdapter {
     weightsPath,
     config,
     file,
+    sha256: read.sha256,
     pairs,
     unsupported: [...unsupportedSettings(config), ...unsupported],
     warnings: configWarnings(config),

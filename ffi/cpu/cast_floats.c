@@ -1,0 +1,134 @@
+/*
+ * mlr_cast_floats: f32 / f16 / bf16 conversion with an optional f32 scale, round-to-nearest-even,
+ * counting non-finite outputs. Works in blocks through an f32 scratch so each step is a simple loop the
+ * compiler vectorises; the hot f32 -> bf16 path is one fused loop.
+ */
+#include <string.h>
+
+#include "multilora.h"
+
+enum { BLOCK = 4096 };
+
+/* ---------------------------------------------------------------------------------------------- */
+/* scalar bit conversions (same definitions as src/formats/dtypes.ts) */
+
+static inline uint32_t f32_bits(float x) {
+    uint32_t u;
+    memcpy(&u, &x, sizeof u);
+    return u;
+}
+
+static inline float f32_from_bits(uint32_t u) {
+    float x;
+    memcpy(&x, &u, sizeof x);
+    return x;
+}
+
+static inline uint16_t bf16_from_f32_bits(uint32_t u) {
+    uint32_t rounded = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
+    uint32_t quiet_nan = (u >> 16) | 0x40u;
+    return (uint16_t)(((u & 0x7fffffffu) > 0x7f800000u) ? quiet_nan : rounded);
+}
+
+static inline uint16_t f16_from_f32_bits(uint32_t u) {
+    uint32_t sign = (u >> 16) & 0x8000u;
+    int32_t exp = (int32_t)((u >> 23) & 0xffu);
+    uint32_t mant = u & 0x7fffffu;
+    if (exp == 0xff) return (uint16_t)(sign | 0x7c00u | (mant ? (0x200u | (mant >> 13)) : 0u));
+    int32_t e = exp - 112;
+    if (e >= 0x1f) return (uint16_t)(sign | 0x7c00u);
+    if (e <= 0) {
+        if (e < -10) return (uint16_t)sign;
+        uint32_t m = mant | 0x800000u;
+        uint32_t shift = (uint32_t)(14 - e);
+        uint32_t half = 1u << (shift - 1);
+        uint32_t rest = m & ((1u << shift) - 1u);
+        uint32_t res = m >> shift;
+        if (rest > half || (rest == half && (res & 1u))) res++;
+        return (uint16_t)(sign | res);
+    }
+    uint32_t res = ((uint32_t)e << 10) | (mant >> 13);
+    uint32_t rest = mant & 0x1fffu;
+    if (rest > 0x1000u || (rest == 0x1000u && (res & 1u))) res++;
+    return (uint16_t)(sign | res);
+}
+
+static inline uint32_t f32_bits_from_f16(uint16_t h) {
+    uint32_t sign = (uint32_t)(h & 0x8000u) << 16;
+    uint32_t exp = (h >> 10) & 0x1fu;
+    uint32_t mant = h & 0x3ffu;
+    if (exp == 0x1f) return sign | 0x7f800000u | (mant << 13);
+    if (exp != 0) return sign | ((exp + 112u) << 23) | (mant << 13);
+    if (mant == 0) return sign;
+    uint32_t e = 113;
+    while ((mant & 0x400u) == 0) {
+        mant <<= 1;
+        e--;
+    }
+    return sign | (e << 23) | ((mant & 0x3ffu) << 13);
+}
+
+/* ---------------------------------------------------------------------------------------------- */
+/* block steps */
+
+/* out[i] = f32(src[i]) for i < n */
+static void decode_block(const unsigned char *src, int32_t dtype, size_t n, float *out) {
+    if (dtype == MLR_DTYPE_F32) {
+        memcpy(out, src, n * 4);
+        return;
+    }
+    uint16_t h[BLOCK];
+    memcpy(h, src, n * 2);
+    if (dtype == MLR_DTYPE_BF16) {
+        for (size_t i = 0; i < n; i++) out[i] = f32_from_bits((uint32_t)h[i] << 16);
+    } else {
+        for (size_t i = 0; i < n; i++) out[i] = f32_from_bits(f32_bits_from_f16(h[i]));
+    }
+}
+
+/* dst = encode(values[i]) for i < n; returns the count of non-finite outputs */
+static uint64_t encode_block(const float *values, size_t n, int32_t dtype, unsigned char *dst) {
+    uint64_t bad = 0;
+    if (dtype == MLR_DTYPE_F32) {
+        for (size_t i = 0; i < n; i++) bad += (f32_bits(values[i]) & 0x7f800000u) == 0x7f800000u;
+        memcpy(dst, values, n * 4);
+        return bad;
+    }
+    uint16_t h[BLOCK];
+    if (dtype == MLR_DTYPE_BF16) {
+        for (size_t i = 0; i < n; i++) {
+            h[i] = bf16_from_f32_bits(f32_bits(values[i]));
+            bad += (h[i] & 0x7f80u) == 0x7f80u;
+        }
+    } else {
+        for (size_t i = 0; i < n; i++) {
+            h[i] = f16_from_f32_bits(f32_bits(values[i]));
+            bad += (h[i] & 0x7c00u) == 0x7c00u;
+        }
+    }
+    memcpy(dst, h, n * 2);
+    return bad;
+}
+
+static size_t dtype_size(int32_t dtype) { return dtype == MLR_DTYPE_F32 ? 4 : 2; }
+
+uint64_t mlr_cast_floats(const void *src, int32_t src_dtype, uint64_t n, float scale, void *dst,
+                         int32_t dst_dtype) {
+    if (src_dtype < MLR_DTYPE_F32 || src_dtype > MLR_DTYPE_BF16) return UINT64_MAX;
+    if (dst_dtype < MLR_DTYPE_F32 || dst_dtype > MLR_DTYPE_BF16) return UINT64_MAX;
+    const unsigned char *in = src;
+    unsigned char *out = dst;
+    const size_t in_size = dtype_size(src_dtype);
+    const size_t out_size = dtype_size(dst_dtype);
+    float values[BLOCK];
+    uint64_t bad = 0;
+    for (uint64_t done = 0; done < n; done += BLOCK) {
+        size_t m = (size_t)((n - done) < BLOCK ? (n - done) : BLOCK);
+        decode_block(in + done * in_size, src_dtype, m, values);
+        if (scale != 1.0f) {
+            for (size_t i = 0; i < m; i++) values[i] *= scale;
+        }
+        bad += encode_block(values, m, dst_dtype, out + done * out_size);
+    }
+    return bad;
+}
