@@ -99,7 +99,8 @@ const FLOAT_DTYPE_NAMES: Record<string, FloatDType> = {
 };
 
 export function parseFloatDType(name: string): FloatDType | undefined {
-  return FLOAT_DTYPE_NAMES[name.toLowerCase()];
+  const key = name.toLowerCase();
+  return Object.hasOwn(FLOAT_DTYPE_NAMES, key) ? FLOAT_DTYPE_NAMES[key] : undefined;
 }
 
 export function floatDTypeName(dtype: FloatDType): string {

@@ -126,23 +126,19 @@ export function parseSafetensors(bytes: Uint8Array, path: string): SafetensorsFi
 }
 
 function parseHeaderJson(headerBytes: Uint8Array, path: string): Record<string, unknown> {
+  // Checked on the raw bytes: TextDecoder would silently drop a leading byte-order mark.
+  if (headerBytes[0] !== 0x7b) throw invalid(path, "header does not start with '{': not a safetensors file");
   let text: string;
   try {
     text = new TextDecoder("utf-8", { fatal: true }).decode(headerBytes);
   } catch {
     throw invalid(path, "header is not valid UTF-8");
   }
-  if (!text.startsWith("{")) throw invalid(path, "header does not start with '{': not a safetensors file");
-  let header: unknown;
   try {
-    header = JSON.parse(text);
+    return JSON.parse(text) as Record<string, unknown>; // an object: the text starts with '{'
   } catch (e) {
     throw invalid(path, `header is not valid JSON (${(e as Error).message})`);
   }
-  if (typeof header !== "object" || header === null || Array.isArray(header)) {
-    throw invalid(path, "header is not a JSON object");
-  }
-  return header as Record<string, unknown>;
 }
 
 function parseMetadata(entry: unknown, path: string): Record<string, string> {
@@ -268,6 +264,8 @@ export function readSafetensors(path: string): SafetensorsFile {
 
 /** Memory-maps `path` (no copy) and parses it: for model weights, which are not replaced while serving. */
 export function mmapSafetensors(path: string): SafetensorsFile {
-  openForReading(path).close(); // the same clear errors as a read for a missing or unreadable file
-  return parseSafetensors(Bun.mmap(path, { shared: false }), path);
+  const { size, close } = openForReading(path); // the same clear errors as a read for a missing file
+  close();
+  // Bun.mmap cannot map an empty file; the parser gives the same error for it either way.
+  return parseSafetensors(size === 0 ? new Uint8Array(0) : Bun.mmap(path, { shared: false }), path);
 }

@@ -4,7 +4,8 @@
  * temporary file into place: a failure at any point leaves no partial output.
  */
 
-import { closeSync, fstatSync, openSync, renameSync, unlinkSync, writeSync } from "node:fs";
+import { randomUUID } from "node:crypto";
+import { closeSync, existsSync, fstatSync, openSync, renameSync, unlinkSync, writeSync } from "node:fs";
 import { basename, dirname, join } from "node:path";
 import { MultiloraError } from "../errors.ts";
 import { type DType, dtypeSize } from "./dtypes.ts";
@@ -32,7 +33,8 @@ export function encodeHeader(
   specs: readonly TensorSpec[],
   metadata: Readonly<Record<string, string>>,
 ): Uint8Array {
-  const header: Record<string, unknown> = {};
+  // No prototype: a tensor named "__proto__" must become a key like any other.
+  const header: Record<string, unknown> = Object.create(null);
   if (Object.keys(metadata).length > 0) header.__metadata__ = metadata;
   let offset = 0;
   for (const spec of specs) {
@@ -79,7 +81,13 @@ export class SafetensorsWriter {
     metadata: Readonly<Record<string, string>> = {},
   ): SafetensorsWriter {
     const header = encodeHeader(specs, metadata);
-    const tempPath = join(dirname(path), `.${basename(path)}.tmp-${process.pid}-${Date.now().toString(36)}`);
+    const dir = dirname(path);
+    if (!existsSync(dir)) {
+      throw new MultiloraError(`${path}: the output directory ${dir} does not exist`, {
+        code: "file_not_found",
+      });
+    }
+    const tempPath = join(dir, `.${basename(path)}.tmp-${process.pid}-${randomUUID()}`);
     let fd: number;
     try {
       fd = openSync(tempPath, "wx", 0o644);
@@ -112,6 +120,7 @@ export class SafetensorsWriter {
    * padded length as the first (values of fixed length, such as a sha256, guarantee that).
    */
   setMetadata(metadata: Readonly<Record<string, string>>): void {
+    this.checkOpen();
     const header = encodeHeader(this.specs, metadata);
     if (header.length !== this.headerLength) {
       this.abort();
@@ -122,6 +131,7 @@ export class SafetensorsWriter {
 
   /** Checks that every declared byte was written, then moves the file into place. */
   commit(): void {
+    this.checkOpen();
     if (this.written !== this.dataLength) {
       this.abort();
       throw new MultiloraError(
@@ -150,6 +160,15 @@ export class SafetensorsWriter {
     try {
       unlinkSync(this.tempPath);
     } catch {}
+  }
+
+  /** The descriptor may belong to another file once closed: every operation checks first. */
+  private checkOpen(): void {
+    if (this.closed) {
+      throw new MultiloraError(`${this.path}: the writer was already committed or aborted`, {
+        code: "io_error",
+      });
+    }
   }
 
   /** Runs an I/O step; on failure removes the temporary file and reports the error against `path`. */

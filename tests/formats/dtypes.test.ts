@@ -177,8 +177,6 @@ describe("dtype table and names", () => {
     }
   });
 
-  // BUG (src/formats/dtypes.ts, parseFloatDType): FLOAT_DTYPE_NAMES is a plain object literal, so
-  // lower-case names that are Object.prototype keys resolve through the prototype chain.
   test("parseFloatDType returns undefined for names that are Object.prototype keys", () => {
     expect(parseFloatDType("constructor")).toBeUndefined();
     expect(parseFloatDType("__proto__")).toBeUndefined();
