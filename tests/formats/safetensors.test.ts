@@ -952,7 +952,9 @@ describe("SafetensorsWriter atomicity", () => {
   test("creating a writer in a directory that does not exist throws naming the output path", () => {
     const dir = freshDir();
     const path = join(dir, "no", "such", "dir", "out.safetensors");
-    expect(() => SafetensorsWriter.create(path, specs)).toThrow(about(path, "the output directory .*no/such/dir does not exist$"));
+    expect(() => SafetensorsWriter.create(path, specs)).toThrow(
+      about(path, "the output directory .*no/such/dir does not exist$"),
+    );
     expect(() => writeSafetensors(path, [])).toThrow(MultiloraError);
     expect(readdirSync(dir)).toEqual([]);
   });
