@@ -126,7 +126,12 @@ uint64_t mlr_cast_floats(const void *src, int32_t src_dtype, uint64_t n, float s
         size_t m = (size_t)((n - done) < BLOCK ? (n - done) : BLOCK);
         decode_block(in + done * in_size, src_dtype, m, values);
         if (scale != 1.0f) {
-            for (size_t i = 0; i < m; i++) values[i] *= scale;
+            /* A NaN is not multiplied: it leaves quieted with its sign and payload, by rule rather than by
+             * whatever the FPU does, so that the TypeScript implementation can match it bit for bit. */
+            for (size_t i = 0; i < m; i++) {
+                uint32_t u = f32_bits(values[i]);
+                values[i] = ((u & 0x7fffffffu) > 0x7f800000u) ? f32_from_bits(u | 0x400000u) : values[i] * scale;
+            }
         }
         bad += encode_block(values, m, dst_dtype, out + done * out_size);
     }

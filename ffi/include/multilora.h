@@ -27,7 +27,8 @@ typedef enum mlr_float_dtype {
 /*
  * Converts n elements from src (dtype src_dtype) to dst (dtype dst_dtype), multiplying each by scale in
  * f32 arithmetic first (pass 1.0f for none). Rounding is IEEE round-to-nearest-even; NaN stays NaN (quiet,
- * sign kept), +-Inf stays +-Inf, values beyond the destination's range become +-Inf.
+ * sign and leading payload bits kept; NaNs are never multiplied), +-Inf stays +-Inf, values beyond the destination's range
+ * become +-Inf. Bit for bit the same as castFloats in src/formats/dtypes.ts.
  *
  * src: borrowed, read only during the call; n elements, any alignment.
  * dst: borrowed, written during the call; n elements, any alignment; must not overlap src.

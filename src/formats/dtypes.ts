@@ -181,14 +181,13 @@ export const f16ToF32 = (bits: number): number => f32FromBits(f32BitsFromF16(bit
 // ---------------------------------------------------------------------------------------------------
 // Bulk conversions
 
-let f16Table: Float32Array | undefined;
+let f16Table: Uint32Array | undefined;
 
-/** All 65,536 f16 values as f32, built once on first use. */
-function f16ToF32Table(): Float32Array {
+/** The f32 bit patterns of all 65,536 f16 values, built once on first use. */
+function f16ToF32Table(): Uint32Array {
   if (!f16Table) {
-    f16Table = new Float32Array(65536);
-    const bits = new Uint32Array(f16Table.buffer);
-    for (let h = 0; h < 65536; h++) bits[h] = f32BitsFromF16(h);
+    f16Table = new Uint32Array(65536);
+    for (let h = 0; h < 65536; h++) f16Table[h] = f32BitsFromF16(h);
   }
   return f16Table;
 }
@@ -199,20 +198,29 @@ export type FloatSource =
   | { dtype: "F64"; data: Float64Array }
   | { dtype: "F16" | "BF16"; data: Uint16Array };
 
-/** Decodes `src[from, from + count)` into `out[0, count)` as f32 (f64 rounds to nearest even). */
+/**
+ * Decodes `src[from, from + count)` into `out[0, count)` as f32 bit patterns. Everything moves as integers:
+ * JavaScript engines may rewrite a NaN's bits when a float passes through a variable, so NaN payloads
+ * survive only this way. (F64 rounds to nearest even; its NaNs become the canonical NaN.)
+ */
+export function decodeToF32Bits(src: FloatSource, from: number, count: number, out: Uint32Array): void {
+  if (src.dtype === "F32") {
+    out.set(new Uint32Array(src.data.buffer, src.data.byteOffset + from * 4, count));
+  } else if (src.dtype === "F64") {
+    new Float32Array(out.buffer, out.byteOffset, count).set(src.data.subarray(from, from + count));
+  } else if (src.dtype === "BF16") {
+    const data = src.data;
+    for (let i = 0; i < count; i++) out[i] = (data[from + i] as number) << 16;
+  } else {
+    const data = src.data;
+    const table = f16ToF32Table();
+    for (let i = 0; i < count; i++) out[i] = table[data[from + i] as number] as number;
+  }
+}
+
+/** Decodes `src[from, from + count)` into `out[0, count)` as f32 values. */
 export function decodeToF32(src: FloatSource, from: number, count: number, out: Float32Array): void {
-  if (src.dtype === "F32" || src.dtype === "F64") {
-    out.set(src.data.subarray(from, from + count));
-    return;
-  }
-  const data = src.data;
-  if (src.dtype === "BF16") {
-    const outBits = new Uint32Array(out.buffer, out.byteOffset, count);
-    for (let i = 0; i < count; i++) outBits[i] = (data[from + i] as number) << 16;
-    return;
-  }
-  const table = f16ToF32Table();
-  for (let i = 0; i < count; i++) out[i] = table[data[from + i] as number] as number;
+  decodeToF32Bits(src, from, count, new Uint32Array(out.buffer, out.byteOffset, count));
 }
 
 /** Elements converted per block: small enough for the scratch buffers to stay in cache. */
@@ -221,7 +229,9 @@ const BLOCK = 16384;
 /**
  * Writes `src[from, from + count)`, each value multiplied by `scale` in f32 arithmetic, into `out` as
  * `dtype` (`out` views the destination bytes and is aligned to the dtype's size). Values go through f32,
- * as PyTorch computes `w * scale` for f32, f16 and bf16 tensors alike.
+ * as PyTorch computes `w * scale` for f32, f16 and bf16 tensors alike. NaNs are not multiplied: they leave
+ * quieted, with sign and leading payload bits. `mlr_cast_floats` (ffi/cpu/cast_floats.c) is the same
+ * function in C and must stay bit-identical.
  *
  * Returns how many written values are NaN or ±Inf, so callers can refuse them without a second pass.
  */
@@ -241,6 +251,7 @@ export function castFloats(
   }
   const s = Math.fround(scale);
   const scratch = new Float32Array(Math.min(BLOCK, count));
+  const scratchBits = new Uint32Array(scratch.buffer);
   let nonFinite = 0;
   for (let done = 0; done < count; done += BLOCK) {
     const n = Math.min(BLOCK, count - done);
@@ -249,8 +260,14 @@ export function castFloats(
       values = src.data.subarray(from + done, from + done + n);
     } else {
       values = scratch.subarray(0, n);
-      decodeToF32(src, from + done, n, values);
-      if (s !== 1) for (let i = 0; i < n; i++) values[i] = (values[i] as number) * s;
+      decodeToF32Bits(src, from + done, n, scratchBits);
+      if (s !== 1) {
+        for (let i = 0; i < n; i++) {
+          const u = scratchBits[i] as number;
+          if ((u & 0x7fffffff) > 0x7f800000) scratchBits[i] = u | 0x400000;
+          else values[i] = (values[i] as number) * s;
+        }
+      }
     }
     const size = dtype === "F32" ? 4 : 2;
     nonFinite += encodeFromF32(values, dtype, out.subarray(done * size, (done + n) * size));
