@@ -6,8 +6,7 @@
  * what is wrong, and leaves no output file.
  */
 import { existsSync, statSync } from "node:fs";
-import { basename, dirname, join, resolve } from "node:path";
-import { MultiloraError } from "../errors.ts";
+import { basename, join, resolve } from "node:path";
 import { floatDTypeName, parseFloatDType } from "../formats/dtypes.ts";
 import { readBaseModel } from "../formats/model-config.ts";
 import { convertPeftAdapter } from "../lora/convert.ts";
@@ -29,17 +28,13 @@ Options:
                              shape, layer, rank and module against it
       --skip-unsupported     skip modules TensorRT-LLM cannot carry (embedding LoRA, lm_head,
                              modules_to_save, unknown modules) with a warning instead of failing
-  -v, --verbose              print warnings and timings in detail
+  -v, --verbose              also print the source's sha256 and the output's full path
   -h, --help                 show this help`;
 
 /** Output file for `-o`: a directory (existing, or written with a trailing slash) gets the adapter's name. */
 export function resolveOutput(out: string, adapterName: string): string {
   const isDir = out.endsWith("/") || (existsSync(out) && statSync(out).isDirectory());
-  const path = resolve(isDir ? join(out, `${adapterName}.safetensors`) : out);
-  const dir = dirname(path);
-  if (!existsSync(dir))
-    throw new MultiloraError(`${dir}: output directory does not exist`, { code: "file_not_found" });
-  return path;
+  return resolve(isDir ? join(out, `${adapterName}.safetensors`) : out);
 }
 
 /** Progress on stderr for adapters of at least this many output bytes. */
