@@ -94,16 +94,18 @@ function describeModules(modules: readonly ModuleName[]): string {
   return modules.map((m) => `${HF_NAME_OF.get(m) ?? m}->${m}`).join(" ");
 }
 
-/** A percentage on stderr: rewritten in place on a terminal, every 25% otherwise. */
+/** A percentage on stderr: rewritten in place on a terminal, a line per quarter otherwise. */
 class Progress {
-  private shown = -1;
+  private shown = 0;
+  private active = false;
 
   update(written: number, total: number): void {
     if (total < PROGRESS_MIN_BYTES) return;
     const percent = Math.floor((100 * written) / total);
     if (process.stderr.isTTY) {
-      if (percent !== this.shown) process.stderr.write(`\rconverting: ${percent}%`);
+      if (percent !== this.shown || !this.active) process.stderr.write(`\rconverting: ${percent}%`);
       this.shown = percent;
+      this.active = true;
     } else if (Math.floor(percent / 25) > Math.floor(this.shown / 25)) {
       printErr(`converting: ${percent}%`);
       this.shown = percent;
@@ -111,6 +113,6 @@ class Progress {
   }
 
   done(): void {
-    if (this.shown >= 0 && process.stderr.isTTY) process.stderr.write("\n");
+    if (this.active) process.stderr.write("\n");
   }
 }

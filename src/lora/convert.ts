@@ -40,7 +40,7 @@ export interface ConvertOptions {
   /** Skip modules that cannot be converted (with a warning) instead of failing. */
   skipUnsupported?: boolean;
   onWarning?: (message: string) => void;
-  /** Called as output bytes are written. */
+  /** Called as rows are written: bytes of the weights tensor written so far, and in all. */
   onProgress?: (written: number, total: number) => void;
 }
 
@@ -188,7 +188,7 @@ function writeRows(
   const rowsPerChunk = Math.max(1, Math.floor(CHUNK_BYTES / rowBytes));
   const chunk = new Uint8Array(rowsPerChunk * rowBytes);
   const problems: string[] = [];
-  const total = writer.dataLength;
+  const total = pairs.length * rowBytes;
   let filled = 0;
   let written = 0;
   const flush = () => {
