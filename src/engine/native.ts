@@ -8,7 +8,7 @@
 import { dlopen, FFIType, ptr } from "bun:ffi";
 import { existsSync } from "node:fs";
 import { fileURLToPath } from "node:url";
-import type { FloatDType, FloatSource } from "../formats/dtypes.ts";
+import type { castFloats, FloatDType } from "../formats/dtypes.ts";
 
 /** Mirrors `mlr_float_dtype` in ffi/include/multilora.h. */
 export const MLR_DTYPE: Record<FloatDType, number> = { F32: 0, F16: 1, BF16: 2 };
@@ -48,14 +48,7 @@ export function nativeLibraryStatus(): string {
   return "lib" in l ? `loaded from ${nativeLibraryPath()}` : l.error;
 }
 
-export type CastFloats = (
-  src: FloatSource,
-  from: number,
-  count: number,
-  scale: number,
-  dtype: FloatDType,
-  out: Uint8Array,
-) => number;
+export type CastFloats = typeof castFloats;
 
 /**
  * The native `mlr_cast_floats` with the signature of `castFloats` in src/formats/dtypes.ts (which it

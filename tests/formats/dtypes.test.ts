@@ -23,22 +23,18 @@ import {
   parseFloatDType,
   typedView,
 } from "../../src/formats/dtypes.ts";
+import { rng as unitRng } from "../helpers/peft.ts";
+import { VIEW_CLASS } from "../helpers/typed-arrays.ts";
 
 // ---------------------------------------------------------------------------------------------------
 // Helpers written independently of src/
 
 const hex = (n: number, digits: number): string => `0x${n.toString(16).padStart(digits, "0")}`;
 
-/** A small deterministic PRNG (mulberry32) returning uint32s. */
+/** uint32s from the tests' deterministic PRNG. */
 function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return (t ^ (t >>> 14)) >>> 0;
-  };
+  const next = unitRng(seed);
+  return () => next() * 2 ** 32;
 }
 
 /** The value of an f16 bit pattern, computed from the IEEE definition. */
@@ -123,24 +119,7 @@ describe("dtype table and names", () => {
 
   test("typedView returns the typed array class that matches each dtype", () => {
     const buffer = new ArrayBuffer(64);
-    const expected: Record<DType, unknown> = {
-      BOOL: Uint8Array,
-      U8: Uint8Array,
-      I8: Int8Array,
-      F8_E5M2: Uint8Array,
-      F8_E4M3: Uint8Array,
-      F8_E8M0: Uint8Array,
-      I16: Int16Array,
-      U16: Uint16Array,
-      F16: Uint16Array,
-      BF16: Uint16Array,
-      I32: Int32Array,
-      U32: Uint32Array,
-      F32: Float32Array,
-      I64: BigInt64Array,
-      U64: BigUint64Array,
-      F64: Float64Array,
-    };
+    const expected = VIEW_CLASS;
     for (const [dtype, cls] of Object.entries(expected)) {
       const view = typedView(dtype as DType, buffer, 8, 3);
       expect(view.constructor).toBe(cls as typeof Uint8Array);

@@ -30,6 +30,7 @@ import {
   type TensorData,
   writeSafetensors,
 } from "../../src/formats/safetensors-writer.ts";
+import { VIEW_CLASS } from "../helpers/typed-arrays.ts";
 
 // ---------------------------------------------------------------------------------------------------
 // Helpers
@@ -110,25 +111,6 @@ function sampleData(dtype: DType, n: number): ArrayBufferView {
       return Uint8Array.from({ length: n }, (_, i) => (i * 37 + 255) & 0xff);
   }
 }
-
-const VIEW_CLASS: Record<DType, unknown> = {
-  BOOL: Uint8Array,
-  U8: Uint8Array,
-  I8: Int8Array,
-  F8_E5M2: Uint8Array,
-  F8_E4M3: Uint8Array,
-  F8_E8M0: Uint8Array,
-  I16: Int16Array,
-  U16: Uint16Array,
-  F16: Uint16Array,
-  BF16: Uint16Array,
-  I32: Int32Array,
-  U32: Uint32Array,
-  F32: Float32Array,
-  I64: BigInt64Array,
-  U64: BigUint64Array,
-  F64: Float64Array,
-};
 
 const ALL_DTYPES = Object.keys(DTYPE_SIZES) as DType[];
 
