@@ -1,11 +1,16 @@
 /*
- * multilora.h: the one C ABI between multilora's TypeScript side (bun:ffi) and its native code.
+ * multilora.h: the one C ABI between multilora's TypeScript side (bun:ffi, src/engine/native.ts) and its
+ * engines: the reference CPU engine (ffi/cpu) and the TensorRT-LLM shim (ffi/trtllm).
  *
- * Conventions: every symbol starts with mlr_; no global state; no exceptions or exit() cross this
- * boundary; every buffer's owner and lifetime is written beside the parameter that takes it.
- *
- * This first part holds the dtype conversion kernels the LoRA converter uses. The engine ABI (create,
- * enqueue, await_responses, cancel, stats, destroy) joins it in the engine's own section.
+ * Modelled on TensorRT-LLM's executor so the shim stays thin: an opaque engine, requests enqueued and
+ * answered asynchronously by id, LoRA adapters named by integer task ids whose weights travel with a
+ * request. Conventions:
+ *   - every symbol starts with mlr_ / MLR_; calls return an mlr_status and write results to out-parameters;
+ *   - no global state, no exceptions, no exit() cross this boundary;
+ *   - every pointer parameter says who owns it and for how long ("borrowed for the call" = the callee
+ *     copies what it keeps before returning);
+ *   - LoRA cache and validation errors arrive only as responses, never from mlr_enqueue, on every backend;
+ *   - mlr_layout() exports sizeof / offsetof of every struct here, so the TypeScript side can check its view.
  */
 #ifndef MULTILORA_H
 #define MULTILORA_H
@@ -36,6 +41,232 @@ typedef enum mlr_float_dtype {
  */
 uint64_t mlr_cast_floats(const void *src, int32_t src_dtype, uint64_t n, float scale, void *dst,
                          int32_t dst_dtype);
+
+/* ============================================================================================== */
+/* Status codes (stable values: part of the ABI)                                                    */
+
+typedef enum mlr_status {
+    MLR_OK = 0,
+    MLR_INVALID_ARGUMENT = 1, /* the request or parameter is wrong; the text says which */
+    MLR_LORA_NOT_CACHED = 2,  /* a task id without weights whose adapter is not in the cache */
+    MLR_LORA_CACHE_FULL = 3,  /* no room: every cached adapter is active or pinned */
+    MLR_LORA_INVALID = 4,     /* the adapter does not fit the model; the text lists every problem */
+    MLR_CANCELLED = 5,
+    MLR_UNSUPPORTED = 6,      /* this backend cannot do it (see mlr_capabilities) */
+    MLR_INTERNAL = 7,         /* a bug */
+    MLR_OUT_OF_MEMORY = 8,
+    MLR_NOT_FOUND = 9,        /* unknown request id or task id */
+} mlr_status;
+
+/* Why a request ended (mlr_response.finish_reason). */
+typedef enum mlr_finish {
+    MLR_FINISH_NONE = 0,      /* more responses follow */
+    MLR_FINISH_LENGTH = 1,    /* max_new_tokens reached (or the sequence length limit) */
+    MLR_FINISH_END_ID = 2,    /* generated one of end_ids (included as the last token) */
+    MLR_FINISH_STOP_ID = 3,   /* generated one of stop_ids (included as the last token) */
+    MLR_FINISH_CANCELLED = 4,
+    MLR_FINISH_ERROR = 5,     /* status and error say why */
+} mlr_finish;
+
+/* ============================================================================================== */
+/* Creating an engine                                                                               */
+
+typedef struct mlr_engine mlr_engine; /* opaque */
+
+/* One weight tensor of the model, as Hugging Face names it ("model.layers.0.self_attn.q_proj.weight"). */
+typedef struct mlr_tensor {
+    const char *name;  /* borrowed for the call */
+    const void *data;  /* borrowed until mlr_destroy: the memory-mapped model file; never written */
+    int32_t dtype;     /* mlr_float_dtype */
+    int32_t ndim;      /* 1 or 2 */
+    int64_t shape[2];
+} mlr_tensor;
+
+/* A Llama-family architecture (LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM). */
+typedef struct mlr_model_config {
+    int32_t hidden_size;
+    int32_t intermediate_size;
+    int32_t num_layers;
+    int32_t num_heads;
+    int32_t num_kv_heads;
+    int32_t head_dim;
+    int32_t vocab_size;
+    int32_t max_position;        /* max_position_embeddings */
+    float rms_norm_eps;
+    float rope_theta;
+    int32_t rope_scaling;        /* 0 none, 1 llama3 */
+    float rope_factor;           /* llama3 scaling parameters */
+    float rope_low_freq_factor;
+    float rope_high_freq_factor;
+    int32_t rope_original_max_position;
+    int32_t tie_word_embeddings; /* lm_head is embed_tokens */
+    int32_t attention_bias;      /* q/k/v projections carry biases (Qwen2) */
+} mlr_model_config;
+
+typedef struct mlr_cpu_params {
+    mlr_model_config model;
+    const mlr_tensor *tensors;   /* borrowed for the call (the data they point to: see mlr_tensor) */
+    int32_t n_tensors;
+    int32_t max_batch;           /* sequences decoded together; default 8 */
+    int32_t max_seq_len;         /* prompt + generated tokens; default min(4096, max_position) */
+    int64_t kv_cache_bytes;      /* KV budget; default 0 = max_batch sequences of max_seq_len */
+    int32_t threads;             /* default 0 = every online core */
+    int32_t prefill_chunk;       /* prompt tokens per step, shared by new requests; default 256 */
+    int32_t max_lora_rank;       /* default 64 */
+    int64_t lora_cache_bytes;    /* adapter cache capacity; default 256 MiB */
+    int32_t max_loras;           /* most adapters cached at once; default 0 = limited by bytes only */
+    int32_t lora_dtype;          /* dtype adapters must have; default -1 = the model weights' dtype */
+} mlr_cpu_params;
+
+void mlr_cpu_params_default(mlr_cpu_params *params);
+
+/*
+ * Builds a CPU engine over the tensors (no copy) and starts its scheduler thread.
+ * engine: set on success; owned by the caller, freed with mlr_destroy.
+ * err: caller's buffer, filled with every problem found (missing tensors, wrong shapes, unsupported
+ * settings) when the status is not MLR_OK.
+ */
+int32_t mlr_cpu_create(const mlr_cpu_params *params, mlr_engine **engine, char *err, size_t err_len);
+
+/* Stops the scheduler (running requests end without further responses) and frees everything. */
+void mlr_destroy(mlr_engine *engine);
+
+/* ============================================================================================== */
+/* Requests and responses                                                                           */
+
+#define MLR_MAX_TOP_LOGPROBS 20
+
+typedef struct mlr_request {
+    const int32_t *prompt;       /* borrowed for the call; used as given (no BOS added) */
+    int32_t prompt_len;
+    int32_t max_new_tokens;      /* default 16 */
+    float temperature;           /* 0 = greedy; default 1 */
+    int32_t top_k;               /* 0 = off */
+    float top_p;                 /* 1 = off */
+    float min_p;                 /* 0 = off */
+    float repetition_penalty;    /* 1 = off; on prompt and generated tokens (Hugging Face's rule) */
+    float frequency_penalty;     /* 0 = off; on generated tokens (OpenAI's rule) */
+    float presence_penalty;      /* 0 = off; on generated tokens */
+    uint64_t seed;               /* the same seed gives the same tokens, whatever else is batched */
+    const int32_t *end_ids;      /* borrowed for the call */
+    int32_t n_end_ids;
+    const int32_t *stop_ids;     /* borrowed for the call */
+    int32_t n_stop_ids;
+    int32_t top_logprobs;        /* -1 = no logprobs; 0 = the chosen token's; k = also the k most likely */
+    uint64_t lora_task_id;       /* 0 = the base model */
+    const void *lora_weights;    /* NULL = the id alone; else [lora_rows, lora_row_len], copied before return */
+    int32_t lora_weights_dtype;  /* mlr_float_dtype */
+    int64_t lora_rows;
+    int64_t lora_row_len;
+    const int32_t *lora_config;  /* [lora_rows, lora_config_width] int32, copied before return */
+    int32_t lora_config_width;   /* 3, or 4 with is_dora last */
+    float lora_scale;            /* multiplies B's contribution; default 1 */
+} mlr_request;
+
+void mlr_request_default(mlr_request *request);
+
+/* One generated token, or the end of a request. Log-probabilities are the log-softmax of the model's
+ * logits before any sampling transform (temperature, penalties, top-k/p, min-p). */
+typedef struct mlr_response {
+    uint64_t request_id;
+    int32_t status;              /* MLR_OK, or why the request failed (then finish_reason is ERROR) */
+    int32_t finish_reason;       /* mlr_finish */
+    int32_t token;               /* -1 when the response carries no token */
+    float logprob;
+    int32_t n_top;
+    int32_t top_ids[MLR_MAX_TOP_LOGPROBS];
+    float top_logprobs[MLR_MAX_TOP_LOGPROBS];
+    char error[256];             /* set when status is not MLR_OK */
+} mlr_response;
+
+/*
+ * Queues a request and returns its id at once. Checks only the request's own arguments (empty prompt,
+ * token ids out of range, a prompt longer than max_seq_len, ...); LoRA problems arrive as responses.
+ */
+int32_t mlr_enqueue(mlr_engine *engine, const mlr_request *request, uint64_t *request_id, char *err,
+                    size_t err_len);
+
+/*
+ * Waits up to timeout_ms (0 = do not wait) for responses and copies up to capacity of them into out
+ * (caller's buffer). *n_out receives the count. Blocks only the calling thread.
+ */
+int32_t mlr_await_responses(mlr_engine *engine, mlr_response *out, int32_t capacity, int32_t timeout_ms,
+                            int32_t *n_out);
+
+/* Cancels a queued or running request; its slot is free before the next step; a final CANCELLED response
+ * follows. MLR_NOT_FOUND when the request already ended. */
+int32_t mlr_cancel(mlr_engine *engine, uint64_t request_id);
+
+/* ============================================================================================== */
+/* What a backend can do, LoRA cache control, statistics                                           */
+
+typedef struct mlr_capabilities {
+    int32_t lora_pin;            /* mlr_lora_pin works */
+    int32_t lora_release;        /* mlr_lora_release works */
+    int32_t lora_task_listing;   /* mlr_stats lists cached tasks exactly */
+    int32_t top_logprobs;        /* top_logprobs > 0 works */
+    int32_t lora_scale;          /* per-request lora_scale works */
+    int32_t max_top_logprobs;
+    int32_t max_lora_rank;
+    int32_t lora_dtype;          /* mlr_float_dtype adapters must have */
+} mlr_capabilities;
+
+int32_t mlr_capabilities_get(mlr_engine *engine, mlr_capabilities *out);
+
+/* Pins (on = 1) or unpins a cached task. Pinned tasks are never evicted; pinned bytes are capped at the
+ * capacity minus one max-size adapter (MLR_LORA_CACHE_FULL beyond). */
+int32_t mlr_lora_pin(mlr_engine *engine, uint64_t task_id, int32_t on, char *err, size_t err_len);
+
+/* Evicts a task now, or as soon as no request uses it (and unpins it). */
+int32_t mlr_lora_release(mlr_engine *engine, uint64_t task_id, char *err, size_t err_len);
+
+typedef struct mlr_stats {
+    int32_t running;
+    int32_t queued;
+    int64_t kv_bytes_used;
+    int64_t kv_bytes_capacity;
+    int64_t lora_bytes_used;
+    int64_t lora_bytes_capacity;
+    int32_t lora_tasks;
+    int32_t max_loras;           /* 0 = no count limit */
+    int64_t lora_puts;           /* adapters stored */
+    int64_t lora_hits;           /* requests whose task was cached */
+    int64_t lora_misses;         /* requests whose task was not (with or without weights) */
+    int64_t lora_evictions;
+    int64_t steps;               /* forward steps run */
+    int64_t tokens_generated;
+} mlr_stats;
+
+typedef struct mlr_lora_task_stats {
+    uint64_t task_id;
+    int64_t bytes;
+    int32_t active;              /* requests using it now */
+    int32_t pinned;
+    int32_t release_pending;     /* released while active: goes when the last request ends */
+    int32_t rows;
+    int64_t last_use;            /* step at which a request last used it (LRU order) */
+} mlr_lora_task_stats;
+
+/* Fills *out, and up to capacity task entries (most recently used first; *n_tasks = how many). */
+int32_t mlr_stats_get(mlr_engine *engine, mlr_stats *out, mlr_lora_task_stats *tasks, int32_t capacity,
+                      int32_t *n_tasks);
+
+/* ============================================================================================== */
+/* Direct scoring (tests, prompt logprobs)                                                          */
+
+/*
+ * Runs the model over tokens[0..n) as one fresh sequence, with an adapter that is cached (task 0 = none),
+ * and writes the logits of every position to logits (caller's buffer of n x vocab_size floats). Waits for
+ * the current step to finish; does not disturb running requests.
+ */
+int32_t mlr_forward_logits(mlr_engine *engine, const int32_t *tokens, int32_t n, uint64_t lora_task_id,
+                           float lora_scale, float *logits, char *err, size_t err_len);
+
+/* ============================================================================================== */
+/* Layout check                                                                                     */
+
+/* sizeof(struct_name) when field is NULL, else offsetof(struct_name, field); -1 when unknown. */
+int64_t mlr_layout(const char *struct_name, const char *field);
 
 #ifdef __cplusplus
 }

@@ -1,23 +1,41 @@
 /**
- * The native library (build/libmultilora.so, built from ffi/ by `npm ci`) and its bun:ffi symbols: the one
- * place that opens it. `MULTILORA_LIB` overrides its path (e.g. the AddressSanitizer build).
+ * The binding of ffi/include/multilora.h, the one C ABI: the native library (build/libmultilora.so, built
+ * from ffi/ by `npm ci`), its bun:ffi symbols, and the layout of every ABI struct as TypeScript writes and
+ * reads it. The one place that opens the library. `MULTILORA_LIB` overrides its path (e.g. the
+ * AddressSanitizer build).
  *
- * When the library is absent (a checkout that skipped the build), callers fall back to TypeScript;
- * `nativeLibraryStatus()` says why it did not load.
+ * Structs cross the boundary as bytes: `StructLayout` computes C's natural-alignment offsets, and a test
+ * checks them against the library's own `mlr_layout` (sizeof / offsetof as the compiler laid them out).
+ *
+ * When the library is absent (a checkout that skipped the build), the converter falls back to TypeScript;
+ * `nativeLibraryStatus()` says why it did not load, and the engine refuses to start with that reason.
  */
 import { dlopen, FFIType, ptr } from "bun:ffi";
 import { existsSync } from "node:fs";
 import { fileURLToPath } from "node:url";
+import { MultiloraError } from "../errors.ts";
 import type { castFloats, FloatDType } from "../formats/dtypes.ts";
 
 /** Mirrors `mlr_float_dtype` in ffi/include/multilora.h. */
 export const MLR_DTYPE: Record<FloatDType, number> = { F32: 0, F16: 1, BF16: 2 };
 
+const { ptr: P, i32, u64, f32, i64 } = FFIType;
+
 const SYMBOLS = {
-  mlr_cast_floats: {
-    args: [FFIType.ptr, FFIType.i32, FFIType.u64, FFIType.f32, FFIType.ptr, FFIType.i32],
-    returns: FFIType.u64,
-  },
+  mlr_cast_floats: { args: [P, i32, u64, f32, P, i32], returns: u64 },
+  mlr_cpu_params_default: { args: [P], returns: FFIType.void },
+  mlr_request_default: { args: [P], returns: FFIType.void },
+  mlr_cpu_create: { args: [P, P, P, u64], returns: i32 },
+  mlr_destroy: { args: [P], returns: FFIType.void },
+  mlr_enqueue: { args: [P, P, P, P, u64], returns: i32 },
+  mlr_await_responses: { args: [P, P, i32, i32, P], returns: i32 },
+  mlr_cancel: { args: [P, u64], returns: i32 },
+  mlr_capabilities_get: { args: [P, P], returns: i32 },
+  mlr_lora_pin: { args: [P, u64, i32, P, u64], returns: i32 },
+  mlr_lora_release: { args: [P, u64, P, u64], returns: i32 },
+  mlr_stats_get: { args: [P, P, P, i32, P], returns: i32 },
+  mlr_forward_logits: { args: [P, P, i32, u64, f32, P, P, u64], returns: i32 },
+  mlr_layout: { args: [P, P], returns: i64 },
 } as const;
 
 type Library = ReturnType<typeof dlopen<typeof SYMBOLS>>;
@@ -40,6 +58,19 @@ function load(): { lib: Library } | { error: string } {
     }
   }
   return loaded;
+}
+
+/** The library's symbols; throws a clear error when it cannot be loaded. */
+export function nativeSymbols(): Library["symbols"] {
+  const l = load();
+  if (!("lib" in l)) {
+    throw new MultiloraError(`the native engine library cannot be loaded: ${l.error}`, {
+      status: 500,
+      type: "server_error",
+      code: "native_library_missing",
+    });
+  }
+  return l.lib.symbols;
 }
 
 /** "loaded from <path>", or why the library could not be loaded. */
@@ -66,4 +97,329 @@ export function nativeCastFloats(): CastFloats | undefined {
     const srcPtr = ptr(data, from * data.BYTES_PER_ELEMENT);
     return Number(cast(srcPtr, MLR_DTYPE[src.dtype], count, scale, ptr(out), MLR_DTYPE[dtype]));
   };
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Status codes and enums (stable values of multilora.h)
+
+export const MLR_STATUS = {
+  OK: 0,
+  INVALID_ARGUMENT: 1,
+  LORA_NOT_CACHED: 2,
+  LORA_CACHE_FULL: 3,
+  LORA_INVALID: 4,
+  CANCELLED: 5,
+  UNSUPPORTED: 6,
+  INTERNAL: 7,
+  OUT_OF_MEMORY: 8,
+  NOT_FOUND: 9,
+} as const;
+
+/** The name of a failure status (an unknown code, or OK where a failure was expected, reads as INTERNAL). */
+export function statusName(code: number): Exclude<keyof typeof MLR_STATUS, "OK"> {
+  const entry = Object.entries(MLR_STATUS).find(([name, v]) => v === code && name !== "OK");
+  return (entry?.[0] as Exclude<keyof typeof MLR_STATUS, "OK"> | undefined) ?? "INTERNAL";
+}
+
+export const MLR_FINISH = { NONE: 0, LENGTH: 1, END_ID: 2, STOP_ID: 3, CANCELLED: 4, ERROR: 5 } as const;
+
+export const MLR_MAX_TOP_LOGPROBS = 20;
+
+// ---------------------------------------------------------------------------------------------------
+// Struct layouts
+
+type Scalar = "i32" | "u32" | "f32" | "i64" | "u64" | "ptr";
+type FieldType = Scalar | StructLayout | { array: Scalar | "char"; length: number };
+
+const SCALAR_SIZE: Record<Scalar | "char", number> = {
+  i32: 4,
+  u32: 4,
+  f32: 4,
+  i64: 8,
+  u64: 8,
+  ptr: 8,
+  char: 1,
+};
+
+/** A C struct laid out with natural alignment, as the C compiler on x86-64 / arm64 does. */
+export class StructLayout {
+  readonly offsets = new Map<string, number>();
+  readonly types = new Map<string, FieldType>();
+  readonly size: number;
+  readonly align: number;
+
+  constructor(
+    readonly name: string,
+    fields: readonly [string, FieldType][],
+  ) {
+    let offset = 0;
+    let align = 1;
+    for (const [field, type] of fields) {
+      const a = alignOf(type);
+      offset = Math.ceil(offset / a) * a;
+      this.offsets.set(field, offset);
+      this.types.set(field, type);
+      offset += sizeOf(type);
+      align = Math.max(align, a);
+    }
+    this.align = align;
+    this.size = Math.ceil(offset / align) * align;
+  }
+
+  offset(field: string): number {
+    const o = this.offsets.get(field);
+    if (o === undefined) throw new Error(`${this.name} has no field ${field}`);
+    return o;
+  }
+}
+
+function alignOf(t: FieldType): number {
+  if (t instanceof StructLayout) return t.align;
+  if (typeof t === "object") return SCALAR_SIZE[t.array];
+  return SCALAR_SIZE[t];
+}
+
+function sizeOf(t: FieldType): number {
+  if (t instanceof StructLayout) return t.size;
+  if (typeof t === "object") return SCALAR_SIZE[t.array] * t.length;
+  return SCALAR_SIZE[t];
+}
+
+export const TENSOR = new StructLayout("mlr_tensor", [
+  ["name", "ptr"],
+  ["data", "ptr"],
+  ["dtype", "i32"],
+  ["ndim", "i32"],
+  ["shape", { array: "i64", length: 2 }],
+]);
+
+export const MODEL_CONFIG = new StructLayout("mlr_model_config", [
+  ["hidden_size", "i32"],
+  ["intermediate_size", "i32"],
+  ["num_layers", "i32"],
+  ["num_heads", "i32"],
+  ["num_kv_heads", "i32"],
+  ["head_dim", "i32"],
+  ["vocab_size", "i32"],
+  ["max_position", "i32"],
+  ["rms_norm_eps", "f32"],
+  ["rope_theta", "f32"],
+  ["rope_scaling", "i32"],
+  ["rope_factor", "f32"],
+  ["rope_low_freq_factor", "f32"],
+  ["rope_high_freq_factor", "f32"],
+  ["rope_original_max_position", "i32"],
+  ["tie_word_embeddings", "i32"],
+  ["attention_bias", "i32"],
+]);
+
+export const CPU_PARAMS = new StructLayout("mlr_cpu_params", [
+  ["model", MODEL_CONFIG],
+  ["tensors", "ptr"],
+  ["n_tensors", "i32"],
+  ["max_batch", "i32"],
+  ["max_seq_len", "i32"],
+  ["kv_cache_bytes", "i64"],
+  ["threads", "i32"],
+  ["prefill_chunk", "i32"],
+  ["max_lora_rank", "i32"],
+  ["lora_cache_bytes", "i64"],
+  ["max_loras", "i32"],
+  ["lora_dtype", "i32"],
+]);
+
+export const REQUEST = new StructLayout("mlr_request", [
+  ["prompt", "ptr"],
+  ["prompt_len", "i32"],
+  ["max_new_tokens", "i32"],
+  ["temperature", "f32"],
+  ["top_k", "i32"],
+  ["top_p", "f32"],
+  ["min_p", "f32"],
+  ["repetition_penalty", "f32"],
+  ["frequency_penalty", "f32"],
+  ["presence_penalty", "f32"],
+  ["seed", "u64"],
+  ["end_ids", "ptr"],
+  ["n_end_ids", "i32"],
+  ["stop_ids", "ptr"],
+  ["n_stop_ids", "i32"],
+  ["top_logprobs", "i32"],
+  ["lora_task_id", "u64"],
+  ["lora_weights", "ptr"],
+  ["lora_weights_dtype", "i32"],
+  ["lora_rows", "i64"],
+  ["lora_row_len", "i64"],
+  ["lora_config", "ptr"],
+  ["lora_config_width", "i32"],
+  ["lora_scale", "f32"],
+]);
+
+export const RESPONSE = new StructLayout("mlr_response", [
+  ["request_id", "u64"],
+  ["status", "i32"],
+  ["finish_reason", "i32"],
+  ["token", "i32"],
+  ["logprob", "f32"],
+  ["n_top", "i32"],
+  ["top_ids", { array: "i32", length: MLR_MAX_TOP_LOGPROBS }],
+  ["top_logprobs", { array: "f32", length: MLR_MAX_TOP_LOGPROBS }],
+  ["error", { array: "char", length: 256 }],
+]);
+
+export const CAPABILITIES = new StructLayout("mlr_capabilities", [
+  ["lora_pin", "i32"],
+  ["lora_release", "i32"],
+  ["lora_task_listing", "i32"],
+  ["top_logprobs", "i32"],
+  ["lora_scale", "i32"],
+  ["max_top_logprobs", "i32"],
+  ["max_lora_rank", "i32"],
+  ["lora_dtype", "i32"],
+]);
+
+export const STATS = new StructLayout("mlr_stats", [
+  ["running", "i32"],
+  ["queued", "i32"],
+  ["kv_bytes_used", "i64"],
+  ["kv_bytes_capacity", "i64"],
+  ["lora_bytes_used", "i64"],
+  ["lora_bytes_capacity", "i64"],
+  ["lora_tasks", "i32"],
+  ["max_loras", "i32"],
+  ["lora_puts", "i64"],
+  ["lora_hits", "i64"],
+  ["lora_misses", "i64"],
+  ["lora_evictions", "i64"],
+  ["steps", "i64"],
+  ["tokens_generated", "i64"],
+]);
+
+export const LORA_TASK_STATS = new StructLayout("mlr_lora_task_stats", [
+  ["task_id", "u64"],
+  ["bytes", "i64"],
+  ["active", "i32"],
+  ["pinned", "i32"],
+  ["release_pending", "i32"],
+  ["rows", "i32"],
+  ["last_use", "i64"],
+]);
+
+export const ABI_STRUCTS: readonly StructLayout[] = [
+  TENSOR,
+  MODEL_CONFIG,
+  CPU_PARAMS,
+  REQUEST,
+  RESPONSE,
+  CAPABILITIES,
+  STATS,
+  LORA_TASK_STATS,
+];
+
+/** Reads and writes one struct's fields in a byte buffer (little-endian, as every supported target). */
+export class StructView {
+  readonly view: DataView;
+
+  constructor(
+    readonly layout: StructLayout,
+    readonly bytes: Uint8Array = new Uint8Array(layout.size),
+    readonly base = 0,
+  ) {
+    this.view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+  }
+
+  set(field: string, value: number | bigint): this {
+    const at = this.base + this.layout.offset(field);
+    switch (this.layout.types.get(field)) {
+      case "i32":
+        this.view.setInt32(at, Number(value), true);
+        break;
+      case "u32":
+        this.view.setUint32(at, Number(value), true);
+        break;
+      case "f32":
+        this.view.setFloat32(at, Number(value), true);
+        break;
+      case "i64":
+        this.view.setBigInt64(at, BigInt(value), true);
+        break;
+      case "u64":
+      case "ptr":
+        this.view.setBigUint64(at, BigInt(value), true);
+        break;
+      default:
+        throw new Error(`${this.layout.name}.${field} is not a scalar`);
+    }
+    return this;
+  }
+
+  get(field: string): number {
+    const at = this.base + this.layout.offset(field);
+    switch (this.layout.types.get(field)) {
+      case "i32":
+        return this.view.getInt32(at, true);
+      case "u32":
+        return this.view.getUint32(at, true);
+      case "f32":
+        return this.view.getFloat32(at, true);
+      case "i64":
+        return Number(this.view.getBigInt64(at, true));
+      case "u64":
+      case "ptr":
+        return Number(this.view.getBigUint64(at, true));
+      default:
+        throw new Error(`${this.layout.name}.${field} is not a scalar`);
+    }
+  }
+
+  /** A nested struct field. */
+  sub(field: string): StructView {
+    const t = this.layout.types.get(field);
+    if (!(t instanceof StructLayout)) throw new Error(`${this.layout.name}.${field} is not a struct`);
+    return new StructView(t, this.bytes, this.base + this.layout.offset(field));
+  }
+
+  /** Element i of an array field. */
+  element(field: string, i: number): number {
+    const t = this.layout.types.get(field);
+    if (typeof t !== "object" || t instanceof StructLayout)
+      throw new Error(`${this.layout.name}.${field} is not an array`);
+    const at = this.base + this.layout.offset(field) + i * SCALAR_SIZE[t.array];
+    if (t.array === "i32") return this.view.getInt32(at, true);
+    if (t.array === "f32") return this.view.getFloat32(at, true);
+    return this.view.getUint8(at);
+  }
+
+  /** A NUL-terminated char array field as a string. */
+  text(field: string): string {
+    const t = this.layout.types.get(field);
+    if (typeof t !== "object" || t instanceof StructLayout)
+      throw new Error(`${this.layout.name}.${field} is not an array`);
+    const start = this.base + this.layout.offset(field);
+    const chars = this.bytes.subarray(start, start + t.length);
+    const end = chars.indexOf(0);
+    return new TextDecoder().decode(end < 0 ? chars : chars.subarray(0, end));
+  }
+}
+
+/** The library's own sizeof / offsetof (-1 when it does not know the name). */
+export function nativeLayout(structName: string, field?: string): number {
+  const lib = nativeSymbols();
+  const name = new TextEncoder().encode(`${structName}\0`);
+  const f = field === undefined ? null : new TextEncoder().encode(`${field}\0`);
+  return Number(lib.mlr_layout(ptr(name), f ? ptr(f) : null));
+}
+
+/** A caller-owned buffer for C error text, and its reading. */
+export class ErrorBuffer {
+  readonly bytes = new Uint8Array(2048);
+
+  get ptr() {
+    return ptr(this.bytes);
+  }
+
+  get text(): string {
+    const end = this.bytes.indexOf(0);
+    return new TextDecoder().decode(this.bytes.subarray(0, end < 0 ? this.bytes.length : end));
+  }
 }

@@ -21,7 +21,11 @@ export interface ModelDims {
 
 const Count = v.pipe(v.number(), v.integer(), v.minValue(1));
 
-/** Hugging Face `config.json` of a Llama-family model (unknown keys ignored). */
+const TokenIds = v.nullish(
+  v.union([v.pipe(v.number(), v.integer()), v.array(v.pipe(v.number(), v.integer()))]),
+);
+
+/** Hugging Face `config.json` of a Llama-family model (unknown keys ignored; defaults as transformers'). */
 export const HfModelConfigSchema = v.looseObject({
   model_type: v.optional(v.string()),
   architectures: v.optional(v.array(v.string())),
@@ -32,7 +36,31 @@ export const HfModelConfigSchema = v.looseObject({
   num_key_value_heads: v.nullish(Count),
   head_dim: v.nullish(Count),
   torch_dtype: v.nullish(v.string()),
+  vocab_size: v.optional(Count),
+  max_position_embeddings: v.optional(Count),
+  rms_norm_eps: v.optional(v.pipe(v.number(), v.minValue(0)), 1e-6),
+  rope_theta: v.optional(v.pipe(v.number(), v.minValue(0)), 10000),
+  rope_scaling: v.nullish(
+    v.looseObject({
+      rope_type: v.optional(v.string()),
+      type: v.optional(v.string()),
+      factor: v.optional(v.number()),
+      low_freq_factor: v.optional(v.number()),
+      high_freq_factor: v.optional(v.number()),
+      original_max_position_embeddings: v.optional(v.number()),
+    }),
+  ),
+  tie_word_embeddings: v.optional(v.boolean()),
+  attention_bias: v.optional(v.boolean()),
+  mlp_bias: v.optional(v.boolean()),
+  hidden_act: v.optional(v.string()),
+  sliding_window: v.nullish(v.number()),
+  use_sliding_window: v.optional(v.boolean()),
+  bos_token_id: TokenIds,
+  eos_token_id: TokenIds,
 });
+
+export type HfModelConfig = v.InferOutput<typeof HfModelConfigSchema>;
 
 /** TensorRT-LLM engine `config.json` (the parts LoRA needs). */
 export const TrtllmEngineConfigSchema = v.looseObject({

@@ -1,0 +1,655 @@
+/*
+ * The CPU engine behind the ABI: a request queue, a scheduler thread that runs continuous batching
+ * (admit while slots and KV budget allow, prefill in chunks beside decodes, sample, answer), the LoRA
+ * cache, and the response queue that mlr_await_responses drains.
+ *
+ * Locking: `mu` guards the queue, the running set's flags, the LoRA cache, responses and counters;
+ * `compute_mu` serialises forward passes (the scheduler's steps and mlr_forward_logits). The scheduler
+ * never holds `mu` during a forward pass, so enqueue, cancel and await never wait for one.
+ */
+#include <errno.h>
+#include <inttypes.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "errbuf.h"
+#include "forward.h"
+#include "kernels.h"
+#include "lora_cache.h"
+#include "model.h"
+#include "multilora.h"
+#include "sampler.h"
+#include "thread_pool.h"
+
+/* A request from enqueue to its last response. */
+typedef struct request {
+    uint64_t id;
+    mlr_request p;           /* scalars as given; pointer fields are not used after enqueue */
+    int32_t *tokens;         /* prompt then generated, capacity prompt_len + max_new_tokens; owned */
+    int32_t n_tokens;
+    int32_t *end_ids, *stop_ids; /* owned copies */
+    void *lora_weights;      /* owned copy, freed once stored in the cache */
+    int32_t *lora_config;    /* owned copy */
+    int cancelled;
+    /* once running: */
+    seq_kv kv;
+    int64_t kv_bytes;
+    int32_t n_cached;        /* positions whose K/V are stored */
+    int32_t n_generated;
+    lora_adapter *lora;
+    sampler_state sampler;
+    struct request *next;    /* queue link */
+} request;
+
+struct mlr_engine {
+    mlr_cpu_params params;
+    model m;
+    kernels k;
+    thread_pool pool;
+    lora_cache loras;
+    forward_scratch scratch;
+    float *logits;           /* [max_batch, vocab] */
+    float *sample_scratch;   /* [2 * vocab] */
+    int32_t *index_scratch;  /* [vocab] */
+
+    pthread_t scheduler;
+    pthread_mutex_t mu;
+    pthread_cond_t work;     /* new request, cancel, shutdown */
+    pthread_cond_t answered; /* new responses */
+    pthread_mutex_t compute_mu;
+    int shutdown;
+
+    request *queue_head, *queue_tail;
+    request **running;       /* [max_batch] */
+    int32_t n_running;
+    uint64_t next_id;
+    int64_t kv_used, kv_capacity;
+
+    mlr_response *responses; /* a growable array; [resp_head, resp_count) are pending */
+    int32_t resp_head, resp_count, resp_cap;
+
+    int64_t steps, tokens_generated;
+};
+
+/* ============================================================================================== */
+/* defaults */
+
+void mlr_cpu_params_default(mlr_cpu_params *p) {
+    memset(p, 0, sizeof *p);
+    p->max_batch = 8;
+    p->max_seq_len = 0;
+    p->kv_cache_bytes = 0;
+    p->threads = 0;
+    p->prefill_chunk = 256;
+    p->max_lora_rank = 64;
+    p->lora_cache_bytes = 256ll << 20;
+    p->max_loras = 0;
+    p->lora_dtype = -1;
+}
+
+void mlr_request_default(mlr_request *r) {
+    memset(r, 0, sizeof *r);
+    r->max_new_tokens = 16;
+    r->temperature = 1.0f;
+    r->top_p = 1.0f;
+    r->repetition_penalty = 1.0f;
+    r->top_logprobs = -1;
+    r->lora_config_width = 3;
+    r->lora_scale = 1.0f;
+}
+
+/* ============================================================================================== */
+/* responses */
+
+static void push_response(mlr_engine *e, const mlr_response *r) {
+    if (e->resp_head > 0 && e->resp_head + e->resp_count == e->resp_cap) {
+        memmove(e->responses, e->responses + e->resp_head, (size_t)e->resp_count * sizeof *r);
+        e->resp_head = 0;
+    }
+    if (e->resp_head + e->resp_count == e->resp_cap) {
+        int32_t cap = e->resp_cap ? 2 * e->resp_cap : 64;
+        mlr_response *grown = realloc(e->responses, (size_t)cap * sizeof *grown);
+        if (!grown) return; /* out of memory: the response is lost; the request still ends */
+        e->responses = grown;
+        e->resp_cap = cap;
+    }
+    e->responses[e->resp_head + e->resp_count++] = *r;
+}
+
+static void respond_error(mlr_engine *e, uint64_t id, int32_t status, int32_t finish, const char *text) {
+    mlr_response r = {.request_id = id, .status = status, .finish_reason = finish, .token = -1};
+    if (text) snprintf(r.error, sizeof r.error, "%s", text);
+    push_response(e, &r);
+}
+
+/* ============================================================================================== */
+/* request lifetime */
+
+static void request_free(request *r) {
+    free(r->tokens);
+    free(r->end_ids);
+    free(r->stop_ids);
+    free(r->lora_weights);
+    free(r->lora_config);
+    seq_kv_free(&r->kv);
+    sampler_state_free(&r->sampler);
+    free(r);
+}
+
+/* Ends a running request: frees its slot, KV and adapter use. Caller holds mu. */
+static void finish_running(mlr_engine *e, int32_t slot) {
+    request *r = e->running[slot];
+    if (r->lora) lora_cache_release_use(&e->loras, r->lora, e->steps);
+    e->kv_used -= r->kv_bytes;
+    e->running[slot] = e->running[--e->n_running];
+    request_free(r);
+}
+
+static int32_t find_id(const int32_t *ids, int32_t n, int32_t token) {
+    for (int32_t i = 0; i < n; i++)
+        if (ids[i] == token) return 1;
+    return 0;
+}
+
+/* Moves queued requests into free slots while the KV budget allows, resolving their adapters.
+ * Requests are admitted in order: one that must wait for KV room holds back those behind it. */
+static void admit(mlr_engine *e) {
+    while (e->queue_head && e->n_running < e->params.max_batch) {
+        request *r = e->queue_head;
+        const int32_t capacity = r->p.prompt_len + r->p.max_new_tokens;
+        const int64_t need = seq_kv_bytes(&e->m, capacity);
+        if (!r->cancelled && need > e->kv_capacity) {
+            char text[200];
+            snprintf(text, sizeof text, "the request needs %lld bytes of KV cache (%d tokens) but the budget is %lld",
+                     (long long)need, capacity, (long long)e->kv_capacity);
+            r->cancelled = 2;
+            respond_error(e, r->id, MLR_INVALID_ARGUMENT, MLR_FINISH_ERROR, text);
+        }
+        if (!r->cancelled && e->kv_used + need > e->kv_capacity) return; /* waits for room */
+        e->queue_head = r->next;
+        if (!e->queue_head) e->queue_tail = NULL;
+        if (r->cancelled) {
+            if (r->cancelled == 1) respond_error(e, r->id, MLR_CANCELLED, MLR_FINISH_CANCELLED, NULL);
+            request_free(r);
+            continue;
+        }
+        if (r->p.lora_task_id != 0) {
+            char text[256] = "";
+            lora_payload payload = {r->lora_weights, r->p.lora_weights_dtype, r->p.lora_rows, r->p.lora_row_len,
+                                    r->lora_config, r->p.lora_config_width};
+            int32_t status = lora_cache_acquire(&e->loras, &e->m, r->p.lora_task_id, r->lora_weights ? &payload : NULL,
+                                                e->steps, &r->lora, text, sizeof text);
+            free(r->lora_weights);
+            free(r->lora_config);
+            r->lora_weights = NULL;
+            r->lora_config = NULL;
+            if (status != MLR_OK) {
+                respond_error(e, r->id, status, MLR_FINISH_ERROR, text);
+                request_free(r);
+                continue;
+            }
+        }
+        if (!seq_kv_alloc(&r->kv, &e->m, capacity) ||
+            !sampler_state_init(&r->sampler, e->m.cfg.vocab_size, r->p.seed, r->tokens, r->p.prompt_len)) {
+            if (r->lora) lora_cache_release_use(&e->loras, r->lora, e->steps);
+            respond_error(e, r->id, MLR_OUT_OF_MEMORY, MLR_FINISH_ERROR, "out of memory for the KV cache");
+            request_free(r);
+            continue;
+        }
+        r->kv_bytes = need;
+        e->kv_used += need;
+        e->running[e->n_running++] = r;
+    }
+}
+
+/* ============================================================================================== */
+/* the scheduler */
+
+typedef struct step_plan {
+    batch_entry *batch;      /* [max_tokens] */
+    int32_t *slot_of_row;    /* [max_batch]: which running slot each logits row belongs to */
+} step_plan;
+
+/* Builds one step: a decode token for every sequence past its prompt, then prompt chunks in slot order
+ * within the prefill budget. Returns the token count; *rows = logits rows. Caller holds mu. */
+static int32_t plan_step(mlr_engine *e, step_plan *plan, int32_t *rows) {
+    int32_t n = 0, budget = e->params.prefill_chunk;
+    *rows = 0;
+    for (int32_t s = 0; s < e->n_running; s++) {
+        request *r = e->running[s];
+        if (r->n_cached < r->p.prompt_len) continue;
+        plan->slot_of_row[*rows] = s;
+        plan->batch[n++] = (batch_entry){r->tokens[r->n_cached], r->n_cached, &r->kv, r->lora, r->p.lora_scale, (*rows)++};
+    }
+    for (int32_t s = 0; s < e->n_running && budget > 0; s++) {
+        request *r = e->running[s];
+        const int32_t left = r->p.prompt_len - r->n_cached;
+        if (left <= 0) continue;
+        const int32_t take = left < budget ? left : budget;
+        for (int32_t i = 0; i < take; i++) {
+            const int32_t pos = r->n_cached + i;
+            const int last = pos == r->p.prompt_len - 1;
+            if (last) plan->slot_of_row[*rows] = s;
+            plan->batch[n++] = (batch_entry){r->tokens[pos], pos, &r->kv, r->lora, r->p.lora_scale, last ? (*rows)++ : -1};
+        }
+        budget -= take;
+    }
+    return n;
+}
+
+/* After a step: advance every sequence, sample where logits came back, answer, end finished ones. */
+static void complete_step(mlr_engine *e, const step_plan *plan, int32_t n, int32_t rows) {
+    for (int32_t t = 0; t < n; t++) { /* count the stored positions */
+        for (int32_t s = 0; s < e->n_running; s++) {
+            if (&e->running[s]->kv == plan->batch[t].kv) {
+                e->running[s]->n_cached = plan->batch[t].pos + 1;
+                break;
+            }
+        }
+    }
+    int32_t *done = calloc((size_t)e->params.max_batch, sizeof(int32_t));
+    for (int32_t row = 0; row < rows; row++) {
+        const int32_t s = plan->slot_of_row[row];
+        request *r = e->running[s];
+        if (r->cancelled) continue;
+        const sampler_params sp = {r->p.temperature, r->p.top_p, r->p.min_p, r->p.top_k,
+                                   r->p.repetition_penalty, r->p.frequency_penalty, r->p.presence_penalty};
+        mlr_response resp = {.request_id = r->id, .status = MLR_OK};
+        const int32_t token = sampler_pick(&sp, &r->sampler, e->logits + (int64_t)row * e->m.cfg.vocab_size,
+                                           e->m.cfg.vocab_size, r->p.top_logprobs, e->sample_scratch, e->index_scratch, &resp);
+        sampler_state_record(&r->sampler, token);
+        r->tokens[r->n_tokens++] = token;
+        r->n_generated++;
+        e->tokens_generated++;
+        if (find_id(r->end_ids, r->p.n_end_ids, token)) resp.finish_reason = MLR_FINISH_END_ID;
+        else if (find_id(r->stop_ids, r->p.n_stop_ids, token)) resp.finish_reason = MLR_FINISH_STOP_ID;
+        else if (r->n_generated >= r->p.max_new_tokens) resp.finish_reason = MLR_FINISH_LENGTH;
+        push_response(e, &resp);
+        if (resp.finish_reason != MLR_FINISH_NONE && done) done[s] = 1;
+    }
+    /* End finished sequences (from the highest slot down: finish_running moves the last slot). */
+    for (int32_t s = e->n_running - 1; s >= 0; s--)
+        if (done && done[s]) finish_running(e, s);
+    free(done);
+}
+
+/* Cancelled sequences leave before the next step. Caller holds mu. */
+static void drop_cancelled(mlr_engine *e) {
+    for (int32_t s = e->n_running - 1; s >= 0; s--) {
+        if (!e->running[s]->cancelled) continue;
+        respond_error(e, e->running[s]->id, MLR_CANCELLED, MLR_FINISH_CANCELLED, NULL);
+        finish_running(e, s);
+    }
+}
+
+static void *scheduler_main(void *arg) {
+    mlr_engine *e = arg;
+    step_plan plan = {malloc((size_t)e->scratch.max_tokens * sizeof(batch_entry)),
+                      malloc((size_t)e->params.max_batch * sizeof(int32_t))};
+    pthread_mutex_lock(&e->mu);
+    while (!e->shutdown) {
+        drop_cancelled(e);
+        admit(e);
+        if (e->n_running == 0) {
+            pthread_cond_broadcast(&e->answered);
+            pthread_cond_wait(&e->work, &e->mu);
+            continue;
+        }
+        int32_t rows = 0;
+        const int32_t n = plan.batch && plan.slot_of_row ? plan_step(e, &plan, &rows) : 0;
+        pthread_mutex_unlock(&e->mu);
+        pthread_mutex_lock(&e->compute_mu);
+        forward_ctx ctx = {&e->m, &e->k, &e->pool, &e->scratch};
+        forward(&ctx, plan.batch, n, e->logits);
+        pthread_mutex_unlock(&e->compute_mu);
+        pthread_mutex_lock(&e->mu);
+        e->steps++;
+        complete_step(e, &plan, n, rows);
+        pthread_cond_broadcast(&e->answered);
+    }
+    pthread_mutex_unlock(&e->mu);
+    free(plan.batch);
+    free(plan.slot_of_row);
+    return NULL;
+}
+
+/* ============================================================================================== */
+/* API */
+
+static int online_cores(void) {
+    long n = sysconf(_SC_NPROCESSORS_ONLN);
+    return n > 0 ? (int)n : 1;
+}
+
+int32_t mlr_cpu_create(const mlr_cpu_params *params, mlr_engine **out, char *err, size_t err_len) {
+    *out = NULL;
+    if (err && err_len) err[0] = '\0';
+    mlr_engine *e = calloc(1, sizeof *e);
+    if (!e) {
+        errbuf_add(err, err_len, "out of memory");
+        return MLR_OUT_OF_MEMORY;
+    }
+    e->params = *params;
+    mlr_cpu_params *p = &e->params;
+    int32_t status = model_init(&e->m, &p->model, p->tensors, p->n_tensors, err, err_len);
+    if (status != MLR_OK) {
+        free(e);
+        return status;
+    }
+    p->tensors = NULL; /* borrowed for this call only */
+    const int32_t max_pos = p->model.max_position > 0 ? p->model.max_position : 4096;
+    if (p->max_seq_len <= 0) p->max_seq_len = max_pos < 4096 ? max_pos : 4096;
+    if (p->max_batch <= 0 || p->prefill_chunk <= 0 || p->max_lora_rank <= 0 || p->lora_cache_bytes < 0 ||
+        p->max_loras < 0 || p->kv_cache_bytes < 0 || p->threads < 0) {
+        errbuf_add(err, err_len, "max_batch, prefill_chunk and max_lora_rank must be positive; sizes and counts not negative");
+        model_free(&e->m);
+        free(e);
+        return MLR_INVALID_ARGUMENT;
+    }
+    if (p->threads == 0) p->threads = online_cores();
+    if (p->lora_dtype < 0) p->lora_dtype = e->m.dtype;
+    e->kv_capacity = p->kv_cache_bytes > 0 ? p->kv_cache_bytes : p->max_batch * seq_kv_bytes(&e->m, p->max_seq_len);
+    kernels_select(&e->k);
+    lora_cache_init(&e->loras, &e->m, p->lora_cache_bytes, p->max_loras, p->max_lora_rank, p->lora_dtype);
+    const int32_t vocab = e->m.cfg.vocab_size;
+    e->running = calloc((size_t)p->max_batch, sizeof(request *));
+    e->logits = malloc((size_t)p->max_batch * (size_t)vocab * sizeof(float));
+    e->sample_scratch = malloc(2 * (size_t)vocab * sizeof(float));
+    e->index_scratch = malloc((size_t)vocab * sizeof(int32_t));
+    int ok = e->running && e->logits && e->sample_scratch && e->index_scratch &&
+             forward_scratch_alloc(&e->scratch, &e->m, p->max_batch + p->prefill_chunk, p->max_lora_rank);
+    ok = ok && thread_pool_init(&e->pool, p->threads) == 0;
+    pthread_mutex_init(&e->mu, NULL);
+    pthread_mutex_init(&e->compute_mu, NULL);
+    pthread_cond_init(&e->work, NULL);
+    pthread_cond_init(&e->answered, NULL);
+    if (ok && pthread_create(&e->scheduler, NULL, scheduler_main, e) != 0) {
+        thread_pool_free(&e->pool);
+        ok = 0;
+    }
+    if (!ok) {
+        errbuf_add(err, err_len, "out of memory or threads while creating the engine");
+        forward_scratch_free(&e->scratch);
+        free(e->running);
+        free(e->logits);
+        free(e->sample_scratch);
+        free(e->index_scratch);
+        lora_cache_free(&e->loras);
+        model_free(&e->m);
+        free(e);
+        return MLR_OUT_OF_MEMORY;
+    }
+    e->next_id = 1;
+    *out = e;
+    return MLR_OK;
+}
+
+void mlr_destroy(mlr_engine *e) {
+    if (!e) return;
+    pthread_mutex_lock(&e->mu);
+    e->shutdown = 1;
+    pthread_cond_broadcast(&e->work);
+    pthread_mutex_unlock(&e->mu);
+    pthread_join(e->scheduler, NULL);
+    while (e->n_running > 0) finish_running(e, e->n_running - 1);
+    while (e->queue_head) {
+        request *r = e->queue_head;
+        e->queue_head = r->next;
+        request_free(r);
+    }
+    thread_pool_free(&e->pool);
+    forward_scratch_free(&e->scratch);
+    lora_cache_free(&e->loras);
+    model_free(&e->m);
+    free(e->running);
+    free(e->logits);
+    free(e->sample_scratch);
+    free(e->index_scratch);
+    free(e->responses);
+    pthread_mutex_destroy(&e->mu);
+    pthread_mutex_destroy(&e->compute_mu);
+    pthread_cond_destroy(&e->work);
+    pthread_cond_destroy(&e->answered);
+    free(e);
+}
+
+static int32_t *copy_ints(const int32_t *src, int64_t n) {
+    if (n <= 0) return NULL;
+    int32_t *dst = malloc((size_t)n * sizeof(int32_t));
+    if (dst) memcpy(dst, src, (size_t)n * sizeof(int32_t));
+    return dst;
+}
+
+int32_t mlr_enqueue(mlr_engine *e, const mlr_request *q, uint64_t *request_id, char *err, size_t err_len) {
+    if (err && err_len) err[0] = '\0';
+    const int32_t vocab = e->m.cfg.vocab_size;
+    int problems = 0;
+#define CHECK(cond, ...)                           \
+    if (!(cond)) {                                 \
+        errbuf_add(err, err_len, __VA_ARGS__);     \
+        problems++;                                \
+    }
+    CHECK(q->prompt && q->prompt_len > 0, "the prompt is empty");
+    CHECK(q->max_new_tokens > 0, "max_new_tokens must be at least 1 (got %d)", q->max_new_tokens);
+    CHECK((int64_t)q->prompt_len + q->max_new_tokens <= e->params.max_seq_len,
+          "prompt (%d tokens) + max_new_tokens (%d) exceeds max_seq_len %d", q->prompt_len, q->max_new_tokens,
+          e->params.max_seq_len);
+    for (int32_t i = 0; q->prompt && i < q->prompt_len; i++) {
+        if (q->prompt[i] < 0 || q->prompt[i] >= vocab) {
+            CHECK(0, "prompt token %d at position %d is outside the vocabulary (0..%d)", q->prompt[i], i, vocab - 1);
+            break;
+        }
+    }
+    CHECK(q->temperature >= 0, "temperature must not be negative");
+    CHECK(q->top_p > 0 && q->top_p <= 1, "top_p must be in (0, 1]");
+    CHECK(q->min_p >= 0 && q->min_p <= 1, "min_p must be in [0, 1]");
+    CHECK(q->top_k >= 0, "top_k must not be negative");
+    CHECK(q->repetition_penalty > 0, "repetition_penalty must be positive");
+    CHECK(q->top_logprobs >= -1 && q->top_logprobs <= MLR_MAX_TOP_LOGPROBS, "top_logprobs must be in -1..%d",
+          MLR_MAX_TOP_LOGPROBS);
+    CHECK(q->n_end_ids >= 0 && q->n_stop_ids >= 0 && (q->n_end_ids == 0 || q->end_ids) && (q->n_stop_ids == 0 || q->stop_ids),
+          "end_ids / stop_ids are inconsistent");
+    if (q->lora_weights) {
+        CHECK(q->lora_config && q->lora_rows > 0 && q->lora_row_len > 0 &&
+                  (q->lora_weights_dtype >= MLR_DTYPE_F32 && q->lora_weights_dtype <= MLR_DTYPE_BF16),
+              "LoRA weights need a config, rows, row length and a float dtype");
+        CHECK(q->lora_task_id != 0, "LoRA weights need a task id other than 0");
+    }
+#undef CHECK
+    if (problems > 0) return MLR_INVALID_ARGUMENT;
+
+    request *r = calloc(1, sizeof *r);
+    if (!r) return MLR_OUT_OF_MEMORY;
+    r->p = *q;
+    r->tokens = malloc(((size_t)q->prompt_len + (size_t)q->max_new_tokens) * sizeof(int32_t));
+    r->end_ids = copy_ints(q->end_ids, q->n_end_ids);
+    r->stop_ids = copy_ints(q->stop_ids, q->n_stop_ids);
+    int ok = r->tokens && (q->n_end_ids == 0 || r->end_ids) && (q->n_stop_ids == 0 || r->stop_ids);
+    if (ok && q->lora_weights) {
+        const size_t bytes = (size_t)q->lora_rows * (size_t)q->lora_row_len * (q->lora_weights_dtype == MLR_DTYPE_F32 ? 4 : 2);
+        r->lora_weights = malloc(bytes);
+        r->lora_config = copy_ints(q->lora_config, q->lora_rows * q->lora_config_width);
+        ok = r->lora_weights && r->lora_config;
+        if (ok) memcpy(r->lora_weights, q->lora_weights, bytes);
+    }
+    if (!ok) {
+        request_free(r);
+        errbuf_add(err, err_len, "out of memory copying the request");
+        return MLR_OUT_OF_MEMORY;
+    }
+    memcpy(r->tokens, q->prompt, (size_t)q->prompt_len * sizeof(int32_t));
+    r->n_tokens = q->prompt_len;
+    r->p.prompt = r->p.end_ids = r->p.stop_ids = r->p.lora_config = NULL;
+    r->p.lora_weights = NULL;
+
+    pthread_mutex_lock(&e->mu);
+    r->id = e->next_id++;
+    if (e->queue_tail) e->queue_tail->next = r;
+    else e->queue_head = r;
+    e->queue_tail = r;
+    *request_id = r->id;
+    pthread_cond_signal(&e->work);
+    pthread_mutex_unlock(&e->mu);
+    return MLR_OK;
+}
+
+int32_t mlr_await_responses(mlr_engine *e, mlr_response *out, int32_t capacity, int32_t timeout_ms, int32_t *n_out) {
+    *n_out = 0;
+    if (capacity <= 0) return MLR_INVALID_ARGUMENT;
+    pthread_mutex_lock(&e->mu);
+    if (e->resp_count == 0 && timeout_ms > 0) {
+        struct timespec deadline;
+        clock_gettime(CLOCK_REALTIME, &deadline);
+        deadline.tv_sec += timeout_ms / 1000;
+        deadline.tv_nsec += (long)(timeout_ms % 1000) * 1000000L;
+        if (deadline.tv_nsec >= 1000000000L) {
+            deadline.tv_sec++;
+            deadline.tv_nsec -= 1000000000L;
+        }
+        while (e->resp_count == 0 && !e->shutdown)
+            if (pthread_cond_timedwait(&e->answered, &e->mu, &deadline) == ETIMEDOUT) break;
+    }
+    const int32_t n = e->resp_count < capacity ? e->resp_count : capacity;
+    memcpy(out, e->responses + e->resp_head, (size_t)n * sizeof *out);
+    e->resp_head += n;
+    e->resp_count -= n;
+    if (e->resp_count == 0) e->resp_head = 0;
+    *n_out = n;
+    pthread_mutex_unlock(&e->mu);
+    return MLR_OK;
+}
+
+int32_t mlr_cancel(mlr_engine *e, uint64_t id) {
+    int32_t status = MLR_NOT_FOUND;
+    pthread_mutex_lock(&e->mu);
+    for (request *r = e->queue_head; r; r = r->next)
+        if (r->id == id && !r->cancelled) r->cancelled = 1, status = MLR_OK;
+    for (int32_t s = 0; s < e->n_running; s++)
+        if (e->running[s]->id == id && !e->running[s]->cancelled) e->running[s]->cancelled = 1, status = MLR_OK;
+    pthread_cond_signal(&e->work);
+    pthread_mutex_unlock(&e->mu);
+    return status;
+}
+
+int32_t mlr_capabilities_get(mlr_engine *e, mlr_capabilities *out) {
+    *out = (mlr_capabilities){.lora_pin = 1,
+                              .lora_release = 1,
+                              .lora_task_listing = 1,
+                              .top_logprobs = 1,
+                              .lora_scale = 1,
+                              .max_top_logprobs = MLR_MAX_TOP_LOGPROBS,
+                              .max_lora_rank = e->params.max_lora_rank,
+                              .lora_dtype = e->params.lora_dtype};
+    return MLR_OK;
+}
+
+int32_t mlr_lora_pin(mlr_engine *e, uint64_t task_id, int32_t on, char *err, size_t err_len) {
+    if (err && err_len) err[0] = '\0';
+    pthread_mutex_lock(&e->mu);
+    int32_t status = lora_cache_pin(&e->loras, task_id, on, err, err_len);
+    pthread_mutex_unlock(&e->mu);
+    return status;
+}
+
+int32_t mlr_lora_release(mlr_engine *e, uint64_t task_id, char *err, size_t err_len) {
+    if (err && err_len) err[0] = '\0';
+    pthread_mutex_lock(&e->mu);
+    int32_t status = lora_cache_release(&e->loras, task_id, err, err_len);
+    pthread_mutex_unlock(&e->mu);
+    return status;
+}
+
+static int by_last_use_desc(const void *a, const void *b) {
+    const mlr_lora_task_stats *x = a, *y = b;
+    if (x->last_use != y->last_use) return x->last_use > y->last_use ? -1 : 1;
+    return x->task_id < y->task_id ? -1 : (x->task_id > y->task_id);
+}
+
+int32_t mlr_stats_get(mlr_engine *e, mlr_stats *out, mlr_lora_task_stats *tasks, int32_t capacity, int32_t *n_tasks) {
+    pthread_mutex_lock(&e->mu);
+    int32_t queued = 0;
+    for (request *r = e->queue_head; r; r = r->next) queued++;
+    const lora_cache *c = &e->loras;
+    *out = (mlr_stats){.running = e->n_running,
+                       .queued = queued,
+                       .kv_bytes_used = e->kv_used,
+                       .kv_bytes_capacity = e->kv_capacity,
+                       .lora_bytes_used = c->used,
+                       .lora_bytes_capacity = c->capacity,
+                       .lora_tasks = c->n_tasks,
+                       .max_loras = c->max_loras,
+                       .lora_puts = c->puts,
+                       .lora_hits = c->hits,
+                       .lora_misses = c->misses,
+                       .lora_evictions = c->evictions,
+                       .steps = e->steps,
+                       .tokens_generated = e->tokens_generated};
+    int32_t n = 0;
+    if (tasks && capacity > 0) {
+        mlr_lora_task_stats *all = malloc((size_t)(c->n_tasks > 0 ? c->n_tasks : 1) * sizeof *all);
+        for (int32_t i = 0; all && i < c->n_tasks; i++) {
+            const lora_adapter *a = c->tasks[i];
+            all[i] = (mlr_lora_task_stats){a->task_id, a->bytes, a->active, a->pinned, a->release_pending, a->n_rows, a->last_use};
+        }
+        if (all) {
+            qsort(all, (size_t)c->n_tasks, sizeof *all, by_last_use_desc);
+            n = c->n_tasks < capacity ? c->n_tasks : capacity;
+            memcpy(tasks, all, (size_t)n * sizeof *all);
+            free(all);
+        }
+    }
+    if (n_tasks) *n_tasks = n;
+    pthread_mutex_unlock(&e->mu);
+    return MLR_OK;
+}
+
+int32_t mlr_forward_logits(mlr_engine *e, const int32_t *tokens, int32_t n, uint64_t task_id, float lora_scale,
+                           float *logits, char *err, size_t err_len) {
+    if (err && err_len) err[0] = '\0';
+    if (n <= 0 || n > e->params.max_seq_len) {
+        errbuf_add(err, err_len, "token count %d is outside 1..%d", n, e->params.max_seq_len);
+        return MLR_INVALID_ARGUMENT;
+    }
+    for (int32_t i = 0; i < n; i++) {
+        if (tokens[i] < 0 || tokens[i] >= e->m.cfg.vocab_size) {
+            errbuf_add(err, err_len, "token %d at position %d is outside the vocabulary", tokens[i], i);
+            return MLR_INVALID_ARGUMENT;
+        }
+    }
+    lora_adapter *lora = NULL;
+    pthread_mutex_lock(&e->mu);
+    int32_t status = task_id == 0 ? MLR_OK : lora_cache_acquire(&e->loras, &e->m, task_id, NULL, e->steps, &lora, err, err_len);
+    pthread_mutex_unlock(&e->mu);
+    if (status != MLR_OK) return status;
+
+    seq_kv kv = {0};
+    const int32_t chunk = e->scratch.max_tokens;
+    batch_entry *batch = malloc((size_t)chunk * sizeof *batch);
+    float *chunk_logits = malloc((size_t)chunk * (size_t)e->m.cfg.vocab_size * sizeof(float));
+    if (batch && chunk_logits && seq_kv_alloc(&kv, &e->m, n)) {
+        pthread_mutex_lock(&e->compute_mu);
+        forward_ctx ctx = {&e->m, &e->k, &e->pool, &e->scratch};
+        for (int32_t start = 0; start < n; start += chunk) {
+            const int32_t m = n - start < chunk ? n - start : chunk;
+            for (int32_t i = 0; i < m; i++) batch[i] = (batch_entry){tokens[start + i], start + i, &kv, lora, lora_scale, i};
+            forward(&ctx, batch, m, chunk_logits);
+            memcpy(logits + (int64_t)start * e->m.cfg.vocab_size, chunk_logits, (size_t)m * (size_t)e->m.cfg.vocab_size * sizeof(float));
+        }
+        pthread_mutex_unlock(&e->compute_mu);
+    } else {
+        errbuf_add(err, err_len, "out of memory");
+        status = MLR_OUT_OF_MEMORY;
+    }
+    seq_kv_free(&kv);
+    free(batch);
+    free(chunk_logits);
+    if (lora) {
+        pthread_mutex_lock(&e->mu);
+        lora_cache_release_use(&e->loras, lora, e->steps);
+        pthread_mutex_unlock(&e->mu);
+    }
+    return status;
+}

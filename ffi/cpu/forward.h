@@ -1,0 +1,61 @@
+/*
+ * One forward step over a batch of tokens from many sequences (prefill chunks and decode tokens mixed),
+ * each sequence with its own KV cache, position and LoRA adapter (or none) at its own scale.
+ *
+ * Per layer, for tokens t of the batch (HF Llama semantics):
+ *   xn = rmsnorm(x)                        q,k,v = xn Wq,Wk,Wv (+bias) + LoRA;  rope(q, k) at pos[t]
+ *   K/V[seq][pos[t]] = k, v                att = softmax(q K^T / sqrt(hd)) V over the sequence's 0..pos[t]
+ *   x += att Wo + LoRA                     x += down(silu(gate(xn2)) * up(xn2)) (+ LoRA on each), xn2 = rmsnorm(x)
+ * LoRA, per token (Punica's SGMV idea, done row by row): y[t] += scale[t] * B_a(t) (A_a(t) x[t]).
+ */
+#ifndef MLR_FORWARD_H
+#define MLR_FORWARD_H
+
+#include <stdint.h>
+
+#include "kernels.h"
+#include "lora_cache.h"
+#include "model.h"
+#include "thread_pool.h"
+
+/* A sequence's keys and values: [num_layers][capacity][kv_dim] each, f32. */
+typedef struct seq_kv {
+    float *k;
+    float *v;
+    int32_t capacity;
+} seq_kv;
+
+int seq_kv_alloc(seq_kv *kv, const model *m, int32_t capacity);
+void seq_kv_free(seq_kv *kv);
+int64_t seq_kv_bytes(const model *m, int32_t capacity);
+
+typedef struct batch_entry {
+    int32_t token;
+    int32_t pos;
+    seq_kv *kv;
+    const lora_adapter *lora; /* NULL: the base model */
+    float lora_scale;
+    int32_t logits_row;       /* row of the logits output (rows numbered 0, 1, ... in batch order), or -1 */
+} batch_entry;
+
+/* Work buffers for up to max_tokens tokens per step; owned. */
+typedef struct forward_scratch {
+    int32_t max_tokens;
+    int32_t max_rank;
+    float *x, *xn, *q, *k, *v, *att, *o, *gate, *up, *lora_mid;
+} forward_scratch;
+
+int forward_scratch_alloc(forward_scratch *s, const model *m, int32_t max_tokens, int32_t max_rank);
+void forward_scratch_free(forward_scratch *s);
+
+typedef struct forward_ctx {
+    const model *m;
+    const kernels *k;
+    thread_pool *pool;
+    forward_scratch *scratch;
+} forward_ctx;
+
+/* Runs n tokens (n <= scratch->max_tokens); logits: [rows wanted, vocab]. Returns 0, or -1 out of memory. */
+int forward(const forward_ctx *ctx, const batch_entry *batch, int32_t n, float *logits);
+
+#endif /* MLR_FORWARD_H */

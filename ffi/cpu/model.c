@@ -1,0 +1,166 @@
+#include "model.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "errbuf.h"
+
+/* Finds `name` in the table and checks its shape; records a problem and returns a NULL weight otherwise. */
+static weight find(const mlr_tensor *tensors, int32_t n, const char *name, int64_t d0, int64_t d1, int required,
+                   char *err, size_t err_len, int *problems) {
+    for (int32_t i = 0; i < n; i++) {
+        const mlr_tensor *t = &tensors[i];
+        if (!t->name || strcmp(t->name, name) != 0) continue;
+        int ndim = d1 > 0 ? 2 : 1;
+        if (t->dtype < MLR_DTYPE_F32 || t->dtype > MLR_DTYPE_BF16) {
+            errbuf_add(err, err_len, "%s: dtype %d is not F32, F16 or BF16", name, t->dtype);
+        } else if (t->ndim != ndim || t->shape[0] != d0 || (ndim == 2 && t->shape[1] != d1)) {
+            if (ndim == 2) {
+                errbuf_add(err, err_len, "%s: shape [%lld, %lld], expected [%lld, %lld]", name, (long long)t->shape[0],
+                           (long long)(t->ndim > 1 ? t->shape[1] : 0), (long long)d0, (long long)d1);
+            } else {
+                errbuf_add(err, err_len, "%s: shape [%lld%s], expected [%lld]", name, (long long)t->shape[0],
+                           t->ndim > 1 ? ", ..." : "", (long long)d0);
+            }
+        } else if (!t->data) {
+            errbuf_add(err, err_len, "%s: no data", name);
+        } else {
+            return (weight){t->data, t->dtype};
+        }
+        (*problems)++;
+        return (weight){NULL, 0};
+    }
+    if (required) {
+        errbuf_add(err, err_len, "%s: missing", name);
+        (*problems)++;
+    }
+    return (weight){NULL, 0};
+}
+
+static int check_config(const mlr_model_config *c, char *err, size_t err_len) {
+    int problems = 0;
+#define REQUIRE(cond, ...)                          \
+    if (!(cond)) {                                  \
+        errbuf_add(err, err_len, __VA_ARGS__);      \
+        problems++;                                 \
+    }
+    REQUIRE(c->hidden_size > 0, "hidden_size must be positive");
+    REQUIRE(c->intermediate_size > 0, "intermediate_size must be positive");
+    REQUIRE(c->num_layers > 0, "num_hidden_layers must be positive");
+    REQUIRE(c->num_heads > 0, "num_attention_heads must be positive");
+    REQUIRE(c->num_kv_heads > 0 && c->num_heads % (c->num_kv_heads > 0 ? c->num_kv_heads : 1) == 0,
+            "num_key_value_heads (%d) must divide num_attention_heads (%d)", c->num_kv_heads, c->num_heads);
+    REQUIRE(c->head_dim > 0 && c->head_dim % 2 == 0, "head_dim (%d) must be positive and even", c->head_dim);
+    REQUIRE(c->vocab_size > 0, "vocab_size must be positive");
+    REQUIRE(c->rms_norm_eps > 0, "rms_norm_eps must be positive");
+    REQUIRE(c->rope_theta > 0, "rope_theta must be positive");
+    REQUIRE(c->rope_scaling == 0 || c->rope_scaling == 1, "rope_scaling type %d is not supported (none or llama3)",
+            c->rope_scaling);
+    if (c->rope_scaling == 1) {
+        REQUIRE(c->rope_factor > 0 && c->rope_low_freq_factor > 0 && c->rope_high_freq_factor > c->rope_low_freq_factor &&
+                    c->rope_original_max_position > 0,
+                "llama3 rope_scaling needs factor > 0, 0 < low_freq_factor < high_freq_factor and "
+                "original_max_position_embeddings > 0");
+    }
+#undef REQUIRE
+    return problems;
+}
+
+/* inv_freq[j] = theta^(-2j/d), with transformers' llama3 scaling when configured. */
+static void rope_frequencies(const mlr_model_config *c, float *inv_freq) {
+    const int half = c->head_dim / 2;
+    for (int j = 0; j < half; j++) {
+        double f = 1.0 / pow(c->rope_theta, (2.0 * j) / c->head_dim);
+        if (c->rope_scaling == 1) {
+            const double pi = 3.14159265358979323846;
+            double wavelen = 2 * pi / f;
+            double low_wavelen = c->rope_original_max_position / c->rope_low_freq_factor;
+            double high_wavelen = c->rope_original_max_position / c->rope_high_freq_factor;
+            if (wavelen > low_wavelen) {
+                f = f / c->rope_factor;
+            } else if (wavelen >= high_wavelen) {
+                double smooth = (c->rope_original_max_position / wavelen - c->rope_low_freq_factor) /
+                                (c->rope_high_freq_factor - c->rope_low_freq_factor);
+                f = (1 - smooth) * f / c->rope_factor + smooth * f;
+            }
+        }
+        inv_freq[j] = (float)f;
+    }
+}
+
+int32_t model_init(model *m, const mlr_model_config *cfg, const mlr_tensor *tensors, int32_t n_tensors, char *err,
+                   size_t err_len) {
+    *m = (model){0};
+    if (err && err_len) err[0] = '\0';
+    if (check_config(cfg, err, err_len) > 0) return MLR_INVALID_ARGUMENT;
+    m->cfg = *cfg;
+    const int64_t h = cfg->hidden_size, inter = cfg->intermediate_size, v = cfg->vocab_size;
+    m->q_dim = cfg->num_heads * cfg->head_dim;
+    m->kv_dim = cfg->num_kv_heads * cfg->head_dim;
+    m->layers = calloc((size_t)cfg->num_layers, sizeof(layer_weights));
+    m->inv_freq = calloc((size_t)cfg->head_dim / 2, sizeof(float));
+    if (!m->layers || !m->inv_freq) {
+        model_free(m);
+        errbuf_add(err, err_len, "out of memory");
+        return MLR_OUT_OF_MEMORY;
+    }
+    rope_frequencies(cfg, m->inv_freq);
+
+    int problems = 0;
+#define FIND(name, d0, d1, required) find(tensors, n_tensors, name, d0, d1, required, err, err_len, &problems)
+    m->embed = FIND("model.embed_tokens.weight", v, h, 1);
+    m->final_norm = FIND("model.norm.weight", h, 0, 1);
+    m->lm_head = cfg->tie_word_embeddings ? m->embed : FIND("lm_head.weight", v, h, 1);
+    char name[128];
+    for (int i = 0; i < cfg->num_layers; i++) {
+        layer_weights *l = &m->layers[i];
+#define LAYER(field, suffix, d0, d1, required)                                  \
+    snprintf(name, sizeof name, "model.layers.%d.%s", i, suffix);              \
+    l->field = FIND(name, d0, d1, required);
+        LAYER(attn_norm, "input_layernorm.weight", h, 0, 1);
+        LAYER(q, "self_attn.q_proj.weight", m->q_dim, h, 1);
+        LAYER(k, "self_attn.k_proj.weight", m->kv_dim, h, 1);
+        LAYER(v, "self_attn.v_proj.weight", m->kv_dim, h, 1);
+        LAYER(q_bias, "self_attn.q_proj.bias", m->q_dim, 0, cfg->attention_bias);
+        LAYER(k_bias, "self_attn.k_proj.bias", m->kv_dim, 0, cfg->attention_bias);
+        LAYER(v_bias, "self_attn.v_proj.bias", m->kv_dim, 0, cfg->attention_bias);
+        LAYER(o, "self_attn.o_proj.weight", h, m->q_dim, 1);
+        LAYER(ffn_norm, "post_attention_layernorm.weight", h, 0, 1);
+        LAYER(gate, "mlp.gate_proj.weight", inter, h, 1);
+        LAYER(up, "mlp.up_proj.weight", inter, h, 1);
+        LAYER(down, "mlp.down_proj.weight", h, inter, 1);
+#undef LAYER
+    }
+#undef FIND
+    if (problems > 0) {
+        model_free(m);
+        return MLR_INVALID_ARGUMENT;
+    }
+    m->dtype = m->layers[0].q.dtype;
+    return MLR_OK;
+}
+
+void model_free(model *m) {
+    free(m->layers);
+    free(m->inv_freq);
+    m->layers = NULL;
+    m->inv_freq = NULL;
+}
+
+int32_t model_lora_shape(const model *m, int32_t module_id, int64_t *in, int64_t *out) {
+    const int64_t h = m->cfg.hidden_size, inter = m->cfg.intermediate_size;
+    switch (module_id) {
+    case 0: *in = h; *out = m->q_dim + 2 * m->kv_dim; return 1; /* attn_qkv */
+    case 1: *in = h; *out = m->q_dim; return 1;                 /* attn_q */
+    case 2:                                                     /* attn_k */
+    case 3: *in = h; *out = m->kv_dim; return 1;                /* attn_v */
+    case 4: *in = m->q_dim; *out = h; return 1;                 /* attn_dense */
+    case 5:                                                     /* mlp_h_to_4h (gate_proj) */
+    case 7: *in = h; *out = inter; return 1;                    /* mlp_gate (up_proj) */
+    case 6: *in = inter; *out = h; return 1;                    /* mlp_4h_to_h (down_proj) */
+    case 18: *in = h; *out = 2 * inter; return 1;               /* mlp_gate_up: [up; gate] */
+    default: return 0;
+    }
+}

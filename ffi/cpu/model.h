@@ -1,0 +1,50 @@
+/*
+ * A Llama-family model over weights that stay where the caller mapped them: a table of pointers into
+ * the memory-mapped safetensors files, checked for presence, dtype and shape once at creation.
+ */
+#ifndef MLR_MODEL_H
+#define MLR_MODEL_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "multilora.h"
+
+/* One weight: borrowed data (the mapped file) and its dtype. */
+typedef struct weight {
+    const void *data;
+    int32_t dtype; /* mlr_float_dtype */
+} weight;
+
+typedef struct layer_weights {
+    weight attn_norm;             /* [hidden] */
+    weight q, k, v;               /* [heads*hd, hidden], [kv_heads*hd, hidden] x2 */
+    weight q_bias, k_bias, v_bias; /* [heads*hd], [kv*hd] x2, or data NULL */
+    weight o;                     /* [hidden, heads*hd] */
+    weight ffn_norm;              /* [hidden] */
+    weight gate, up;              /* [intermediate, hidden] */
+    weight down;                  /* [hidden, intermediate] */
+} layer_weights;
+
+typedef struct model {
+    mlr_model_config cfg;
+    int32_t q_dim;                /* heads * head_dim */
+    int32_t kv_dim;               /* kv_heads * head_dim */
+    weight embed;                 /* [vocab, hidden] */
+    weight final_norm;            /* [hidden] */
+    weight lm_head;               /* [vocab, hidden] (embed when tied) */
+    layer_weights *layers;        /* [num_layers], owned */
+    float *inv_freq;              /* [head_dim / 2] rotary frequencies, llama3 scaling applied; owned */
+    int32_t dtype;                /* the matrices' dtype (the default dtype adapters must have) */
+} model;
+
+/* Resolves every tensor by name and checks it; on failure writes every problem to err and returns
+ * MLR_INVALID_ARGUMENT. */
+int32_t model_init(model *m, const mlr_model_config *cfg, const mlr_tensor *tensors, int32_t n_tensors, char *err,
+                   size_t err_len);
+void model_free(model *m);
+
+/* Input and output width of a LoRA module id in this model; 0 when the model has no such module. */
+int32_t model_lora_shape(const model *m, int32_t module_id, int64_t *in, int64_t *out);
+
+#endif /* MLR_MODEL_H */

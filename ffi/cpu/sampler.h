@@ -1,0 +1,37 @@
+/*
+ * Choosing the next token from a sequence's logits: penalties, greedy or temperature with top-k, top-p
+ * and min-p, drawn from the sequence's own random stream (so batching never changes a sequence's tokens),
+ * and the log-probabilities reported to the client (log-softmax of the raw logits, before any transform).
+ */
+#ifndef MLR_SAMPLER_H
+#define MLR_SAMPLER_H
+
+#include <stdint.h>
+
+#include "multilora.h"
+
+typedef struct sampler_params {
+    float temperature, top_p, min_p;
+    int32_t top_k;
+    float repetition_penalty, frequency_penalty, presence_penalty;
+} sampler_params;
+
+/* Per-sequence state: its random stream and what it has produced. */
+typedef struct sampler_state {
+    uint64_t rng;       /* splitmix64 state, from the request's seed */
+    int32_t *counts;    /* [vocab] times each token was generated; owned */
+    uint8_t *seen;      /* [vocab] token appears in prompt or output; owned */
+} sampler_state;
+
+int sampler_state_init(sampler_state *s, int32_t vocab, uint64_t seed, const int32_t *prompt, int32_t prompt_len);
+void sampler_state_free(sampler_state *s);
+void sampler_state_record(sampler_state *s, int32_t token);
+
+/*
+ * Picks a token from logits[vocab] (modified in place) and fills the response's logprob fields
+ * (top_logprobs: -1 none, else how many alternatives). scratch: [2 * vocab] floats, [vocab] ints.
+ */
+int32_t sampler_pick(const sampler_params *p, sampler_state *s, float *logits, int32_t vocab, int32_t top_logprobs,
+                     float *scratch, int32_t *index_scratch, mlr_response *response);
+
+#endif /* MLR_SAMPLER_H */

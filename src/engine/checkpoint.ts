@@ -1,0 +1,187 @@
+/**
+ * A Hugging Face checkpoint folder opened for the CPU engine: `config.json` checked for what the engine
+ * supports (every unsupported field named), and `model.safetensors` (or the shards listed by
+ * `model.safetensors.index.json`) memory-mapped, so the engine reads the weights in place: nothing is
+ * copied at load.
+ */
+import { existsSync } from "node:fs";
+import { join } from "node:path";
+import * as v from "valibot";
+import { listProblems, MultiloraError } from "../errors.ts";
+import type { FloatDType } from "../formats/dtypes.ts";
+import { parseWith, readJson, readJsonFile } from "../formats/json-file.ts";
+import { type HfModelConfig, HfModelConfigSchema } from "../formats/model-config.ts";
+import { mmapSafetensors, type SafetensorsFile } from "../formats/safetensors-reader.ts";
+
+export const SUPPORTED_ARCHITECTURES = [
+  "LlamaForCausalLM",
+  "MistralForCausalLM",
+  "Qwen2ForCausalLM",
+] as const;
+
+/** The model's hyper-parameters as the engine ABI takes them (`mlr_model_config`). */
+export interface EngineModelConfig {
+  hiddenSize: number;
+  intermediateSize: number;
+  numLayers: number;
+  numHeads: number;
+  numKvHeads: number;
+  headDim: number;
+  vocabSize: number;
+  maxPosition: number;
+  rmsNormEps: number;
+  ropeTheta: number;
+  /** null, or transformers' llama3 scaling. */
+  ropeScaling: {
+    factor: number;
+    lowFreqFactor: number;
+    highFreqFactor: number;
+    originalMaxPosition: number;
+  } | null;
+  tieWordEmbeddings: boolean;
+  attentionBias: boolean;
+}
+
+export interface CheckpointTensor {
+  name: string;
+  dtype: FloatDType;
+  shape: readonly number[];
+  /** A view into the memory map. */
+  data: Uint8Array;
+}
+
+export interface Checkpoint {
+  dir: string;
+  architecture: string;
+  /** `model_type`, e.g. "llama". */
+  modelType: string;
+  hf: HfModelConfig;
+  config: EngineModelConfig;
+  /** The weights' dtype (of the first projection). */
+  dtype: FloatDType;
+  /** Largest sequence the model supports with full attention (sliding_window caps it for Mistral). */
+  maxSequence: number;
+  tensors: CheckpointTensor[];
+  /** The mapped files: they must stay referenced while the engine runs. */
+  files: SafetensorsFile[];
+  /** Bytes of weights mapped. */
+  bytes: number;
+}
+
+const IndexSchema = v.looseObject({ weight_map: v.record(v.string(), v.string()) });
+
+/** Opens the checkpoint in `dir`; one error lists every unsupported setting. */
+export function loadCheckpoint(dir: string): Checkpoint {
+  const configPath = join(dir, "config.json");
+  if (!existsSync(configPath)) {
+    throw new MultiloraError(`${dir}: no config.json; give a Hugging Face model folder`, {
+      code: "invalid_model",
+    });
+  }
+  const hf = readJsonFile(configPath, HfModelConfigSchema, "invalid_model");
+  const config = engineConfig(hf, configPath);
+  const files = mapWeights(dir);
+  const tensors: CheckpointTensor[] = [];
+  const problems: string[] = [];
+  for (const file of files) {
+    for (const t of file.tensors.values()) {
+      if (t.dtype !== "F32" && t.dtype !== "F16" && t.dtype !== "BF16") {
+        problems.push(
+          `${file.path}: tensor "${t.name}" has dtype ${t.dtype}; weights must be F32, F16 or BF16`,
+        );
+        continue;
+      }
+      tensors.push({ name: t.name, dtype: t.dtype, shape: t.shape, data: file.rawBytes(t.name) });
+    }
+  }
+  if (problems.length > 0)
+    throw new MultiloraError(listProblems(`${dir} cannot be loaded:`, problems), { code: "invalid_model" });
+  const architecture = hf.architectures?.[0] ?? "";
+  const q = tensors.find((t) => t.name === "model.layers.0.self_attn.q_proj.weight");
+  const window =
+    hf.sliding_window && hf.use_sliding_window !== false ? hf.sliding_window : Number.POSITIVE_INFINITY;
+  return {
+    dir,
+    architecture,
+    modelType: hf.model_type ?? "",
+    hf,
+    config,
+    dtype: q?.dtype ?? "F32",
+    maxSequence: Math.min(config.maxPosition, window),
+    tensors,
+    files,
+    bytes: files.reduce((sum, f) => sum + f.bytes.length, 0),
+  };
+}
+
+function engineConfig(hf: HfModelConfig, path: string): EngineModelConfig {
+  const problems: string[] = [];
+  const architecture = hf.architectures?.[0];
+  if (!architecture || !(SUPPORTED_ARCHITECTURES as readonly string[]).includes(architecture)) {
+    problems.push(
+      `architectures: ${JSON.stringify(hf.architectures ?? null)}; supported: ${SUPPORTED_ARCHITECTURES.join(", ")}`,
+    );
+  }
+  if (hf.hidden_act !== undefined && hf.hidden_act !== "silu")
+    problems.push(`hidden_act: "${hf.hidden_act}"; only silu is supported`);
+  if (hf.mlp_bias) problems.push("mlp_bias: true is not supported");
+  const isQwen2 = architecture === "Qwen2ForCausalLM";
+  if (hf.attention_bias && !isQwen2)
+    problems.push("attention_bias: true (a bias on o_proj too) is not supported");
+  if (hf.vocab_size === undefined) problems.push("vocab_size: missing");
+  let ropeScaling: EngineModelConfig["ropeScaling"] = null;
+  const rs = hf.rope_scaling;
+  if (rs) {
+    const type = rs.rope_type ?? rs.type;
+    if (type === "llama3") {
+      if (!rs.factor || !rs.low_freq_factor || !rs.high_freq_factor || !rs.original_max_position_embeddings) {
+        problems.push(
+          "rope_scaling: llama3 needs factor, low_freq_factor, high_freq_factor, original_max_position_embeddings",
+        );
+      } else {
+        ropeScaling = {
+          factor: rs.factor,
+          lowFreqFactor: rs.low_freq_factor,
+          highFreqFactor: rs.high_freq_factor,
+          originalMaxPosition: rs.original_max_position_embeddings,
+        };
+      }
+    } else if (type !== "default") {
+      problems.push(`rope_scaling: type ${JSON.stringify(type)} is not supported (none or llama3)`);
+    }
+  }
+  if (problems.length > 0)
+    throw new MultiloraError(listProblems(`${path}: unsupported model:`, problems), {
+      code: "invalid_model",
+    });
+  return {
+    hiddenSize: hf.hidden_size,
+    intermediateSize: hf.intermediate_size,
+    numLayers: hf.num_hidden_layers,
+    numHeads: hf.num_attention_heads,
+    numKvHeads: hf.num_key_value_heads ?? hf.num_attention_heads,
+    headDim: hf.head_dim ?? hf.hidden_size / hf.num_attention_heads,
+    vocabSize: hf.vocab_size as number,
+    maxPosition: hf.max_position_embeddings ?? 4096,
+    rmsNormEps: hf.rms_norm_eps,
+    ropeTheta: hf.rope_theta,
+    ropeScaling,
+    tieWordEmbeddings: hf.tie_word_embeddings ?? false,
+    attentionBias: isQwen2 || (hf.attention_bias ?? false),
+  };
+}
+
+/** Maps model.safetensors, or every shard named by model.safetensors.index.json. */
+function mapWeights(dir: string): SafetensorsFile[] {
+  const single = join(dir, "model.safetensors");
+  if (existsSync(single)) return [mmapSafetensors(single)];
+  const indexPath = join(dir, "model.safetensors.index.json");
+  if (!existsSync(indexPath)) {
+    throw new MultiloraError(`${dir}: neither model.safetensors nor model.safetensors.index.json is there`, {
+      code: "invalid_model",
+    });
+  }
+  const index = parseWith(IndexSchema, readJson(indexPath, "invalid_model"), indexPath, "invalid_model");
+  const shards = [...new Set(Object.values(index.weight_map))].sort();
+  return shards.map((shard) => mmapSafetensors(join(dir, shard)));
+}

@@ -1,0 +1,146 @@
+/**
+ * The engine interface the server talks to, whatever the backend (the CPU engine here, TensorRT-LLM
+ * through the same C ABI). Requests are enqueued and answered with a stream of token events; LoRA
+ * adapters travel as integer task ids with optional weights (TensorRT-LLM's model).
+ */
+import { MultiloraError } from "../errors.ts";
+import type { FloatDType } from "../formats/dtypes.ts";
+
+export type FinishReason = "length" | "end_id" | "stop_id" | "cancelled";
+
+/** An adapter for one request: its task id, with its weights when the engine may not have them. */
+export interface LoraRef {
+  taskId: bigint;
+  /** [rows, rowLength] in `dtype`, TensorRT-LLM's format; copied by enqueue. */
+  weights?: { bytes: Uint8Array; dtype: FloatDType; rows: number; rowLength: number };
+  /** [rows, configWidth] int32 rows [module_id, layer, rank(, is_dora)]; copied by enqueue. */
+  config?: Int32Array;
+  configWidth?: 3 | 4;
+  /** Multiplies B's contribution (default 1). */
+  scale?: number;
+}
+
+export interface GenerateRequest {
+  /** Token ids, used as given (no BOS added). */
+  prompt: ArrayLike<number>;
+  maxNewTokens: number;
+  /** 0 = greedy (default 1). */
+  temperature?: number;
+  topK?: number;
+  topP?: number;
+  minP?: number;
+  repetitionPenalty?: number;
+  frequencyPenalty?: number;
+  presencePenalty?: number;
+  seed?: bigint | number;
+  endIds?: readonly number[];
+  stopIds?: readonly number[];
+  /** Log-probabilities: undefined = none, 0 = the chosen token's, k = also the k most likely. */
+  topLogprobs?: number;
+  lora?: LoraRef;
+}
+
+export interface TokenEvent {
+  token: number;
+  /** Log-softmax of the raw logits (before temperature and other transforms), when asked for. */
+  logprob?: number;
+  top?: { token: number; logprob: number }[];
+  /** Set on the last event. */
+  finishReason: FinishReason | null;
+}
+
+/** A request in flight: its events end with a finish reason, or throw an EngineError. */
+export interface RequestHandle {
+  id: bigint;
+  events: AsyncIterable<TokenEvent>;
+  cancel(): void;
+}
+
+/** The ABI's status codes, by name. */
+export type EngineErrorCode =
+  | "INVALID_ARGUMENT"
+  | "LORA_NOT_CACHED"
+  | "LORA_CACHE_FULL"
+  | "LORA_INVALID"
+  | "CANCELLED"
+  | "UNSUPPORTED"
+  | "INTERNAL"
+  | "OUT_OF_MEMORY"
+  | "NOT_FOUND";
+
+const HTTP_STATUS: Record<EngineErrorCode, number> = {
+  INVALID_ARGUMENT: 400,
+  LORA_NOT_CACHED: 409,
+  LORA_CACHE_FULL: 503,
+  LORA_INVALID: 400,
+  CANCELLED: 499,
+  UNSUPPORTED: 501,
+  INTERNAL: 500,
+  OUT_OF_MEMORY: 503,
+  NOT_FOUND: 404,
+};
+
+/** An error the engine reported, with its ABI code. */
+export class EngineError extends MultiloraError {
+  constructor(
+    readonly engineCode: EngineErrorCode,
+    message: string,
+  ) {
+    super(message, {
+      status: HTTP_STATUS[engineCode],
+      type: HTTP_STATUS[engineCode] >= 500 ? "server_error" : "invalid_request_error",
+      code: engineCode.toLowerCase(),
+    });
+    this.name = "EngineError";
+  }
+}
+
+export interface EngineCapabilities {
+  loraPin: boolean;
+  loraRelease: boolean;
+  loraTaskListing: boolean;
+  topLogprobs: boolean;
+  loraScale: boolean;
+  maxTopLogprobs: number;
+  maxLoraRank: number;
+  loraDtype: FloatDType;
+}
+
+export interface LoraTaskStats {
+  taskId: bigint;
+  bytes: number;
+  active: number;
+  pinned: boolean;
+  releasePending: boolean;
+  rows: number;
+  lastUse: number;
+}
+
+export interface EngineStats {
+  running: number;
+  queued: number;
+  kvBytesUsed: number;
+  kvBytesCapacity: number;
+  loraBytesUsed: number;
+  loraBytesCapacity: number;
+  loraTasks: number;
+  maxLoras: number;
+  loraPuts: number;
+  loraHits: number;
+  loraMisses: number;
+  loraEvictions: number;
+  steps: number;
+  tokensGenerated: number;
+  tasks: LoraTaskStats[];
+}
+
+export interface Engine {
+  readonly capabilities: EngineCapabilities;
+  /** Queues a request; argument errors throw at once, everything else arrives through the events. */
+  enqueue(request: GenerateRequest): RequestHandle;
+  stats(): EngineStats;
+  loraPin(taskId: bigint, on: boolean): void;
+  loraRelease(taskId: bigint): void;
+  /** Stops the engine; requests in flight end without further events. */
+  close(): Promise<void>;
+}
