@@ -513,7 +513,7 @@ int32_t mlr_await_responses(mlr_engine *e, mlr_response *out, int32_t capacity, 
             if (pthread_cond_timedwait(&e->answered, &e->mu, &deadline) == ETIMEDOUT) break;
     }
     const int32_t n = e->resp_count < capacity ? e->resp_count : capacity;
-    memcpy(out, e->responses + e->resp_head, (size_t)n * sizeof *out);
+    if (n > 0) memcpy(out, e->responses + e->resp_head, (size_t)n * sizeof *out);
     e->resp_head += n;
     e->resp_count -= n;
     if (e->resp_count == 0) e->resp_head = 0;

@@ -1,0 +1,93 @@
+/** Helpers for tests that run the real CPU engine. */
+import { join } from "node:path";
+import { loadCheckpoint } from "../../src/engine/checkpoint.ts";
+import { CpuEngine, type CpuEngineOptions } from "../../src/engine/cpu-engine.ts";
+import type { LoraRef, RequestHandle, TokenEvent } from "../../src/engine/engine.ts";
+import type { FloatDType } from "../../src/formats/dtypes.ts";
+import { readSafetensors } from "../../src/formats/safetensors-reader.ts";
+import { convertPeftAdapter } from "../../src/lora/convert.ts";
+import { readPeftAdapter } from "../../src/lora/peft-adapter.ts";
+import type { WrittenAdapter } from "./peft.ts";
+import type { LoraModule, LoraWeights } from "./reference-llama.ts";
+
+/** Two threads at most: CI machines have two cores. */
+export function openEngine(dir: string, options: CpuEngineOptions = {}): CpuEngine {
+  return CpuEngine.create(loadCheckpoint(dir), { threads: 2, ...options });
+}
+
+export interface Collected {
+  tokens: number[];
+  events: TokenEvent[];
+  finishReason: string | null;
+}
+
+/** Reads a request's events to the end. */
+export async function collect(handle: RequestHandle): Promise<Collected> {
+  const events: TokenEvent[] = [];
+  for await (const e of handle.events) events.push(e);
+  const last = events.at(-1);
+  return {
+    tokens: events.filter((e) => e.token >= 0).map((e) => e.token),
+    events,
+    finishReason: last?.finishReason ?? null,
+  };
+}
+
+/** A TensorRT-LLM LoRA file as the LoraRef an engine request carries. */
+export function loraFromFile(path: string, taskId: bigint, scale?: number): LoraRef {
+  const file = readSafetensors(path);
+  const w = file.info("weights");
+  const config = file.view("config") as Int32Array;
+  return {
+    taskId,
+    weights: {
+      bytes: file.rawBytes("weights"),
+      dtype: w.dtype as FloatDType,
+      rows: w.shape[0] as number,
+      rowLength: w.shape[1] as number,
+    },
+    config,
+    configWidth: 3,
+    scale,
+  };
+}
+
+/** Converts a PEFT adapter folder with the real converter and returns it as a LoraRef. */
+export async function loraFromPeft(
+  peftDir: string,
+  work: string,
+  taskId: bigint,
+  dtype: FloatDType,
+  scale?: number,
+): Promise<LoraRef> {
+  const output = join(work, `${taskId}-${dtype}.safetensors`);
+  await convertPeftAdapter(readPeftAdapter(peftDir), { output, dtype });
+  return loraFromFile(output, taskId, scale);
+}
+
+/** The PEFT tensors of an adapter as reference deltas (A, B and alpha/r times `scale`). */
+export function peftDeltas(written: WrittenAdapter, alphaOverR: number, scale = 1): LoraWeights {
+  const deltas = new Map<string, { a: Float32Array; b: Float32Array; scale: number }>();
+  for (const [name, values] of written.values) {
+    const m = /layers\.(\d+)\.(?:self_attn|mlp)\.(\w+)\.lora_A\.weight$/.exec(name);
+    if (!m) continue;
+    const b = written.values.get(name.replace("lora_A", "lora_B")) as Float32Array;
+    deltas.set(`${m[1]}/${m[2] as LoraModule}`, { a: values, b, scale: alphaOverR * scale });
+  }
+  return deltas;
+}
+
+/** Largest |a - b| over the largest |b|. */
+export function relativeError(got: ArrayLike<number>[], want: ArrayLike<number>[]): number {
+  let diff = 0;
+  let scale = 0;
+  for (let t = 0; t < want.length; t++) {
+    const g = got[t] as ArrayLike<number>;
+    const w = want[t] as ArrayLike<number>;
+    for (let i = 0; i < w.length; i++) {
+      diff = Math.max(diff, Math.abs((g[i] as number) - (w[i] as number)));
+      scale = Math.max(scale, Math.abs(w[i] as number));
+    }
+  }
+  return diff / scale;
+}
