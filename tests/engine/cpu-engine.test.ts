@@ -4,9 +4,13 @@ import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import type { CpuEngine } from "../../src/engine/cpu-engine.ts";
+import {
+  type LlamaSpec,
+  saveLlamaCheckpoint,
+  writeLlamaCheckpoint,
+} from "../../src/engine/random-checkpoint.ts";
 import { collect, loraFromPeft, openEngine, peftDeltas, relativeError } from "../helpers/engine.ts";
 import { FIXTURES, HAVE_FIXTURES } from "../helpers/fixtures.ts";
-import { type LlamaSpec, saveLlamaCheckpoint, writeLlamaCheckpoint } from "../helpers/llama-checkpoint.ts";
 import { llama2cToHf } from "../helpers/llama2c.ts";
 import { ALL_SEVEN, writePeftAdapter } from "../helpers/peft.ts";
 import { greedy, mergeLora, referenceLogits } from "../helpers/reference-llama.ts";

@@ -8,8 +8,8 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import type { CpuEngine } from "../../src/engine/cpu-engine.ts";
 import type { LoraRef } from "../../src/engine/engine.ts";
+import { writeLlamaCheckpoint } from "../../src/engine/random-checkpoint.ts";
 import { collect, loraFromPeft, openEngine } from "../helpers/engine.ts";
-import { writeLlamaCheckpoint } from "../helpers/llama-checkpoint.ts";
 import { writePeftAdapter } from "../helpers/peft.ts";
 
 const work = mkdtempSync(join(tmpdir(), "multilora-cache-"));

@@ -6,8 +6,8 @@ import { join } from "node:path";
 import { loadCheckpoint } from "../../src/engine/checkpoint.ts";
 import { CpuEngine } from "../../src/engine/cpu-engine.ts";
 import type { EngineError } from "../../src/engine/engine.ts";
+import { writeLlamaCheckpoint } from "../../src/engine/random-checkpoint.ts";
 import { collect, loraFromPeft, openEngine } from "../helpers/engine.ts";
-import { writeLlamaCheckpoint } from "../helpers/llama-checkpoint.ts";
 import { writePeftAdapter } from "../helpers/peft.ts";
 
 const work = mkdtempSync(join(tmpdir(), "multilora-sched-"));

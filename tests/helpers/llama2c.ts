@@ -15,7 +15,11 @@
  * `permute` in llama2.c's export.py and transformers' convert_llama_weights_to_hf.py.
  */
 import { readFileSync } from "node:fs";
-import { type LlamaCheckpoint, llamaConfig, saveLlamaCheckpoint } from "./llama-checkpoint.ts";
+import {
+  type LlamaCheckpoint,
+  llamaConfig,
+  saveLlamaCheckpoint,
+} from "../../src/engine/random-checkpoint.ts";
 
 export interface Llama2cHeader {
   dim: number;

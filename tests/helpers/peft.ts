@@ -4,9 +4,12 @@
  */
 import { mkdirSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
+import { rng } from "../../src/engine/random-checkpoint.ts";
 import { bf16ToF32, type FloatDType, f16ToF32, f32ToBf16, f32ToF16 } from "../../src/formats/dtypes.ts";
 import type { ModelDims } from "../../src/formats/model-config.ts";
 import { type TensorData, writeSafetensors } from "../../src/formats/safetensors-writer.ts";
+
+export { rng };
 
 export type HfModule =
   | "q_proj"
@@ -86,18 +89,6 @@ export interface WrittenAdapter {
   /** Each lora tensor's values as stored (already rounded to the stored dtype), by tensor name. */
   values: Map<string, Float32Array>;
   shapes: Map<string, [number, number]>;
-}
-
-/** mulberry32: a small deterministic PRNG. */
-export function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
 }
 
 export function writePeftAdapter(dir: string, spec: PeftSpec = {}): WrittenAdapter {

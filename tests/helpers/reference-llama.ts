@@ -10,7 +10,7 @@
  *   x = rmsnorm(h) * post_attention_layernorm; h += down(silu(gate(x)) * up(x))
  *   logits = lm_head(rmsnorm(h) * norm)  (lm_head = embed_tokens when tied)
  */
-import type { HfLlamaConfig, LlamaModel } from "./llama-checkpoint.ts";
+import type { HfLlamaConfig, LlamaModel } from "../../src/engine/random-checkpoint.ts";
 
 export type LoraModule = "q_proj" | "k_proj" | "v_proj" | "o_proj" | "gate_proj" | "up_proj" | "down_proj";
 

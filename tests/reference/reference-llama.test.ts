@@ -8,15 +8,15 @@ import { afterAll, describe, expect, test } from "bun:test";
 import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { bf16ToF32, type FloatDType, f16ToF32 } from "../../src/formats/dtypes.ts";
-import { readSafetensors } from "../../src/formats/safetensors-reader.ts";
-import { FIXTURES } from "../helpers/fixtures.ts";
 import {
   type LlamaCheckpoint,
   type LlamaModel,
   type LlamaSpec,
   writeLlamaCheckpoint,
-} from "../helpers/llama-checkpoint.ts";
+} from "../../src/engine/random-checkpoint.ts";
+import { bf16ToF32, type FloatDType, f16ToF32 } from "../../src/formats/dtypes.ts";
+import { readSafetensors } from "../../src/formats/safetensors-reader.ts";
+import { FIXTURES } from "../helpers/fixtures.ts";
 import { llama2cToHf, readLlama2c } from "../helpers/llama2c.ts";
 import { rng } from "../helpers/peft.ts";
 import {

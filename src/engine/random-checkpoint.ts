@@ -1,17 +1,16 @@
 /**
- * Writes random-weight Hugging Face Llama-family checkpoints (config.json + model.safetensors) and returns
- * the values as stored (already rounded to the stored dtype, decoded to f32), so tests can run
- * tests/helpers/reference-llama.ts on exactly what an engine reads.
+ * Writes random-weight Hugging Face Llama-family checkpoints (config.json + model.safetensors),
+ * deterministic for a seed, and returns the values as stored (already rounded to the stored dtype, decoded
+ * to f32). The demo model is one; tests run their float64 reference forward pass on exactly what an engine
+ * reads.
  *
  * Tensor names and shapes follow transformers' LlamaForCausalLM / Qwen2ForCausalLM / MistralForCausalLM
- * (Linear weights are [out, in], row-major). Everything here is written independently of src/ except the
- * safetensors writer and the scalar dtype conversions.
+ * (Linear weights are [out, in], row-major), written out here independently of the engine's loader.
  */
 import { mkdirSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
-import { bf16ToF32, type FloatDType, f16ToF32, f32ToBf16, f32ToF16 } from "../../src/formats/dtypes.ts";
-import { type TensorData, writeSafetensors } from "../../src/formats/safetensors-writer.ts";
-import { rng } from "./peft.ts";
+import { bf16ToF32, type FloatDType, f16ToF32, f32ToBf16, f32ToF16 } from "../formats/dtypes.ts";
+import { type TensorData, writeSafetensors } from "../formats/safetensors-writer.ts";
 
 export type LlamaArchitecture = "LlamaForCausalLM" | "Qwen2ForCausalLM" | "MistralForCausalLM";
 
@@ -227,4 +226,16 @@ function store(v: Float32Array, dtype: FloatDType): { data: ArrayBufferView; val
     back[i] = dtype === "F16" ? f16ToF32(bits[i] as number) : bf16ToF32(bits[i] as number);
   }
   return { data: bits, values: back };
+}
+
+/** mulberry32: a small deterministic PRNG giving uniform numbers in [0, 1). */
+export function rng(seed: number): () => number {
+  let a = seed >>> 0;
+  return () => {
+    a = (a + 0x6d2b79f5) >>> 0;
+    let t = a;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
 }
