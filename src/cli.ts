@@ -3,7 +3,9 @@ import { printErr, UsageError } from "./commands/args.ts";
 /**
  * multilora's command line: one entry point, one module per command under src/commands/.
  */
+import { runDemoModel } from "./commands/demo-model.ts";
 import { runExtract } from "./commands/extract.ts";
+import { runGenerate } from "./commands/generate.ts";
 import { runInspect } from "./commands/inspect.ts";
 import { MultiloraError } from "./errors.ts";
 import { VERSION } from "./version.ts";
@@ -15,12 +17,16 @@ Usage: multilora <command> [options]
 Commands:
   extract    convert a Hugging Face PEFT adapter to TensorRT-LLM's LoRA format
   inspect    show what an adapter (either format) holds, and whether it is valid
+  generate   run a model (and an adapter) on the CPU engine once
+  demo-model write the random-weight demo model and its two adapters
 
 Run "multilora <command> --help" for a command's options.`;
 
 const COMMANDS: Record<string, (argv: string[]) => number | Promise<number>> = {
   extract: runExtract,
   inspect: runInspect,
+  generate: runGenerate,
+  "demo-model": runDemoModel,
 };
 
 export async function main(argv: string[]): Promise<number> {

@@ -3,9 +3,11 @@
  * file with `weights` [N, R] (float) and `config` [N, 3] or [N, 4] (int32 rows
  * [module_id, layer, rank(, is_dora)]). llgtrt's files carry a leading dimension of 1 on both; it is accepted.
  */
+
+import type { LoraRef } from "../engine/engine.ts";
 import { listProblems, MultiloraError } from "../errors.ts";
 import { countNonFinite, type FloatDType, type FloatSource } from "../formats/dtypes.ts";
-import type { SafetensorsFile } from "../formats/safetensors-reader.ts";
+import { readSafetensors, type SafetensorsFile } from "../formats/safetensors-reader.ts";
 import { type ModuleName, moduleName } from "./modules.ts";
 
 export interface TrtllmRow {
@@ -89,4 +91,31 @@ function invalid(file: SafetensorsFile, problems: string[]): MultiloraError {
       code: "invalid_adapter",
     },
   );
+}
+
+/** Reads and checks a TensorRT-LLM LoRA file, and wraps it for an engine request under `taskId`. */
+export function readTrtllmLora(
+  path: string,
+  taskId: bigint,
+  scale?: number,
+): { adapter: TrtllmAdapter; lora: LoraRef } {
+  const adapter = parseTrtllmAdapter(readSafetensors(path));
+  const file = adapter.file;
+  const config = file.view("config") as Int32Array;
+  const width = config.length / adapter.rows.length;
+  return {
+    adapter,
+    lora: {
+      taskId,
+      weights: {
+        bytes: file.rawBytes("weights"),
+        dtype: adapter.dtype,
+        rows: adapter.rows.length,
+        rowLength: adapter.rowLength,
+      },
+      config,
+      configWidth: width === 4 ? 4 : 3,
+      scale,
+    },
+  };
 }

@@ -4,9 +4,9 @@ import { loadCheckpoint } from "../../src/engine/checkpoint.ts";
 import { CpuEngine, type CpuEngineOptions } from "../../src/engine/cpu-engine.ts";
 import type { LoraRef, RequestHandle, TokenEvent } from "../../src/engine/engine.ts";
 import type { FloatDType } from "../../src/formats/dtypes.ts";
-import { readSafetensors } from "../../src/formats/safetensors-reader.ts";
 import { convertPeftAdapter } from "../../src/lora/convert.ts";
 import { readPeftAdapter } from "../../src/lora/peft-adapter.ts";
+import { readTrtllmLora } from "../../src/lora/trtllm-adapter.ts";
 import type { WrittenAdapter } from "./peft.ts";
 import type { LoraModule, LoraWeights } from "./reference-llama.ts";
 
@@ -35,21 +35,7 @@ export async function collect(handle: RequestHandle): Promise<Collected> {
 
 /** A TensorRT-LLM LoRA file as the LoraRef an engine request carries. */
 export function loraFromFile(path: string, taskId: bigint, scale?: number): LoraRef {
-  const file = readSafetensors(path);
-  const w = file.info("weights");
-  const config = file.view("config") as Int32Array;
-  return {
-    taskId,
-    weights: {
-      bytes: file.rawBytes("weights"),
-      dtype: w.dtype as FloatDType,
-      rows: w.shape[0] as number,
-      rowLength: w.shape[1] as number,
-    },
-    config,
-    configWidth: 3,
-    scale,
-  };
+  return readTrtllmLora(path, taskId, scale).lora;
 }
 
 /** Converts a PEFT adapter folder with the real converter and returns it as a LoraRef. */
