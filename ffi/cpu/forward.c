@@ -84,22 +84,33 @@ typedef struct lora_job {
 static void lora_tokens(void *arg, int64_t begin, int64_t end) {
     const lora_job *j = arg;
     const model *m = j->ctx->m;
-    const dot_fn dot = j->ctx->k->dot[MLR_DTYPE_F32];
+    int64_t out = 0;
+    for (int i = 0; i < j->n_targets; i++) out += j->targets[i].rows;
+    float *delta = malloc((size_t)out * sizeof(float)); /* B (A x[t]) */
+    if (!delta) return;
     for (int64_t t = begin; t < end; t++) {
         const lora_adapter *a = j->batch[t].lora;
         if (!a) continue;
         const lora_row *row = &a->rows[(size_t)j->module * (size_t)m->cfg.num_layers + (size_t)j->layer];
         if (row->rank == 0) continue;
+        const dot_fn dot = j->ctx->k->dot[a->dtype];
+        const axpy_fn axpy = j->ctx->k->axpy[a->dtype];
+        const int64_t elem = a->dtype == MLR_DTYPE_F32 ? 4 : 2;
         float *mid = j->ctx->scratch->lora_mid + t * j->ctx->scratch->max_rank; /* [rank] = A x[t] */
-        for (int32_t r = 0; r < row->rank; r++) mid[r] = dot(j->x + t * j->in, row->a + (int64_t)r * j->in, j->in);
+        for (int32_t r = 0; r < row->rank; r++)
+            mid[r] = dot(j->x + t * j->in, (const unsigned char *)row->a + (int64_t)r * j->in * elem, j->in);
+        /* delta = sum_r mid[r] * Bt[r, :], in r order */
+        for (int64_t o = 0; o < out; o++) delta[o] = 0;
+        for (int32_t r = 0; r < row->rank; r++) axpy(delta, mid[r], (const unsigned char *)row->bt + (int64_t)r * out * elem, out);
         const float scale = j->batch[t].lora_scale;
-        int64_t b_row = 0;
+        int64_t at = 0;
         for (int i = 0; i < j->n_targets; i++) {
             float *y = j->targets[i].y + t * j->targets[i].stride;
-            for (int64_t o = 0; o < j->targets[i].rows; o++, b_row++)
-                y[o] += scale * dot(mid, row->b + b_row * row->rank, row->rank);
+            for (int64_t o = 0; o < j->targets[i].rows; o++) y[o] += scale * delta[at + o];
+            at += j->targets[i].rows;
         }
     }
+    free(delta);
 }
 
 static void apply_lora(const forward_ctx *ctx, const batch_entry *batch, int32_t n, int any_lora, int32_t module,

@@ -42,6 +42,21 @@ static float dot_f16_portable(const float *x, const void *w, int64_t n) {
     return sum8(s);
 }
 
+static void axpy_f32_portable(float *y, float c, const void *w, int64_t n) {
+    const float *v = w;
+    for (int64_t i = 0; i < n; i++) y[i] += c * v[i];
+}
+
+static void axpy_bf16_portable(float *y, float c, const void *w, int64_t n) {
+    const uint16_t *v = w;
+    for (int64_t i = 0; i < n; i++) y[i] += c * f32_from_bits((uint32_t)v[i] << 16);
+}
+
+static void axpy_f16_portable(float *y, float c, const void *w, int64_t n) {
+    const uint16_t *v = w;
+    for (int64_t i = 0; i < n; i++) y[i] += c * f32_from_bits(f32_bits_from_f16(v[i]));
+}
+
 /* ---------------------------------------------------------------------------------------------- */
 /* AVX2 + FMA + F16C: 4 accumulators of 8 lanes */
 
@@ -86,6 +101,19 @@ DOT_AVX2(dot_f32_avx2, float, _mm256_loadu_ps, TAIL_F32)
 DOT_AVX2(dot_bf16_avx2, uint16_t, load_bf16x8, TAIL_BF16)
 DOT_AVX2(dot_f16_avx2, uint16_t, load_f16x8, TAIL_F16)
 
+#define AXPY_AVX2(name, T, LOAD, TAIL)                                                                 \
+    AVX2 static void name(float *y, float c, const void *w, int64_t n) {                               \
+        const T *v = w;                                                                                \
+        const __m256 cc = _mm256_set1_ps(c);                                                           \
+        int64_t i = 0;                                                                                 \
+        for (; i + 8 <= n; i += 8) _mm256_storeu_ps(y + i, _mm256_fmadd_ps(cc, LOAD(v + i), _mm256_loadu_ps(y + i))); \
+        for (; i < n; i++) y[i] = fmaf(c, TAIL(v[i]), y[i]);                                           \
+    }
+
+AXPY_AVX2(axpy_f32_avx2, float, _mm256_loadu_ps, TAIL_F32)
+AXPY_AVX2(axpy_bf16_avx2, uint16_t, load_bf16x8, TAIL_BF16)
+AXPY_AVX2(axpy_f16_avx2, uint16_t, load_f16x8, TAIL_F16)
+
 /* ---------------------------------------------------------------------------------------------- */
 /* AVX-512F: 2 accumulators of 16 lanes */
 
@@ -118,6 +146,19 @@ DOT_AVX512(dot_f32_avx512, float, _mm512_loadu_ps, TAIL_F32)
 DOT_AVX512(dot_bf16_avx512, uint16_t, load_bf16x16, TAIL_BF16)
 DOT_AVX512(dot_f16_avx512, uint16_t, load_f16x16, TAIL_F16)
 
+#define AXPY_AVX512(name, T, LOAD, TAIL)                                                               \
+    AVX512 static void name(float *y, float c, const void *w, int64_t n) {                             \
+        const T *v = w;                                                                                \
+        const __m512 cc = _mm512_set1_ps(c);                                                           \
+        int64_t i = 0;                                                                                 \
+        for (; i + 16 <= n; i += 16) _mm512_storeu_ps(y + i, _mm512_fmadd_ps(cc, LOAD(v + i), _mm512_loadu_ps(y + i))); \
+        for (; i < n; i++) y[i] = fmaf(c, TAIL(v[i]), y[i]);                                           \
+    }
+
+AXPY_AVX512(axpy_f32_avx512, float, _mm512_loadu_ps, TAIL_F32)
+AXPY_AVX512(axpy_bf16_avx512, uint16_t, load_bf16x16, TAIL_BF16)
+AXPY_AVX512(axpy_f16_avx512, uint16_t, load_f16x16, TAIL_F16)
+
 /* ---------------------------------------------------------------------------------------------- */
 
 static int os_saves_ymm_zmm(int want_zmm) {
@@ -141,11 +182,13 @@ void kernels_select(kernels *k) {
         }
     }
     if (avx512) {
-        *k = (kernels){{dot_f32_avx512, dot_f16_avx512, dot_bf16_avx512}, "avx512"};
+        *k = (kernels){{dot_f32_avx512, dot_f16_avx512, dot_bf16_avx512},
+                       {axpy_f32_avx512, axpy_f16_avx512, axpy_bf16_avx512}, "avx512"};
     } else if (avx2) {
-        *k = (kernels){{dot_f32_avx2, dot_f16_avx2, dot_bf16_avx2}, "avx2"};
+        *k = (kernels){{dot_f32_avx2, dot_f16_avx2, dot_bf16_avx2}, {axpy_f32_avx2, axpy_f16_avx2, axpy_bf16_avx2}, "avx2"};
     } else {
-        *k = (kernels){{dot_f32_portable, dot_f16_portable, dot_bf16_portable}, "portable"};
+        *k = (kernels){{dot_f32_portable, dot_f16_portable, dot_bf16_portable},
+                       {axpy_f32_portable, axpy_f16_portable, axpy_bf16_portable}, "portable"};
     }
 }
 

@@ -16,8 +16,12 @@
 /* sum_i x[i] * w[i], w in the kernel's dtype. */
 typedef float (*dot_fn)(const float *x, const void *w, int64_t n);
 
+/* y[i] += c * w[i], w in the kernel's dtype. */
+typedef void (*axpy_fn)(float *y, float c, const void *w, int64_t n);
+
 typedef struct kernels {
     dot_fn dot[3];       /* by mlr_float_dtype */
+    axpy_fn axpy[3];
     const char *isa;     /* "avx512", "avx2", "portable" */
 } kernels;
 

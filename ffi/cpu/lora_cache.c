@@ -123,22 +123,30 @@ static lora_adapter *build(const model *m, uint64_t task_id, const lora_payload 
         model_lora_shape(m, row[0], &in, &out);
         floats += (int64_t)row[2] * (in + out);
     }
-    a->data = malloc((size_t)floats * sizeof(float));
+    const int64_t elem = p->dtype == MLR_DTYPE_F32 ? 4 : 2;
+    a->dtype = p->dtype;
+    a->data = malloc((size_t)(floats * elem));
     if (!a->rows || !a->data) {
         adapter_free(a);
         return NULL;
     }
-    a->bytes = floats * (int64_t)sizeof(float);
-    const int64_t elem = p->dtype == MLR_DTYPE_F32 ? 4 : 2;
-    float *dst = a->data;
+    a->bytes = floats * elem;
+    unsigned char *dst = a->data;
     for (int64_t r = 0; r < p->rows; r++) {
         const int32_t *row = p->config + r * p->config_width;
         int64_t in, out;
         model_lora_shape(m, row[0], &in, &out);
-        const int64_t n = (int64_t)row[2] * (in + out);
-        mlr_cast_floats((const unsigned char *)p->weights + r * p->row_len * elem, p->dtype, (uint64_t)n, 1.0f, dst, MLR_DTYPE_F32);
-        a->rows[(size_t)row[0] * (size_t)layers + (size_t)row[1]] = (lora_row){row[2], dst, dst + (int64_t)row[2] * in};
-        dst += n;
+        const int32_t rank = row[2];
+        const unsigned char *src = (const unsigned char *)p->weights + r * p->row_len * elem;
+        /* A as given ([rank, in]); B ([out, rank]) transposed to [rank, out]. */
+        memcpy(dst, src, (size_t)(rank * in * elem));
+        unsigned char *bt = dst + (int64_t)rank * in * elem;
+        const unsigned char *b = src + (int64_t)rank * in * elem;
+        for (int64_t o = 0; o < out; o++)
+            for (int32_t k = 0; k < rank; k++)
+                memcpy(bt + ((int64_t)k * out + o) * elem, b + (o * rank + k) * elem, (size_t)elem);
+        a->rows[(size_t)row[0] * (size_t)layers + (size_t)row[1]] = (lora_row){rank, dst, bt};
+        dst += (int64_t)rank * (in + out) * elem;
     }
     return a;
 }

@@ -5,7 +5,8 @@
  *     capped at the capacity minus one max-size adapter);
  *   - other tasks are evicted least recently used first, when a put needs room; none evictable: CACHE_FULL;
  *   - putting a task id that is cached does not overwrite it: an id names one exact content.
- * Adapters are stored as f32 A and B per (module, layer), converted once at put.
+ * Adapters are stored in their own dtype (the engine's adapter dtype), A as given and B transposed, so a
+ * rank-r update reads each weight once: r dot products over A, then r axpys over B's rows.
  */
 #ifndef MLR_LORA_CACHE_H
 #define MLR_LORA_CACHE_H
@@ -17,18 +18,19 @@
 
 #define LORA_MODULES 19 /* module ids 0..18 */
 
-/* One (module, layer) of an adapter: y += scale * B (A x). */
+/* One (module, layer) of an adapter: y += scale * B (A x). Elements in the adapter's dtype. */
 typedef struct lora_row {
     int32_t rank;
-    const float *a; /* [rank, in] */
-    const float *b; /* [out, rank]; for mlp_gate_up the rows are [up; gate] */
+    const void *a;  /* [rank, in] */
+    const void *bt; /* B transposed: [rank, out]; for mlp_gate_up the outputs are [up; gate] */
 } lora_row;
 
 typedef struct lora_adapter {
     uint64_t task_id;
-    int64_t bytes;             /* f32 storage, what the capacity counts */
+    int64_t bytes;             /* storage, what the capacity counts */
     int32_t n_rows;
-    float *data;               /* owned: every row's A then B */
+    int32_t dtype;             /* mlr_float_dtype of the stored rows */
+    unsigned char *data;       /* owned: every row's A then B transposed */
     lora_row *rows;            /* [LORA_MODULES * num_layers], rank 0 = absent; owned */
     int32_t active;            /* running requests using it */
     int32_t pinned;
