@@ -6,14 +6,23 @@ import { join } from "node:path";
 import type { CpuEngine } from "../../src/engine/cpu-engine.ts";
 import {
   type LlamaSpec,
+  rng,
   saveLlamaCheckpoint,
   writeLlamaCheckpoint,
 } from "../../src/engine/random-checkpoint.ts";
-import { collect, loraFromPeft, openEngine, peftDeltas, relativeError } from "../helpers/engine.ts";
+import { writeSafetensors } from "../../src/formats/safetensors-writer.ts";
+import {
+  collect,
+  loraFromFile,
+  loraFromPeft,
+  openEngine,
+  peftDeltas,
+  relativeError,
+} from "../helpers/engine.ts";
 import { FIXTURES, HAVE_FIXTURES } from "../helpers/fixtures.ts";
 import { llama2cToHf } from "../helpers/llama2c.ts";
 import { ALL_SEVEN, writePeftAdapter } from "../helpers/peft.ts";
-import { greedy, mergeLora, referenceLogits } from "../helpers/reference-llama.ts";
+import { greedy, type LoraDelta, mergeLora, referenceLogits } from "../helpers/reference-llama.ts";
 
 const work = mkdtempSync(join(tmpdir(), "multilora-engine-"));
 const engines: CpuEngine[] = [];
@@ -108,6 +117,51 @@ describe("LoRA", () => {
     expect(relativeError(adapted, onMerged)).toBeLessThan(1e-4);
     expect(relativeError(adapted, referenceLogits(model, PROMPT, { lora: deltas }))).toBeLessThan(1e-4);
     expect(relativeError(base, onMerged)).toBeGreaterThan(1e-3); // the adapter does change the model
+  });
+
+  test("fused modules: attn_qkv splits B over q, k, v and mlp_gate_up reads B as [up; gate], with a rank per row", () => {
+    const model = writeLlamaCheckpoint(fresh("model"), BASE);
+    const q = 64;
+    const kv = 32;
+    const inter = 96;
+    const random = rng(77);
+    const values = (n: number) => Float32Array.from({ length: n }, () => (random() - 0.5) * 0.3);
+    const rows: { module: number; layer: number; rank: number; a: Float32Array; b: Float32Array }[] = [];
+    const deltas = new Map<string, LoraDelta>();
+    for (let layer = 0; layer < 2; layer++) {
+      const qkv = { a: values(2 * 64), b: values((q + 2 * kv) * 2) }; // rank 2, B [q + 2kv, 2]
+      const gateUp = { a: values(3 * 64), b: values(2 * inter * 3) }; // rank 3, B [2I, 3] = [up; gate]
+      rows.push({ module: 0, layer, rank: 2, ...qkv }, { module: 18, layer, rank: 3, ...gateUp });
+      const slice = (b: Float32Array, rank: number, from: number, count: number) =>
+        b.subarray(from * rank, (from + count) * rank);
+      deltas.set(`${layer}/q_proj`, { a: qkv.a, b: slice(qkv.b, 2, 0, q), scale: 1 });
+      deltas.set(`${layer}/k_proj`, { a: qkv.a, b: slice(qkv.b, 2, q, kv), scale: 1 });
+      deltas.set(`${layer}/v_proj`, { a: qkv.a, b: slice(qkv.b, 2, q + kv, kv), scale: 1 });
+      deltas.set(`${layer}/up_proj`, { a: gateUp.a, b: slice(gateUp.b, 3, 0, inter), scale: 1 });
+      deltas.set(`${layer}/gate_proj`, { a: gateUp.a, b: slice(gateUp.b, 3, inter, inter), scale: 1 });
+    }
+    const rowLength = Math.max(...rows.map((r) => r.a.length + r.b.length));
+    const weights = new Float32Array(rows.length * rowLength);
+    rows.forEach((r, i) => {
+      weights.set(r.a, i * rowLength);
+      weights.set(r.b, i * rowLength + r.a.length);
+    });
+    const path = join(work, "fused.safetensors");
+    writeSafetensors(path, [
+      { name: "weights", dtype: "F32", shape: [rows.length, rowLength], data: weights },
+      {
+        name: "config",
+        dtype: "I32",
+        shape: [rows.length, 3],
+        data: new Int32Array(rows.flatMap((r) => [r.module, r.layer, r.rank])),
+      },
+    ]);
+    const engine = track(openEngine(model.dir));
+    const lora = loraFromFile(path, 5n);
+    return collect(engine.enqueue({ prompt: [1], maxNewTokens: 1, lora })).then(() => {
+      const got = engine.forwardLogits(PROMPT, { taskId: 5n });
+      expect(relativeError(got, referenceLogits(model, PROMPT, { lora: deltas }))).toBeLessThan(1e-4);
+    });
   });
 
   test("a per-request scale multiplies B's contribution", async () => {
