@@ -7,6 +7,7 @@ import { runDemoModel } from "./commands/demo-model.ts";
 import { runExtract } from "./commands/extract.ts";
 import { runGenerate } from "./commands/generate.ts";
 import { runInspect } from "./commands/inspect.ts";
+import { runServe } from "./commands/serve.ts";
 import { MultiloraError } from "./errors.ts";
 import { VERSION } from "./version.ts";
 
@@ -15,6 +16,7 @@ const HELP = `multilora ${VERSION}: one base model, many LoRA adapters.
 Usage: multilora <command> [options]
 
 Commands:
+  serve      the OpenAI-compatible server: one base model, every adapter in a LoRA dir
   extract    convert a Hugging Face PEFT adapter to TensorRT-LLM's LoRA format
   inspect    show what an adapter (either format) holds, and whether it is valid
   generate   run a model (and an adapter) on the CPU engine once
@@ -23,6 +25,7 @@ Commands:
 Run "multilora <command> --help" for a command's options.`;
 
 const COMMANDS: Record<string, (argv: string[]) => number | Promise<number>> = {
+  serve: runServe,
   extract: runExtract,
   inspect: runInspect,
   generate: runGenerate,

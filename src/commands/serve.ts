@@ -1,0 +1,338 @@
+/**
+ * `multilora serve [model-dir] [lora-dir]`: the OpenAI-compatible server (positional arguments as
+ * llgtrt's run.sh). Without a model dir it serves the demo model and its two adapters, generated once into
+ * the cache dir. Start-up fails fast with a clear message (bad model dir, unreadable LoRA dir, broken chat
+ * template), then runs one warm-up request. SIGTERM stops accepting, lets running requests finish
+ * (bounded), then exits 0.
+ */
+import { existsSync, mkdirSync } from "node:fs";
+import { homedir } from "node:os";
+import { basename, join, resolve } from "node:path";
+import * as v from "valibot";
+import { loadChatTemplate } from "../engine/chat-template.ts";
+import { loadCheckpoint } from "../engine/checkpoint.ts";
+import { CpuEngine } from "../engine/cpu-engine.ts";
+import { writeDemoModel } from "../engine/demo-model.ts";
+import { loadTokenizer } from "../engine/tokenizer.ts";
+import { MultiloraError } from "../errors.ts";
+import { parseWith, readJson } from "../formats/json-file.ts";
+import { AdapterCache } from "../lora/adapter-cache.ts";
+import { LoraRegistry } from "../lora/registry.ts";
+import { createApp } from "../server/app.ts";
+import type { ServerContext } from "../server/context.ts";
+import { errorResponse } from "../server/errors.ts";
+import { parseCommandArgs, printErr, UsageError } from "./args.ts";
+
+const Positive = v.pipe(v.number(), v.integer(), v.minValue(1));
+const NonNegative = v.pipe(v.number(), v.minValue(0));
+
+/** Every setting, its type and default: flags, `--config file.json` and `--print-config` share it. */
+export const ServeConfigSchema = v.object({
+  "model-dir": v.optional(v.nullable(v.string()), null),
+  "lora-dir": v.optional(v.nullable(v.string()), null),
+  host: v.optional(v.string(), "0.0.0.0"),
+  port: v.optional(v.pipe(v.number(), v.integer(), v.minValue(0), v.maxValue(65535)), 3000),
+  "served-model-name": v.optional(v.array(v.string()), []),
+  "max-batch": v.optional(Positive, 8),
+  "max-seq-len": v.optional(v.nullable(Positive), null),
+  "kv-cache-mb": v.optional(v.nullable(Positive), null),
+  threads: v.optional(v.nullable(Positive), null),
+  "prefill-chunk": v.optional(Positive, 256),
+  "max-lora-rank": v.optional(Positive, 64),
+  "max-loras": v.optional(v.pipe(v.number(), v.integer(), v.minValue(0)), 0),
+  "lora-cache-mb": v.optional(Positive, 256),
+  preload: v.optional(v.array(v.string()), []),
+  pin: v.optional(v.array(v.string()), []),
+  "max-queue": v.optional(Positive, 256),
+  "queue-timeout": v.optional(NonNegative, 60),
+  "request-timeout": v.optional(NonNegative, 600),
+  "max-body-mb": v.optional(v.pipe(v.number(), v.gtValue(0)), 16),
+  "cache-dir": v.optional(v.nullable(v.string()), null),
+  backend: v.optional(v.picklist(["auto", "cpu", "trtllm"]), "auto"),
+});
+
+export type ServeConfig = v.InferOutput<typeof ServeConfigSchema>;
+
+export const SERVE_HELP = `Usage: multilora serve [model-dir] [lora-dir] [options]
+
+Serves one base model and every LoRA adapter in lora-dir through an OpenAI-compatible API. Without a
+model dir: the demo model and its two adapters (generated once into the cache dir).
+
+Options (defaults in brackets; --config file.json sets the same names):
+      --host <addr>              [0.0.0.0]
+      --port <n>                 [$PORT, else 3000]
+      --served-model-name <name> names the base model answers to (repeatable) [folder name, model_type]
+      --max-batch <n>            sequences decoded together [8]
+      --max-seq-len <n>          prompt + completion tokens [min(4096, the model's)]
+      --kv-cache-mb <n>          KV cache budget [max-batch full sequences]
+      --threads <n>              compute threads [every core]
+      --prefill-chunk <n>        prompt tokens per step [256]
+      --max-lora-rank <n>        [64]
+      --max-loras <n>            most adapters in the engine's cache at once [0: limited by bytes]
+      --lora-cache-mb <n>        adapter cache capacity [256]
+      --preload a,b              adapters loaded at start-up
+      --pin a,b                  adapters loaded and pinned at start-up
+      --max-queue <n>            requests waiting or running before 503 [256]
+      --queue-timeout <s>        longest wait for room in a full adapter cache [60]
+      --request-timeout <s>      longest request [600]
+      --max-body-mb <n>          largest request body (413 beyond) [16]
+      --cache-dir <dir>          converted PEFT adapters and the demo model [$XDG_CACHE_HOME/multilora]
+      --backend auto|cpu|trtllm  [auto: cpu here]
+      --config <file.json>       settings from a file (flags win)
+      --print-config             print the merged settings and exit
+  -h, --help                     show this help`;
+
+export function defaultCacheDir(): string {
+  return join(process.env.XDG_CACHE_HOME || join(homedir(), ".cache"), "multilora");
+}
+
+/** Flags over --config over defaults. */
+export function serveConfig(argv: string[]): { config: ServeConfig; print: boolean; help: boolean } {
+  const { values, positionals } = parseCommandArgs(argv, {
+    host: { type: "string" },
+    port: { type: "string" },
+    "served-model-name": { type: "string", multiple: true },
+    "max-batch": { type: "string" },
+    "max-seq-len": { type: "string" },
+    "kv-cache-mb": { type: "string" },
+    threads: { type: "string" },
+    "prefill-chunk": { type: "string" },
+    "max-lora-rank": { type: "string" },
+    "max-loras": { type: "string" },
+    "lora-cache-mb": { type: "string" },
+    preload: { type: "string", multiple: true },
+    pin: { type: "string", multiple: true },
+    "max-queue": { type: "string" },
+    "queue-timeout": { type: "string" },
+    "request-timeout": { type: "string" },
+    "max-body-mb": { type: "string" },
+    "cache-dir": { type: "string" },
+    backend: { type: "string" },
+    config: { type: "string" },
+    "print-config": { type: "boolean" },
+    help: { type: "boolean", short: "h" },
+  });
+  if (positionals.length > 2) throw new UsageError(`unexpected argument "${positionals[2]}"`);
+  const fromFile = values.config ? readJson(values.config) : {};
+  if (typeof fromFile !== "object" || fromFile === null || Array.isArray(fromFile)) {
+    throw new MultiloraError(`${values.config}: must hold a JSON object of settings`, {
+      code: "invalid_config",
+    });
+  }
+  const merged: Record<string, unknown> = { ...fromFile };
+  if (process.env.PORT && merged.port === undefined) merged.port = Number(process.env.PORT);
+  const lists = new Set(["served-model-name", "preload", "pin"]);
+  const strings = new Set(["host", "cache-dir", "backend"]);
+  for (const [key, value] of Object.entries(values)) {
+    if (value === undefined || key === "config" || key === "print-config" || key === "help") continue;
+    if (lists.has(key))
+      merged[key] = (value as string[]).flatMap((s) => s.split(",")).filter((s) => s.length > 0);
+    else if (strings.has(key)) merged[key] = value;
+    else {
+      const n = Number(value);
+      if (!Number.isFinite(n)) throw new UsageError(`--${key} ${value}: expected a number`);
+      merged[key] = n;
+    }
+  }
+  if (positionals[0] !== undefined) merged["model-dir"] = positionals[0];
+  if (positionals[1] !== undefined) merged["lora-dir"] = positionals[1];
+  const config = parseWith(
+    ServeConfigSchema,
+    merged,
+    values.config ? `settings (${values.config} and flags)` : "settings",
+  );
+  return { config, print: values["print-config"] ?? false, help: values.help ?? false };
+}
+
+export interface RunningServer {
+  url: string;
+  port: number;
+  ctx: ServerContext;
+  /** Stops accepting, lets running requests finish (bounded), closes the engine. */
+  stop(): Promise<void>;
+}
+
+/** Loads everything, checks it, warms up, and listens. */
+export async function startServer(
+  config: ServeConfig,
+  log: (line: string) => void = printErr,
+): Promise<RunningServer> {
+  if (config.backend === "trtllm") {
+    throw new MultiloraError(
+      "the TensorRT-LLM backend is not built into this binary yet; use --backend cpu",
+      { code: "unsupported" },
+    );
+  }
+  const cacheDir = resolve(config["cache-dir"] ?? defaultCacheDir());
+  let modelDir = config["model-dir"];
+  let loraDir = config["lora-dir"];
+  if (!modelDir) {
+    modelDir = join(cacheDir, "multilora-demo");
+    if (!existsSync(join(modelDir, "config.json"))) {
+      log(`writing the demo model to ${modelDir}`);
+      writeDemoModel(modelDir);
+    }
+    loraDir ??= join(modelDir, "lora");
+  }
+  modelDir = resolve(modelDir);
+  if (!existsSync(modelDir))
+    throw new MultiloraError(`model dir ${modelDir} does not exist`, { code: "invalid_model" });
+  mkdirSync(cacheDir, { recursive: true });
+
+  const checkpoint = loadCheckpoint(modelDir);
+  const tokenizer = loadTokenizer(modelDir);
+  const chatTemplate = loadChatTemplate(modelDir);
+  chatTemplate.checkTemplate();
+  const engine = CpuEngine.create(checkpoint, {
+    maxBatch: config["max-batch"],
+    maxSeqLen: config["max-seq-len"] ?? undefined,
+    kvCacheBytes: config["kv-cache-mb"] ? config["kv-cache-mb"] * 1024 * 1024 : undefined,
+    threads: config.threads ?? undefined,
+    prefillChunk: config["prefill-chunk"],
+    maxLoraRank: config["max-lora-rank"],
+    loraCacheBytes: config["lora-cache-mb"] * 1024 * 1024,
+    maxLoras: config["max-loras"],
+  });
+  try {
+    const c = checkpoint.config;
+    const registry = loraDir
+      ? new LoraRegistry(resolve(loraDir), cacheDir, {
+          dims: {
+            hidden: c.hiddenSize,
+            intermediate: c.intermediateSize,
+            layers: c.numLayers,
+            heads: c.numHeads,
+            kvHeads: c.numKvHeads,
+            headDim: c.headDim,
+          },
+          modelPath: join(modelDir, "config.json"),
+          dtype: engine.capabilities.loraDtype,
+          maxRank: engine.capabilities.maxLoraRank,
+        })
+      : null;
+    const served =
+      config["served-model-name"].length > 0
+        ? config["served-model-name"]
+        : [basename(modelDir), checkpoint.modelType].filter((n) => n.length > 0);
+    let ready = false;
+    const ctx: ServerContext = {
+      engine,
+      tokenizer,
+      chatTemplate,
+      registry,
+      adapters: new AdapterCache(engine, config["queue-timeout"] * 1000),
+      servedNames: [...new Set(served)],
+      maxSeqLen: engine.maxSeqLen,
+      maxBodyBytes: Math.floor(config["max-body-mb"] * 1024 * 1024),
+      created: Math.floor(Date.now() / 1000),
+      isReady: () => ready,
+    };
+    // Warm-up: one token through the whole path.
+    const warm = await ctx.adapters.start(
+      { prompt: [tokenizer.bosTokenId ?? 0], maxNewTokens: 1, temperature: 0 },
+      undefined,
+    );
+    for (let e = await warm.rest.next(); !e.done; e = await warm.rest.next()) {}
+    for (const name of [...config.preload, ...config.pin]) {
+      if (!registry)
+        throw new MultiloraError(`--preload/--pin ${name}: there is no LoRA dir`, { code: "invalid_config" });
+      const version = await registry.get(name);
+      const started = await ctx.adapters.start(
+        { prompt: [0], maxNewTokens: 1, temperature: 0 },
+        version,
+        "always",
+      );
+      for (let e = await started.rest.next(); !e.done; e = await started.rest.next()) {}
+      if (config.pin.includes(name)) engine.loraPin(version.taskId, true);
+    }
+
+    const app = createApp(ctx);
+    let inflight = 0;
+    const limit = config["max-queue"];
+    const server = Bun.serve({
+      hostname: config.host,
+      port: config.port,
+      idleTimeout: 0,
+      async fetch(request, bunServer) {
+        const path = new URL(request.url).pathname;
+        const counted = request.method === "POST" && path.startsWith("/v1/") && !path.startsWith("/v1/lora/");
+        if (counted && inflight >= limit) {
+          return errorResponse(
+            new MultiloraError(`the server is at its limit of ${limit} requests (--max-queue); retry later`, {
+              status: 503,
+              type: "overloaded_error",
+              code: "overloaded",
+            }),
+          );
+        }
+        if (!counted) return app.fetch(request, { remoteAddress: bunServer.requestIP(request)?.address });
+        inflight++;
+        try {
+          const response = await app.fetch(request, { remoteAddress: bunServer.requestIP(request)?.address });
+          if (!response.body) {
+            inflight--;
+            return response;
+          }
+          // Streams count until they end.
+          let counted = true;
+          const done = () => {
+            if (counted) inflight--;
+            counted = false;
+          };
+          return new Response(
+            response.body.pipeThrough(
+              new TransformStream({ flush: done, cancel: done } as Transformer<Uint8Array, Uint8Array>),
+            ),
+            response,
+          );
+        } catch (e) {
+          inflight--;
+          return errorResponse(e);
+        }
+      },
+    });
+    ready = true;
+    const url = `http://${config.host === "0.0.0.0" ? "127.0.0.1" : config.host}:${server.port}`;
+    log(
+      `multilora serving ${ctx.servedNames.join(", ")} (${checkpoint.architecture}, ${checkpoint.dtype}) on ${url}` +
+        (registry ? `, adapters from ${registry.dir}` : ", no LoRA dir"),
+    );
+    return {
+      url,
+      port: server.port as number,
+      ctx,
+      stop: async () => {
+        ready = false;
+        server.stop(false);
+        const deadline = Date.now() + 30_000;
+        while (inflight > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
+        await engine.close();
+      },
+    };
+  } catch (e) {
+    await engine.close();
+    throw e;
+  }
+}
+
+export async function runServe(argv: string[]): Promise<number> {
+  const { config, print, help } = serveConfig(argv);
+  if (help) {
+    console.log(SERVE_HELP);
+    return 0;
+  }
+  if (print) {
+    console.log(JSON.stringify(config, null, 2));
+    return 0;
+  }
+  const server = await startServer(config);
+  await new Promise<void>((resolveStop) => {
+    const shutdown = (signal: string) => {
+      printErr(`${signal}: finishing running requests, then exiting`);
+      server.stop().then(resolveStop, resolveStop);
+    };
+    process.once("SIGTERM", () => shutdown("SIGTERM"));
+    process.once("SIGINT", () => shutdown("SIGINT"));
+  });
+  return 0;
+}

@@ -1,0 +1,111 @@
+/**
+ * The server's side of the engine's LoRA cache: whether to send an adapter's weights with a request
+ * (`load_lora_weights`: auto | always | never), the retry when the engine no longer has it, and waiting
+ * while the cache is full.
+ *
+ * auto:   weights go along when the adapter is not known to be cached; on LORA_NOT_CACHED (evicted since),
+ *         the request is sent again once, with weights. No wasted round trip when it is cached.
+ * always: weights go along every time (the engine ignores them for a cached id: no overwrite).
+ * never:  only the id; a miss is a 409 lora_not_cached.
+ * LORA_CACHE_FULL is back-pressure: the request waits (retrying as requests finish) up to the queue
+ * timeout, then gets a 503 with Retry-After.
+ *
+ * What is cached is read from the engine when it can list its tasks (the CPU engine), else estimated
+ * from what was sent and what failed (TensorRT-LLM).
+ */
+import {
+  type Engine,
+  EngineError,
+  type GenerateRequest,
+  type RequestHandle,
+  type TokenEvent,
+} from "../engine/engine.ts";
+import { MultiloraError } from "../errors.ts";
+import type { AdapterVersion } from "./registry.ts";
+
+export type LoadMode = "auto" | "always" | "never";
+
+/** A request whose first event (or failure) is in: what streaming needs before it sends a status. */
+export interface StartedRequest {
+  handle: RequestHandle;
+  first: TokenEvent;
+  /** The events after the first. */
+  rest: AsyncIterator<TokenEvent>;
+}
+
+export class AdapterCache {
+  private readonly known = new Set<bigint>();
+
+  constructor(
+    private readonly engine: Engine,
+    /** How long a request may wait for room in a full cache. */
+    private readonly queueTimeoutMs: number,
+  ) {}
+
+  /** Whether the engine holds the task, exactly when it can list its cache, else as far as we know. */
+  isCached(taskId: bigint): boolean {
+    if (this.engine.capabilities.loraTaskListing)
+      return this.engine.stats().tasks.some((t) => t.taskId === taskId);
+    return this.known.has(taskId);
+  }
+
+  /** Enqueues `request` with the adapter per `mode` and waits for its first event. */
+  async start(
+    request: GenerateRequest,
+    adapter: AdapterVersion | undefined,
+    mode: LoadMode = "auto",
+    scale = 1,
+  ): Promise<StartedRequest> {
+    const started = Date.now();
+    let forceWeights = false;
+    for (let attempt = 0; ; attempt++) {
+      let lora: GenerateRequest["lora"];
+      if (adapter) {
+        const send = mode === "always" || forceWeights || (mode === "auto" && !this.isCached(adapter.taskId));
+        lora = send ? { ...adapter.lora, scale } : { taskId: adapter.taskId, scale };
+      }
+      const handle = this.engine.enqueue({ ...request, lora });
+      const events = handle.events[Symbol.asyncIterator]();
+      try {
+        const first = await events.next();
+        if (adapter) this.known.add(adapter.taskId);
+        if (first.done)
+          throw new MultiloraError("the engine ended the request without a response", {
+            status: 500,
+            type: "server_error",
+          });
+        return { handle, first: first.value, rest: events };
+      } catch (e) {
+        if (!(e instanceof EngineError) || !adapter) throw e;
+        if (e.engineCode === "LORA_NOT_CACHED") {
+          this.known.delete(adapter.taskId);
+          if (mode === "never") {
+            throw new MultiloraError(
+              `adapter "${adapter.name}" is not loaded in the engine and load_lora_weights is "never": load it first (POST /v1/lora/adapters/${adapter.name}/load) or send load_lora_weights "auto"`,
+              { status: 409, code: "lora_not_cached", param: "load_lora_weights" },
+            );
+          }
+          if (forceWeights) throw e;
+          forceWeights = true;
+          continue;
+        }
+        if (e.engineCode === "LORA_CACHE_FULL") {
+          const waited = Date.now() - started;
+          if (waited >= this.queueTimeoutMs) {
+            throw new MultiloraError(
+              `the adapter cache is full (every cached adapter is in use or pinned) and no room came free in ${Math.round(waited / 1000)} s; retry later`,
+              { status: 503, type: "overloaded_error", code: "lora_cache_full" },
+            );
+          }
+          await sleep(Math.min(10 * 2 ** Math.min(attempt, 5), 200));
+          continue;
+        }
+        throw e;
+      }
+    }
+  }
+}
+
+function sleep(ms: number): Promise<void> {
+  return new Promise((resolve) => setTimeout(resolve, ms));
+}

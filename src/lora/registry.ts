@@ -1,0 +1,309 @@
+/**
+ * The adapters in the LoRA dir, by name: `<dir>/<name>.safetensors` (TensorRT-LLM's format) or a PEFT
+ * folder `<dir>/<name>/` (converted on first use, the result cached under the cache dir by content hash).
+ *
+ * Every load reads the file into memory we own, hashes it and validates it against the engine; the engine
+ * gets exactly those bytes. Each content version gets its own task id, never reused for other content, so
+ * after a file is replaced new requests get the new weights while running ones finish on the old. A change
+ * is noticed from (device, inode, size, mtime in ns) and confirmed by the hash. Names are confined to the
+ * LoRA dir: no absolute paths, no `..`, no NUL, no link that leads outside.
+ */
+import { existsSync, mkdirSync, readdirSync, readFileSync, realpathSync, statSync } from "node:fs";
+import { join, sep } from "node:path";
+import type { LoraRef } from "../engine/engine.ts";
+import { listProblems, MultiloraError } from "../errors.ts";
+import { type FloatDType, floatDTypeName } from "../formats/dtypes.ts";
+import type { ModelDims } from "../formats/model-config.ts";
+import { parseSafetensors, readFileHashed } from "../formats/safetensors-reader.ts";
+import { sha256Hex } from "../formats/sha256.ts";
+import { convertPeftAdapter } from "./convert.ts";
+import type { ModuleName } from "./modules.ts";
+import { readPeftAdapter } from "./peft-adapter.ts";
+import { parseTrtllmAdapter } from "./trtllm-adapter.ts";
+import { checkAgainstBase } from "./validate.ts";
+
+/** What adapters must satisfy for this engine. */
+export interface AdapterRequirements {
+  dims: ModelDims;
+  /** The model's config.json, for messages. */
+  modelPath: string;
+  dtype: FloatDType;
+  maxRank: number;
+  /** The served model's Hugging Face name, to warn when an adapter was trained on another. */
+  baseModelName?: string;
+}
+
+/** One content version of an adapter, loaded and validated. */
+export interface AdapterVersion {
+  name: string;
+  format: "trtllm" | "peft";
+  /** The file the weights came from (for PEFT: the converted file in the cache dir). */
+  path: string;
+  taskId: bigint;
+  sha256: string;
+  fingerprint: string;
+  /** The engine request's LoRA part (weights in memory we own). */
+  lora: LoraRef;
+  dtype: FloatDType;
+  bytes: number;
+  rows: number;
+  layers: number;
+  ranks: number[];
+  modules: ModuleName[];
+  baseModel: string | undefined;
+  loadedAt: Date;
+}
+
+export interface AdapterListing {
+  name: string;
+  format: "trtllm" | "peft";
+  path: string;
+  /** Set once the adapter was loaded (and is still the file's content as far as we know). */
+  version?: AdapterVersion;
+}
+
+const NAME = /^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$/;
+
+export class LoraRegistry {
+  private readonly versions = new Map<string, AdapterVersion>();
+  private readonly loading = new Map<string, Promise<AdapterVersion>>();
+  private readonly idsBySha = new Map<string, bigint>();
+  private nextTaskId = 1n;
+  private readonly realDir: string;
+
+  constructor(
+    /** The LoRA dir. */
+    readonly dir: string,
+    /** Where converted PEFT adapters are kept. */
+    readonly cacheDir: string,
+    readonly requirements: AdapterRequirements,
+  ) {
+    try {
+      this.realDir = realpathSync(dir);
+      if (!statSync(this.realDir).isDirectory()) throw new Error("not a directory");
+    } catch (e) {
+      throw new MultiloraError(`LoRA dir ${dir} cannot be used: ${(e as Error).message}`, {
+        code: "invalid_lora_dir",
+      });
+    }
+  }
+
+  /** Every adapter in the dir (scanned now: new files appear at once). */
+  list(): AdapterListing[] {
+    const found = new Map<string, AdapterListing>();
+    for (const entry of readdirSync(this.realDir, { withFileTypes: true })) {
+      const full = join(this.realDir, entry.name);
+      if (entry.name.endsWith(".safetensors") && !entry.name.startsWith(".")) {
+        const name = entry.name.slice(0, -".safetensors".length);
+        if (NAME.test(name)) found.set(name, { name, format: "trtllm", path: full });
+      } else if (
+        NAME.test(entry.name) &&
+        !found.has(entry.name) &&
+        existsSync(join(full, "adapter_config.json"))
+      ) {
+        found.set(entry.name, { name: entry.name, format: "peft", path: full });
+      }
+    }
+    return [...found.values()]
+      .map((l) => ({ ...l, version: this.versions.get(l.name) }))
+      .sort((a, b) => a.name.localeCompare(b.name));
+  }
+
+  /** The file or folder for `name`, confined to the LoRA dir; 400 for a bad name, 404 when absent. */
+  locate(name: string): { format: "trtllm" | "peft"; path: string } {
+    if (!NAME.test(name) || name.includes("..")) {
+      throw new MultiloraError(
+        `invalid adapter name ${JSON.stringify(name)}: use letters, digits, '_', '-' and '.', without '/' or '..'`,
+        { code: "invalid_lora_name", param: "lora_model" },
+      );
+    }
+    const candidates: ["trtllm" | "peft", string][] = [
+      ["trtllm", join(this.realDir, `${name}.safetensors`)],
+      ["peft", join(this.realDir, name)],
+    ];
+    for (const [format, path] of candidates) {
+      if (!existsSync(path)) continue;
+      const real = realpathSync(path);
+      if (!real.startsWith(this.realDir + sep)) {
+        throw new MultiloraError(`adapter "${name}" resolves outside the LoRA dir`, {
+          code: "invalid_lora_name",
+          param: "lora_model",
+        });
+      }
+      if (format === "peft" && !existsSync(join(real, "adapter_config.json"))) continue;
+      return { format, path: real };
+    }
+    throw new MultiloraError(`adapter "${name}" does not exist in the LoRA dir`, {
+      status: 404,
+      type: "not_found_error",
+      code: "lora_not_found",
+      param: "lora_model",
+    });
+  }
+
+  /** The adapter's current version: the cached one when the file has not changed, else loaded anew. */
+  async get(name: string): Promise<AdapterVersion> {
+    const { format, path } = this.locate(name);
+    const fingerprint = fingerprintOf(format, path);
+    const current = this.versions.get(name);
+    if (current && current.fingerprint === fingerprint) return current;
+    const key = `${name}\u0000${fingerprint}`;
+    let pending = this.loading.get(key);
+    if (!pending) {
+      pending = this.load(name, format, path, fingerprint).finally(() => this.loading.delete(key));
+      this.loading.set(key, pending);
+    }
+    return pending;
+  }
+
+  /** The loaded version of `name`, if any, without touching the disk. */
+  loaded(name: string): AdapterVersion | undefined {
+    return this.versions.get(name);
+  }
+
+  /** Every problem `name` has against this model, without loading it for the engine. */
+  async validate(name: string): Promise<{ problems: string[]; warnings: string[] }> {
+    try {
+      const v = await this.get(name);
+      const warnings: string[] = [];
+      const base = this.requirements.baseModelName;
+      if (v.baseModel && base && v.baseModel !== base) {
+        warnings.push(`the adapter was trained on ${v.baseModel}, but the served model is ${base}`);
+      }
+      return { problems: [], warnings };
+    } catch (e) {
+      if (e instanceof MultiloraError && e.status < 500 && e.code !== "lora_not_found") {
+        return {
+          problems: e.message
+            .split("\n")
+            .filter((l) => l.startsWith("  - "))
+            .map((l) => l.slice(4)),
+          warnings: [],
+        };
+      }
+      throw e;
+    }
+  }
+
+  private async load(
+    name: string,
+    format: "trtllm" | "peft",
+    path: string,
+    fingerprint: string,
+  ): Promise<AdapterVersion> {
+    const file = format === "trtllm" ? path : await this.convertPeft(name, path);
+    const read = readFileHashed(file);
+    const sha256 = await read.sha256;
+    let adapter: ReturnType<typeof parseTrtllmAdapter>;
+    try {
+      adapter = parseTrtllmAdapter(parseSafetensors(read.bytes, file));
+    } catch (e) {
+      throw e instanceof MultiloraError
+        ? new MultiloraError(e.message, { code: "invalid_lora", param: "lora_model" })
+        : e;
+    }
+    this.check(name, adapter);
+    let taskId = this.idsBySha.get(sha256);
+    if (taskId === undefined) {
+      taskId = this.nextTaskId++;
+      this.idsBySha.set(sha256, taskId);
+    }
+    const config = adapter.file.view("config") as Int32Array;
+    const version: AdapterVersion = {
+      name,
+      format,
+      path: file,
+      taskId,
+      sha256,
+      fingerprint,
+      lora: {
+        taskId,
+        weights: {
+          bytes: adapter.file.rawBytes("weights"),
+          dtype: adapter.dtype,
+          rows: adapter.rows.length,
+          rowLength: adapter.rowLength,
+        },
+        config,
+        configWidth: config.length / adapter.rows.length === 4 ? 4 : 3,
+      },
+      dtype: adapter.dtype,
+      bytes: read.bytes.length,
+      rows: adapter.rows.length,
+      layers: new Set(adapter.rows.map((r) => r.layer)).size,
+      ranks: [...new Set(adapter.rows.map((r) => r.rank))].sort((a, b) => a - b),
+      modules: [...new Set(adapter.rows.map((r) => r.module))],
+      baseModel: adapter.file.metadata.base_model_name_or_path || undefined,
+      loadedAt: new Date(),
+    };
+    this.versions.set(name, version);
+    return version;
+  }
+
+  /** The engine's checks, before anything is sent: every problem in one 400. */
+  private check(name: string, adapter: ReturnType<typeof parseTrtllmAdapter>): void {
+    const r = this.requirements;
+    const problems = checkAgainstBase(
+      adapter.rows,
+      { path: r.modelPath, kind: "huggingface", architecture: undefined, dims: r.dims },
+      adapter.dtype,
+      adapter.rowLength,
+    );
+    if (adapter.dtype !== r.dtype) {
+      problems.unshift(
+        `the weights are ${floatDTypeName(adapter.dtype)} but this engine needs ${floatDTypeName(r.dtype)} (multilora extract -t ${floatDTypeName(r.dtype)})`,
+      );
+    }
+    const over = adapter.rows.filter((row) => row.rank > r.maxRank);
+    if (over.length > 0)
+      problems.push(`rank ${Math.max(...over.map((o) => o.rank))} exceeds max_lora_rank ${r.maxRank}`);
+    if (problems.length > 0) {
+      throw new MultiloraError(listProblems(`adapter "${name}" does not fit the served model:`, problems), {
+        code: "invalid_lora",
+        param: "lora_model",
+      });
+    }
+  }
+
+  /** Converts a PEFT folder once per content; the result lives in the cache dir under its content hash. */
+  private async convertPeft(name: string, dir: string): Promise<string> {
+    const peft = readPeftAdapter(dir);
+    const sha = await peft.sha256;
+    const configSha = sha256Hex(readFileSync(join(dir, "adapter_config.json")));
+    const key = sha256Hex(new TextEncoder().encode(`${sha}:${configSha}:${this.requirements.dtype}`));
+    const outDir = join(this.cacheDir, "peft");
+    mkdirSync(outDir, { recursive: true });
+    const output = join(outDir, `${key.slice(0, 32)}.safetensors`);
+    if (!existsSync(output)) {
+      try {
+        await convertPeftAdapter(peft, { output, dtype: this.requirements.dtype });
+      } catch (e) {
+        throw e instanceof MultiloraError
+          ? new MultiloraError(`adapter "${name}": ${e.message}`, {
+              code: "invalid_lora",
+              param: "lora_model",
+            })
+          : e;
+      }
+    }
+    return output;
+  }
+}
+
+/** (device, inode, size, mtime in ns) of the file that holds the weights, and of a PEFT config. */
+function fingerprintOf(format: "trtllm" | "peft", path: string): string {
+  const files =
+    format === "trtllm"
+      ? [path]
+      : [join(path, "adapter_model.safetensors"), join(path, "adapter_config.json")];
+  return files
+    .map((f) => {
+      try {
+        const s = statSync(f, { bigint: true });
+        return `${s.dev}:${s.ino}:${s.size}:${s.mtimeNs}`;
+      } catch {
+        return "missing";
+      }
+    })
+    .join("|");
+}

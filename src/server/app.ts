@@ -1,0 +1,34 @@
+/**
+ * The HTTP app: a Hono app built by a factory with the engine and its surroundings injected. It uses
+ * web-standard Request / Response only (no Bun import), so tests drive it with `app.request()` and the
+ * CLI serves it with `Bun.serve`.
+ */
+import { Hono } from "hono";
+import { MultiloraError } from "../errors.ts";
+import type { RequestEnv, ServerContext } from "./context.ts";
+import { errorResponse } from "./errors.ts";
+import { adapterRoutes } from "./routes/adapters.ts";
+import { chatRoutes } from "./routes/chat.ts";
+import { completionRoutes } from "./routes/completions.ts";
+import { healthRoutes } from "./routes/health.ts";
+import { modelRoutes } from "./routes/models.ts";
+
+export function createApp(ctx: ServerContext): Hono<{ Bindings: RequestEnv }> {
+  const app = new Hono<{ Bindings: RequestEnv }>();
+  app.onError((err) => errorResponse(err));
+  app.notFound((c) =>
+    errorResponse(
+      new MultiloraError(`no route ${c.req.method} ${new URL(c.req.url).pathname}`, {
+        status: 404,
+        type: "not_found_error",
+        code: "route_not_found",
+      }),
+    ),
+  );
+  healthRoutes(app, ctx);
+  modelRoutes(app, ctx);
+  chatRoutes(app, ctx);
+  completionRoutes(app, ctx);
+  adapterRoutes(app, ctx);
+  return app;
+}

@@ -1,0 +1,163 @@
+/**
+ * What chat and completions share: which model and adapter a request names (ARCHITECTURE.md section 5),
+ * the engine parameters of each choice, the context-length check, and streaming as server-sent events.
+ */
+
+import { MultiloraError } from "../errors.ts";
+import type { LoadMode } from "../lora/adapter-cache.ts";
+import type { AdapterVersion } from "../lora/registry.ts";
+import type { ServerContext } from "./context.ts";
+import { type ChoiceInput, type RunningChoice, startChoice } from "./generation.ts";
+import type { ChatCompletionRequest, CompletionRequest } from "./schemas.ts";
+
+export interface Target {
+  /** The name to echo in responses. */
+  model: string;
+  adapter?: AdapterVersion;
+}
+
+/**
+ * The base model answers to its served names; an adapter may be named in `model` (vLLM / NIM style) or in
+ * `lora_model` (llgtrt); the two must agree. Anything else is 404 model_not_found.
+ */
+export async function resolveTarget(
+  ctx: ServerContext,
+  model: string,
+  loraModel: string | null | undefined,
+): Promise<Target> {
+  const isBase = ctx.servedNames.includes(model);
+  let adapterName: string | undefined = loraModel ?? undefined;
+  if (!isBase) {
+    if (!ctx.registry || !ctx.registry.list().some((a) => a.name === model)) {
+      throw new MultiloraError(
+        `model "${model}" does not exist: the base model is ${ctx.servedNames.map((n) => `"${n}"`).join(" or ")}${ctx.registry ? "; adapters are listed at /v1/models" : ""}`,
+        { status: 404, type: "not_found_error", code: "model_not_found", param: "model" },
+      );
+    }
+    if (loraModel && loraModel !== model) {
+      throw new MultiloraError(
+        `model names adapter "${model}" but lora_model names "${loraModel}"; name one adapter`,
+        {
+          code: "conflicting_adapter",
+          param: "lora_model",
+        },
+      );
+    }
+    adapterName = model;
+  }
+  if (adapterName === undefined) return { model };
+  if (!ctx.registry) {
+    throw new MultiloraError(`lora_model "${adapterName}" was given, but this server has no LoRA dir`, {
+      status: 404,
+      type: "not_found_error",
+      code: "lora_not_found",
+      param: "lora_model",
+    });
+  }
+  return { model, adapter: await ctx.registry.get(adapterName) };
+}
+
+type Common = ChatCompletionRequest | CompletionRequest;
+
+/** Engine parameters for choice `index` of a request over `prompt`. */
+export function choiceInput(
+  ctx: ServerContext,
+  body: Common,
+  prompt: number[],
+  target: Target,
+  maxTokens: number | null | undefined,
+  topLogprobs: number | undefined,
+  index: number,
+): ChoiceInput {
+  const room = ctx.maxSeqLen - prompt.length;
+  if (room <= 0 || (maxTokens !== null && maxTokens !== undefined && maxTokens > room)) {
+    throw new MultiloraError(
+      `this model's context is ${ctx.maxSeqLen} tokens; the prompt has ${prompt.length}${maxTokens ? ` and max_tokens asks for ${maxTokens} more` : ""}`,
+      { code: "context_length_exceeded", param: "max_tokens" },
+    );
+  }
+  const stop =
+    body.stop === null || body.stop === undefined
+      ? []
+      : typeof body.stop === "string"
+        ? [body.stop]
+        : body.stop;
+  return {
+    prompt,
+    maxTokens: maxTokens ?? room,
+    temperature: body.temperature ?? 1,
+    topP: body.top_p ?? undefined,
+    topK: body.top_k ?? undefined,
+    minP: body.min_p ?? undefined,
+    repetitionPenalty: body.repetition_penalty ?? undefined,
+    frequencyPenalty: body.frequency_penalty ?? undefined,
+    presencePenalty: body.presence_penalty ?? undefined,
+    // Choice i uses seed + i, so n choices differ and each is reproducible.
+    seed: body.seed === null || body.seed === undefined ? undefined : BigInt(body.seed) + BigInt(index),
+    stop,
+    topLogprobs,
+    endIds: ctx.tokenizer.eosTokenIds,
+    adapter: target.adapter,
+    loadMode: body.load_lora_weights as LoadMode,
+    loraScale: body.lora_scale,
+  };
+}
+
+/** Starts every choice; if one fails before its first token, the others are cancelled and the error thrown. */
+export async function startChoices(ctx: ServerContext, inputs: ChoiceInput[]): Promise<RunningChoice[]> {
+  const settled = await Promise.allSettled(
+    inputs.map((input) => startChoice(ctx.adapters, ctx.tokenizer, input)),
+  );
+  const failed = settled.find((s) => s.status === "rejected");
+  if (failed) {
+    for (const s of settled) if (s.status === "fulfilled") s.value.cancel();
+    throw (failed as PromiseRejectedResult).reason;
+  }
+  return settled.map((s) => (s as PromiseFulfilledResult<RunningChoice>).value);
+}
+
+/**
+ * A text/event-stream response: `produce` sends JSON events; `data: [DONE]` ends it. If the client goes
+ * away, `onCancel` runs (cancelling the engine requests) before the next step.
+ */
+export function sseResponse(
+  produce: (send: (event: unknown) => void) => Promise<void>,
+  onCancel: () => void,
+): Response {
+  const encoder = new TextEncoder();
+  let closed = false;
+  const stream = new ReadableStream<Uint8Array>({
+    async start(controller) {
+      const send = (event: unknown) => {
+        if (!closed) controller.enqueue(encoder.encode(`data: ${JSON.stringify(event)}\n\n`));
+      };
+      try {
+        await produce(send);
+        if (!closed) controller.enqueue(encoder.encode("data: [DONE]\n\n"));
+      } catch (e) {
+        // The status is already sent: the error goes in the stream, in OpenAI's shape.
+        send({ error: { message: (e as Error).message, type: "server_error", param: null, code: null } });
+      } finally {
+        if (!closed) {
+          closed = true;
+          controller.close();
+        }
+      }
+    },
+    cancel() {
+      closed = true;
+      onCancel();
+    },
+  });
+  return new Response(stream, {
+    headers: {
+      "content-type": "text/event-stream; charset=utf-8",
+      "cache-control": "no-cache",
+      connection: "keep-alive",
+    },
+  });
+}
+
+export function completionId(prefix: string): string {
+  return `${prefix}-${crypto.randomUUID().replaceAll("-", "")}`;
+}

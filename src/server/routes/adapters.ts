@@ -1,0 +1,138 @@
+/**
+ * The adapter admin routes: list, describe, load (optionally pinned), unload, validate. Until API keys
+ * exist they answer loopback clients only. A route the backend cannot honour answers 501 and says why.
+ */
+import type { Context, Hono } from "hono";
+import { EngineError } from "../../engine/engine.ts";
+import { MultiloraError } from "../../errors.ts";
+import type { LoraRegistry } from "../../lora/registry.ts";
+import { readBody } from "../body.ts";
+import type { RequestEnv, ServerContext } from "../context.ts";
+import { LoadAdapterRequestSchema } from "../schemas.ts";
+import { describeAdapter } from "./models.ts";
+
+const LOOPBACK = new Set(["127.0.0.1", "::1", "::ffff:127.0.0.1"]);
+
+function adminOnly(c: Context<{ Bindings: RequestEnv }>): void {
+  const address = c.env?.remoteAddress;
+  if (address !== undefined && !LOOPBACK.has(address)) {
+    throw new MultiloraError(
+      "the adapter admin routes answer loopback clients only (until API keys are configured)",
+      {
+        status: 403,
+        type: "permission_error",
+        code: "admin_loopback_only",
+      },
+    );
+  }
+}
+
+function registryOf(ctx: ServerContext): LoraRegistry {
+  if (!ctx.registry) {
+    throw new MultiloraError("this server has no LoRA dir (multilora serve <model-dir> <lora-dir>)", {
+      status: 404,
+      type: "not_found_error",
+      code: "lora_not_found",
+    });
+  }
+  return ctx.registry;
+}
+
+export function adapterRoutes(app: Hono<{ Bindings: RequestEnv }>, ctx: ServerContext): void {
+  app.use("/v1/lora/*", async (c, next) => {
+    adminOnly(c);
+    await next();
+  });
+
+  app.get("/v1/lora/adapters", (c) => {
+    const registry = registryOf(ctx);
+    const stats = ctx.engine.stats();
+    return c.json({
+      object: "list",
+      data: registry.list().map((l) => describeAdapter(ctx, l)),
+      cache: {
+        bytes_used: stats.loraBytesUsed,
+        bytes_capacity: stats.loraBytesCapacity,
+        adapters: stats.loraTasks,
+        max_adapters: stats.maxLoras || null,
+        estimated: !ctx.engine.capabilities.loraTaskListing,
+      },
+    });
+  });
+
+  app.get("/v1/lora/adapters/:name", (c) => {
+    const name = c.req.param("name");
+    registryOf(ctx).locate(name);
+    const listing = registryOf(ctx)
+      .list()
+      .find((l) => l.name === name);
+    return c.json(describeAdapter(ctx, listing ?? { name, format: "trtllm", path: "" }));
+  });
+
+  app.post("/v1/lora/adapters/:name/load", async (c) => {
+    const registry = registryOf(ctx);
+    const { pin } = await readBody(c.req.raw, LoadAdapterRequestSchema, ctx.maxBodyBytes);
+    if (pin && !ctx.engine.capabilities.loraPin) {
+      throw new MultiloraError("this backend cannot pin adapters (TensorRT-LLM's executor has no pin call)", {
+        status: 501,
+        type: "not_implemented_error",
+        code: "unsupported",
+      });
+    }
+    const version = await registry.get(c.req.param("name"));
+    // A one-token request carries the weights into the engine's cache.
+    const started = await ctx.adapters.start(
+      { prompt: [0], maxNewTokens: 1, temperature: 0 },
+      version,
+      "always",
+    );
+    for (let e = await started.rest.next(); !e.done; e = await started.rest.next()) {}
+    if (pin) {
+      try {
+        ctx.engine.loraPin(version.taskId, true);
+      } catch (e) {
+        if (e instanceof EngineError && e.engineCode === "LORA_CACHE_FULL") {
+          throw new MultiloraError(e.message, { status: 409, code: "pin_limit" });
+        }
+        throw e;
+      }
+    }
+    return c.json(
+      describeAdapter(
+        ctx,
+        registry.list().find((l) => l.name === version.name) ?? {
+          name: version.name,
+          format: version.format,
+          path: version.path,
+        },
+      ),
+    );
+  });
+
+  app.post("/v1/lora/adapters/:name/unload", async (c) => {
+    const registry = registryOf(ctx);
+    const name = c.req.param("name");
+    registry.locate(name);
+    const version = registry.loaded(name);
+    if (!ctx.engine.capabilities.loraRelease) {
+      throw new MultiloraError("this backend cannot evict adapters on demand", {
+        status: 501,
+        type: "not_implemented_error",
+        code: "unsupported",
+      });
+    }
+    if (version && ctx.engine.stats().tasks.some((t) => t.taskId === version.taskId)) {
+      ctx.engine.loraRelease(version.taskId);
+      // Released at once when idle, else when its running requests end: wait for that.
+      while (ctx.engine.stats().tasks.some((t) => t.taskId === version.taskId))
+        await new Promise((r) => setTimeout(r, 10));
+    }
+    return c.json({ name, state: "on_disk" });
+  });
+
+  app.post("/v1/lora/adapters/:name/validate", async (c) => {
+    const name = c.req.param("name");
+    const { problems, warnings } = await registryOf(ctx).validate(name);
+    return c.json({ name, valid: problems.length === 0, problems, warnings });
+  });
+}

@@ -1,0 +1,72 @@
+/** GET /v1/models and /v1/models/{id}: the base model and every adapter, with the adapter's state. */
+import type { Hono } from "hono";
+import { MultiloraError } from "../../errors.ts";
+import { floatDTypeName } from "../../formats/dtypes.ts";
+import type { AdapterListing } from "../../lora/registry.ts";
+import type { RequestEnv, ServerContext } from "../context.ts";
+
+/** An adapter as /v1/models and /v1/lora/adapters describe it. */
+export function describeAdapter(ctx: ServerContext, listing: AdapterListing) {
+  const v = listing.version;
+  const task = v ? ctx.engine.stats().tasks.find((t) => t.taskId === v.taskId) : undefined;
+  const estimated = !ctx.engine.capabilities.loraTaskListing;
+  const cached = v ? (estimated ? ctx.adapters.isCached(v.taskId) : task !== undefined) : false;
+  return {
+    name: listing.name,
+    format: listing.format,
+    state: task?.pinned ? "pinned" : cached ? "cached" : "on_disk",
+    state_estimated: estimated,
+    active_requests: task?.active ?? 0,
+    ...(v
+      ? {
+          version: v.sha256.slice(0, 16),
+          task_id: Number(v.taskId),
+          rank: Math.max(...v.ranks),
+          ranks: v.ranks,
+          modules: v.modules,
+          layers: v.layers,
+          dtype: floatDTypeName(v.dtype),
+          bytes: v.bytes,
+          base_model: v.baseModel ?? null,
+          loaded_at: Math.floor(v.loadedAt.getTime() / 1000),
+          last_used_step: task?.lastUse ?? null,
+        }
+      : {}),
+  };
+}
+
+export function modelRoutes(app: Hono<{ Bindings: RequestEnv }>, ctx: ServerContext): void {
+  const base = () => ({
+    id: ctx.servedNames[0],
+    object: "model",
+    created: ctx.created,
+    owned_by: "multilora",
+    root: ctx.servedNames[0],
+    parent: null,
+  });
+  const adapterModel = (listing: AdapterListing) => ({
+    id: listing.name,
+    object: "model",
+    created: ctx.created,
+    owned_by: "multilora",
+    root: ctx.servedNames[0],
+    parent: ctx.servedNames[0],
+    lora: describeAdapter(ctx, listing),
+  });
+  app.get("/v1/models", (c) =>
+    c.json({ object: "list", data: [base(), ...(ctx.registry?.list() ?? []).map(adapterModel)] }),
+  );
+  app.get("/v1/models/:id{.+}", (c) => {
+    const id = c.req.param("id");
+    if (ctx.servedNames.includes(id)) return c.json({ ...base(), id });
+    const listing = ctx.registry?.list().find((a) => a.name === id);
+    if (!listing) {
+      throw new MultiloraError(`model "${id}" does not exist`, {
+        status: 404,
+        type: "not_found_error",
+        code: "model_not_found",
+      });
+    }
+    return c.json(adapterModel(listing));
+  });
+}
