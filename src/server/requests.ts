@@ -28,7 +28,7 @@ export async function resolveTarget(
   const isBase = ctx.servedNames.includes(model);
   let adapterName: string | undefined = loraModel ?? undefined;
   if (!isBase) {
-    if (!ctx.registry || !ctx.registry.list().some((a) => a.name === model)) {
+    if (!ctx.registry?.list().some((a) => a.name === model)) {
       throw new MultiloraError(
         `model "${model}" does not exist: the base model is ${ctx.servedNames.map((n) => `"${n}"`).join(" or ")}${ctx.registry ? "; adapters are listed at /v1/models" : ""}`,
         { status: 404, type: "not_found_error", code: "model_not_found", param: "model" },
