@@ -69,6 +69,8 @@ export class LoraRegistry {
   private readonly loading = new Map<string, Promise<AdapterVersion>>();
   private readonly idsBySha = new Map<string, bigint>();
   private nextTaskId = 1n;
+  /** How many times an adapter file was read and validated (concurrent first uses share one). */
+  loads = 0;
   private readonly realDir: string;
 
   constructor(
@@ -191,6 +193,7 @@ export class LoraRegistry {
     path: string,
     fingerprint: string,
   ): Promise<AdapterVersion> {
+    this.loads++;
     const file = format === "trtllm" ? path : await this.convertPeft(name, path);
     const read = readFileHashed(file);
     const sha256 = await read.sha256;
