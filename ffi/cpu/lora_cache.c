@@ -32,7 +32,7 @@ void lora_cache_init(lora_cache *c, const model *m, int64_t capacity, int32_t ma
         model_lora_shape(m, ids[i], &in, &out);
         per_layer += (int64_t)max_rank * (in + out);
     }
-    c->max_adapter_bytes = per_layer * m->cfg.num_layers * (int64_t)sizeof(float);
+    c->max_adapter_bytes = per_layer * m->cfg.num_layers * (dtype == MLR_DTYPE_F32 ? 4 : 2);
 }
 
 static void adapter_free(lora_adapter *a) {

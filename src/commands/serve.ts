@@ -40,7 +40,7 @@ export const ServeConfigSchema = v.object({
   "prefill-chunk": v.optional(Positive, 256),
   "max-lora-rank": v.optional(Positive, 64),
   "max-loras": v.optional(v.pipe(v.number(), v.integer(), v.minValue(0)), 0),
-  "lora-cache-mb": v.optional(Positive, 256),
+  "lora-cache-mb": v.optional(v.pipe(v.number(), v.gtValue(0)), 256),
   preload: v.optional(v.array(v.string()), []),
   pin: v.optional(v.array(v.string()), []),
   "max-queue": v.optional(Positive, 256),
@@ -190,7 +190,7 @@ export async function startServer(
     threads: config.threads ?? undefined,
     prefillChunk: config["prefill-chunk"],
     maxLoraRank: config["max-lora-rank"],
-    loraCacheBytes: config["lora-cache-mb"] * 1024 * 1024,
+    loraCacheBytes: Math.floor(config["lora-cache-mb"] * 1024 * 1024),
     maxLoras: config["max-loras"],
   });
   try {
@@ -208,6 +208,7 @@ export async function startServer(
           modelPath: join(modelDir, "config.json"),
           dtype: engine.capabilities.loraDtype,
           maxRank: engine.capabilities.maxLoraRank,
+          baseModelName: checkpoint.hf._name_or_path,
         })
       : null;
     const served =
@@ -244,6 +245,7 @@ export async function startServer(
       );
       for (let e = await started.rest.next(); !e.done; e = await started.rest.next()) {}
       if (config.pin.includes(name)) engine.loraPin(version.taskId, true);
+      log(`${config.pin.includes(name) ? "pinned" : "preloaded"} adapter ${name}`);
     }
 
     const app = createApp(ctx);

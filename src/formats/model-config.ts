@@ -58,6 +58,7 @@ export const HfModelConfigSchema = v.looseObject({
   use_sliding_window: v.optional(v.boolean()),
   bos_token_id: TokenIds,
   eos_token_id: TokenIds,
+  _name_or_path: v.optional(v.string()),
 });
 
 export type HfModelConfig = v.InferOutput<typeof HfModelConfigSchema>;

@@ -167,9 +167,7 @@ describe("admin routes", () => {
     const pinned = await post(url("/v1/lora/adapters/demo-attention/load"), { pin: true });
     expect(pinned.status).toBe(200);
     expect(pinned.body).toMatchObject({ name: "demo-attention", state: "pinned" });
-    // The demo model is small: the 256 MiB cache minus one max-size adapter leaves room for many pins,
-    // so the cap is checked through the engine rules directly in tests/engine/lora-cache.test.ts; here the
-    // route must turn the engine's refusal into a 409.
+    // The pin cap (409) needs a tiny cache: tests/commands/serve.test.ts runs a server with one.
     const validate = await post(url("/v1/lora/adapters/demo-all/validate"), {});
     expect(validate.body).toMatchObject({ name: "demo-all", valid: true, problems: [] });
 

@@ -25,7 +25,9 @@ export function chatRoutes(app: Hono<{ Bindings: RequestEnv }>, ctx: ServerConte
   app.post("/v1/chat/completions", async (c) => {
     const body = await readBody(c.req.raw, ChatCompletionRequestSchema, ctx.maxBodyBytes);
     const target = await resolveTarget(ctx, body.model, body.lora_model);
-    const rendered = ctx.chatTemplate.render(body.messages as ChatMessage[], { addGenerationPrompt: true });
+    // OpenAI's "developer" role is the system role of older models' templates.
+    const messages = body.messages.map((m) => (m.role === "developer" ? { ...m, role: "system" } : m));
+    const rendered = ctx.chatTemplate.render(messages as ChatMessage[], { addGenerationPrompt: true });
     // The template wrote every special token the model expects: no second BOS.
     const prompt = ctx.tokenizer.encode(rendered, { addSpecialTokens: false });
     const topLogprobs = body.logprobs ? (body.top_logprobs ?? 0) : undefined;
