@@ -74,7 +74,7 @@ Options (defaults in brackets; --config file.json sets the same names):
       --pin a,b                  adapters loaded and pinned at start-up
       --max-queue <n>            requests waiting or running before 503 [256]
       --queue-timeout <s>        longest wait for room in a full adapter cache [60]
-      --request-timeout <s>      longest request [600]
+      --request-timeout <s>      longest generation, then cut with finish_reason length [600; 0: none]
       --max-body-mb <n>          largest request body (413 beyond) [16]
       --cache-dir <dir>          converted PEFT adapters and the demo model [$XDG_CACHE_HOME/multilora]
       --backend auto|cpu|trtllm  [auto: cpu here]
@@ -225,6 +225,7 @@ export async function startServer(
       servedNames: [...new Set(served)],
       maxSeqLen: engine.maxSeqLen,
       maxBodyBytes: Math.floor(config["max-body-mb"] * 1024 * 1024),
+      requestTimeoutMs: config["request-timeout"] * 1000,
       created: Math.floor(Date.now() / 1000),
       isReady: () => ready,
     };

@@ -19,6 +19,8 @@ export interface ServerContext {
   servedNames: string[];
   /** Prompt + generated tokens per request. */
   maxSeqLen: number;
+  /** Longest generation in ms (0 = none): cut there with finish_reason "length". */
+  requestTimeoutMs: number;
   /** Largest request body in bytes (413 beyond). */
   maxBodyBytes: number;
   /** Seconds since the epoch when the model was loaded (`created` in /v1/models). */

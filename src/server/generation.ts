@@ -26,6 +26,8 @@ export interface ChoiceInput {
   adapter?: AdapterVersion;
   loadMode: LoadMode;
   loraScale: number;
+  /** Generation stops after this long (finish_reason "length": a server limit cut it); 0 = none. */
+  timeoutMs: number;
 }
 
 export interface TokenLogprob {
@@ -77,10 +79,19 @@ export async function startChoice(
   );
   let generated = 0;
   let stopped = false;
+  let timedOut = false;
   const cancel = () => {
     stopped = true;
+    clearTimeout(timer);
     started.handle.cancel();
   };
+  const timer =
+    input.timeoutMs > 0
+      ? setTimeout(() => {
+          timedOut = true;
+          started.handle.cancel();
+        }, input.timeoutMs)
+      : undefined;
   async function* deltas(): AsyncGenerator<ChoiceDelta> {
     const decoder = tokenizer.createStreamDecoder({
       skipSpecialTokens: true,
@@ -104,8 +115,11 @@ export async function startChoice(
           yield { text: emit, tokenIds: ids, logprobs, finishReason: "stop" };
           return;
         }
-        const finish = openAiFinish(event.finishReason);
-        if (finish) stopped = true; // the engine ended it: nothing to cancel
+        const finish = openAiFinish(event.finishReason, timedOut);
+        if (finish) {
+          stopped = true; // the engine ended it: nothing to cancel
+          clearTimeout(timer);
+        }
         yield { text: emit, tokenIds: ids, logprobs, finishReason: finish };
         if (finish) return;
         const next = await started.rest.next();
@@ -118,9 +132,10 @@ export async function startChoice(
   return { deltas: deltas(), cancel, completionTokens: () => generated };
 }
 
-function openAiFinish(reason: EngineFinish | null): "stop" | "length" | null {
+/** The engine's finish reason in OpenAI's terms; a request cut by --request-timeout ends as "length". */
+function openAiFinish(reason: EngineFinish | null, timedOut: boolean): "stop" | "length" | null {
   if (reason === null) return null;
-  return reason === "length" ? "length" : "stop";
+  return reason === "length" || (reason === "cancelled" && timedOut) ? "length" : "stop";
 }
 
 /**

@@ -100,6 +100,7 @@ export function choiceInput(
     adapter: target.adapter,
     loadMode: body.load_lora_weights as LoadMode,
     loraScale: body.lora_scale,
+    timeoutMs: ctx.requestTimeoutMs,
   };
 }
 

@@ -86,3 +86,107 @@ test("pinning past the cap (capacity minus one max-size adapter) is a 409", asyn
     await t.close();
   }
 });
+
+test("admission limits: --request-timeout cuts a generation, --max-queue answers 503, --max-body-mb 413", async () => {
+  const t = await startTestServer({
+    "request-timeout": 0.3,
+    "max-queue": 1,
+    "max-body-mb": 0.001,
+    "max-seq-len": 4000,
+  });
+  try {
+    const url = `${t.server.url}/v1/completions`;
+    const started = Date.now();
+    const cut = await post(url, { model: "demo-all", prompt: [1], max_tokens: 3900, temperature: 0 });
+    const choice = cut.body as unknown as {
+      choices: { finish_reason: string }[];
+      usage: { completion_tokens: number };
+    };
+    expect(cut.status).toBe(200);
+    expect(choice.choices[0]?.finish_reason).toBe("length");
+    expect(choice.usage.completion_tokens).toBeLessThan(3900);
+    expect(Date.now() - started).toBeLessThan(3000);
+
+    const controller = new AbortController();
+    const busy = await fetch(url, {
+      method: "POST",
+      headers: { "content-type": "application/json" },
+      // demo-all from [1] runs long without an end token (the base model may stop early).
+      body: JSON.stringify({
+        model: "demo-all",
+        prompt: [1],
+        max_tokens: 3900,
+        temperature: 0,
+        stream: true,
+      }),
+      signal: controller.signal,
+    });
+    await busy.body?.getReader().read();
+    const refused = await post(url, { model: "llama", prompt: [1], max_tokens: 2 });
+    expect(refused.status).toBe(503);
+    expect(refused.body.error).toMatchObject({ code: "overloaded", type: "overloaded_error" });
+    controller.abort();
+
+    await new Promise((r) => setTimeout(r, 400)); // the aborted stream's slot is released
+    const big = await post(url, { model: "llama", prompt: "x".repeat(2000), max_tokens: 2 });
+    expect(big.status).toBe(413);
+    expect(big.body.error).toMatchObject({ code: "request_too_large" });
+  } finally {
+    await t.close();
+  }
+});
+
+test("SIGTERM: running requests finish, new ones are refused, the process exits 0", async () => {
+  const cache = mkdtempSync(join(tmpdir(), "multilora-sigterm-"));
+  const port = 20000 + Math.floor(Math.random() * 20000);
+  const child = Bun.spawn(
+    [
+      process.execPath,
+      join(ROOT, "src/cli.ts"),
+      "serve",
+      "--port",
+      String(port),
+      "--host",
+      "127.0.0.1",
+      "--cache-dir",
+      cache,
+      "--threads",
+      "2",
+    ],
+    {
+      stderr: "pipe",
+      stdout: "pipe",
+    },
+  );
+  const base = `http://127.0.0.1:${port}`;
+  for (let i = 0; i < 200; i++) {
+    const up = await fetch(`${base}/v1/health/ready`).then(
+      (r) => r.ok,
+      () => false,
+    );
+    if (up) break;
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  const running = post(`${base}/v1/completions`, {
+    model: "demo-all",
+    prompt: [1],
+    max_tokens: 1500,
+    temperature: 0,
+  });
+  await new Promise((r) => setTimeout(r, 50));
+  child.kill("SIGTERM");
+  const finished = await running;
+  expect(finished.status).toBe(200);
+  expect((finished.body as unknown as { usage: { completion_tokens: number } }).usage.completion_tokens).toBe(
+    1500,
+  );
+  expect(await child.exited).toBe(0);
+  const after = await fetch(`${base}/health`).then(
+    () => "answered",
+    () => "refused",
+  );
+  expect(after).toBe("refused");
+  expect(await new Response(child.stderr).text()).toContain(
+    "SIGTERM: finishing running requests, then exiting",
+  );
+}, 30_000);
