@@ -7,8 +7,9 @@
  *         the request is sent again once, with weights. No wasted round trip when it is cached.
  * always: weights go along every time (the engine ignores them for a cached id: no overwrite).
  * never:  only the id; a miss is a 409 lora_not_cached.
- * LORA_CACHE_FULL is back-pressure: the request waits (retrying as requests finish) up to the queue
- * timeout, then gets a 503 with Retry-After.
+ * LORA_CACHE_FULL is back-pressure with adapter-aware admission: waiting requests retry when a request
+ * ends (`released()`), those whose adapter is cached first, else the one that has waited longest; none
+ * waits past the queue timeout (then a 503 with Retry-After).
  *
  * What is cached is read from the engine when it can list its tasks (the CPU engine), else estimated
  * from what was sent and what failed (TensorRT-LLM).
@@ -33,8 +34,18 @@ export interface StartedRequest {
   rest: AsyncIterator<TokenEvent>;
 }
 
+interface Waiter {
+  taskId: bigint;
+  since: number;
+  wake(): void;
+}
+
+/** Waiters also re-check this often, in case room came free without a request ending here. */
+const RECHECK_MS = 100;
+
 export class AdapterCache {
   private readonly known = new Set<bigint>();
+  private readonly waiters: Waiter[] = [];
 
   constructor(
     private readonly engine: Engine,
@@ -58,7 +69,7 @@ export class AdapterCache {
   ): Promise<StartedRequest> {
     const started = Date.now();
     let forceWeights = false;
-    for (let attempt = 0; ; attempt++) {
+    for (;;) {
       let lora: GenerateRequest["lora"];
       if (adapter) {
         const send = mode === "always" || forceWeights || (mode === "auto" && !this.isCached(adapter.taskId));
@@ -93,19 +104,40 @@ export class AdapterCache {
           const waited = Date.now() - started;
           if (waited >= this.queueTimeoutMs) {
             throw new MultiloraError(
-              `the adapter cache is full (every cached adapter is in use or pinned) and no room came free in ${Math.round(waited / 1000)} s; retry later`,
+              `the adapter cache is full (every cached adapter is in use or pinned) and no room came free in ${(waited / 1000).toFixed(1)} s; retry later`,
               { status: 503, type: "overloaded_error", code: "lora_cache_full" },
             );
           }
-          await sleep(Math.min(10 * 2 ** Math.min(attempt, 5), 200));
+          await this.waitForRoom(adapter.taskId, started, this.queueTimeoutMs - waited);
           continue;
         }
         throw e;
       }
     }
   }
-}
 
-function sleep(ms: number): Promise<void> {
-  return new Promise((resolve) => setTimeout(resolve, ms));
+  /** A request ended: room may have come free. Wakes the waiters whose adapter is cached, and the oldest. */
+  released(): void {
+    if (this.waiters.length === 0) return;
+    const oldest = this.waiters.reduce((a, b) => (b.since < a.since ? b : a));
+    const chosen = this.waiters.filter((w) => w === oldest || this.isCached(w.taskId));
+    for (const w of chosen) w.wake();
+  }
+
+  private waitForRoom(taskId: bigint, since: number, budgetMs: number): Promise<void> {
+    return new Promise((resolve) => {
+      const waiter: Waiter = {
+        taskId,
+        since,
+        wake: () => {
+          clearTimeout(timer);
+          const i = this.waiters.indexOf(waiter);
+          if (i >= 0) this.waiters.splice(i, 1);
+          resolve();
+        },
+      };
+      const timer = setTimeout(() => waiter.wake(), Math.max(1, Math.min(RECHECK_MS, budgetMs)));
+      this.waiters.push(waiter);
+    });
+  }
 }

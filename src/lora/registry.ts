@@ -8,7 +8,16 @@
  * is noticed from (device, inode, size, mtime in ns) and confirmed by the hash. Names are confined to the
  * LoRA dir: no absolute paths, no `..`, no NUL, no link that leads outside.
  */
-import { existsSync, mkdirSync, readdirSync, readFileSync, realpathSync, statSync } from "node:fs";
+import {
+  existsSync,
+  mkdirSync,
+  readdirSync,
+  readFileSync,
+  realpathSync,
+  statSync,
+  unlinkSync,
+  utimesSync,
+} from "node:fs";
 import { join, sep } from "node:path";
 import type { LoraRef } from "../engine/engine.ts";
 import { listProblems, MultiloraError } from "../errors.ts";
@@ -79,6 +88,8 @@ export class LoraRegistry {
     /** Where converted PEFT adapters are kept. */
     readonly cacheDir: string,
     readonly requirements: AdapterRequirements,
+    /** Most bytes of converted PEFT adapters kept in the cache dir; least recently used go first. */
+    readonly cacheMaxBytes = 4 * 1024 ** 3,
   ) {
     try {
       this.realDir = realpathSync(dir);
@@ -277,9 +288,13 @@ export class LoraRegistry {
     const outDir = join(this.cacheDir, "peft");
     mkdirSync(outDir, { recursive: true });
     const output = join(outDir, `${key.slice(0, 32)}.safetensors`);
-    if (!existsSync(output)) {
+    if (existsSync(output)) {
+      const now = new Date();
+      utimesSync(output, now, now); // most recently used
+    } else {
       try {
         await convertPeftAdapter(peft, { output, dtype: this.requirements.dtype });
+        trimCache(outDir, this.cacheMaxBytes, output);
       } catch (e) {
         throw e instanceof MultiloraError
           ? new MultiloraError(`adapter "${name}": ${e.message}`, {
@@ -290,6 +305,27 @@ export class LoraRegistry {
       }
     }
     return output;
+  }
+}
+
+/** Removes the least recently used converted adapters until the folder holds at most `maxBytes`. */
+export function trimCache(dir: string, maxBytes: number, keep: string): void {
+  const files = readdirSync(dir)
+    .filter((f) => f.endsWith(".safetensors"))
+    .map((f) => {
+      const path = join(dir, f);
+      const s = statSync(path);
+      return { path, size: s.size, used: s.mtimeMs };
+    })
+    .sort((a, b) => a.used - b.used);
+  let total = files.reduce((sum, f) => sum + f.size, 0);
+  for (const f of files) {
+    if (total <= maxBytes) break;
+    if (f.path === keep) continue;
+    try {
+      unlinkSync(f.path);
+      total -= f.size;
+    } catch {}
   }
 }
 

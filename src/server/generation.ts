@@ -127,6 +127,7 @@ export async function startChoice(
       }
     } finally {
       if (!stopped) cancel(); // the consumer went away early (a disconnected client): free the engine slot
+      adapters.released();
     }
   }
   return { deltas: deltas(), cancel, completionTokens: () => generated };

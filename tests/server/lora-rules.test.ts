@@ -226,3 +226,45 @@ describe("a full cache is back-pressure", () => {
     streams[1]?.controller.abort();
   }, 30_000);
 });
+
+describe("PEFT folders in the LoRA dir", () => {
+  test("are converted on first use (once, cached by content) and serve what `multilora extract` produces", async () => {
+    const { writePeftAdapter, ALL_SEVEN } = await import("../helpers/peft.ts");
+    const { convertPeftAdapter } = await import("../../src/lora/convert.ts");
+    const { readPeftAdapter } = await import("../../src/lora/peft-adapter.ts");
+    const dims = { hidden: 64, intermediate: 192, layers: 4, heads: 4, kvHeads: 2, headDim: 16 };
+    const peft = writePeftAdapter(join(t.loraDir, "peft-style"), {
+      dims,
+      modules: ALL_SEVEN,
+      rank: 4,
+      alpha: 32,
+      seed: 12,
+    });
+    await convertPeftAdapter(readPeftAdapter(peft.dir), {
+      output: join(t.loraDir, "peft-style-extracted.safetensors"),
+      dtype: "BF16",
+    });
+    const viaPeft = await complete({ lora_model: "peft-style" });
+    const viaFile = await complete({ lora_model: "peft-style-extracted" });
+    expect(viaPeft.status).toBe(200);
+    expect(viaPeft.logprob).toBe(viaFile.logprob as number);
+    expect(viaPeft.text).toBe(viaFile.text as string);
+    const listed = (await (await fetch(url("/v1/lora/adapters/peft-style"))).json()) as {
+      format: string;
+      state: string;
+    };
+    expect(listed).toMatchObject({ format: "peft" });
+    // The converted file lives in the cache dir; a second registry finds it without converting again.
+    const { readdirSync } = await import("node:fs");
+    expect(readdirSync(join(t.work, "cache", "peft")).length).toBe(1);
+  });
+
+  test("a PEFT folder that does not fit the model is a 400 listing the problems", async () => {
+    const { writePeftAdapter } = await import("../helpers/peft.ts");
+    const wrong = { hidden: 32, intermediate: 64, layers: 4, heads: 4, kvHeads: 2, headDim: 8 };
+    writePeftAdapter(join(t.loraDir, "misfit"), { dims: wrong, modules: ["q_proj"], rank: 2 });
+    const r = await complete({ lora_model: "misfit" });
+    expect(r.status).toBe(400);
+    expect(String(r.error?.message)).toContain("attn_q (layers 0-3): rank 2 needs");
+  });
+});
