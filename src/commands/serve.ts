@@ -194,17 +194,9 @@ export async function startServer(
     maxLoras: config["max-loras"],
   });
   try {
-    const c = checkpoint.config;
     const registry = loraDir
       ? new LoraRegistry(resolve(loraDir), cacheDir, {
-          dims: {
-            hidden: c.hiddenSize,
-            intermediate: c.intermediateSize,
-            layers: c.numLayers,
-            heads: c.numHeads,
-            kvHeads: c.numKvHeads,
-            headDim: c.headDim,
-          },
+          dims: checkpoint.dims,
           modelPath: join(modelDir, "config.json"),
           dtype: engine.capabilities.loraDtype,
           maxRank: engine.capabilities.maxLoraRank,

@@ -10,7 +10,12 @@ import * as v from "valibot";
 import { listProblems, MultiloraError } from "../errors.ts";
 import type { FloatDType } from "../formats/dtypes.ts";
 import { parseWith, readJson, readJsonFile } from "../formats/json-file.ts";
-import { type HfModelConfig, HfModelConfigSchema } from "../formats/model-config.ts";
+import {
+  type HfModelConfig,
+  HfModelConfigSchema,
+  hfModelDims,
+  type ModelDims,
+} from "../formats/model-config.ts";
 import { mmapSafetensors, type SafetensorsFile } from "../formats/safetensors-reader.ts";
 
 export const SUPPORTED_ARCHITECTURES = [
@@ -56,6 +61,8 @@ export interface Checkpoint {
   /** `model_type`, e.g. "llama". */
   modelType: string;
   hf: HfModelConfig;
+  /** The dimensions adapters are checked against. */
+  dims: ModelDims;
   config: EngineModelConfig;
   /** The weights' dtype (of the first projection). */
   dtype: FloatDType;
@@ -105,6 +112,7 @@ export function loadCheckpoint(dir: string): Checkpoint {
     architecture,
     modelType: hf.model_type ?? "",
     hf,
+    dims: hfModelDims(hf),
     config,
     dtype: q?.dtype ?? "F32",
     maxSequence: Math.min(config.maxPosition, window),
@@ -154,13 +162,14 @@ function engineConfig(hf: HfModelConfig, path: string): EngineModelConfig {
     throw new MultiloraError(listProblems(`${path}: unsupported model:`, problems), {
       code: "invalid_model",
     });
+  const d = hfModelDims(hf);
   return {
-    hiddenSize: hf.hidden_size,
-    intermediateSize: hf.intermediate_size,
-    numLayers: hf.num_hidden_layers,
-    numHeads: hf.num_attention_heads,
-    numKvHeads: hf.num_key_value_heads ?? hf.num_attention_heads,
-    headDim: hf.head_dim ?? hf.hidden_size / hf.num_attention_heads,
+    hiddenSize: d.hidden,
+    intermediateSize: d.intermediate,
+    numLayers: d.layers,
+    numHeads: d.heads,
+    numKvHeads: d.kvHeads,
+    headDim: d.headDim,
     vocabSize: hf.vocab_size as number,
     maxPosition: hf.max_position_embeddings ?? 4096,
     rmsNormEps: hf.rms_norm_eps,

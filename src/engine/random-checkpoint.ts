@@ -9,7 +9,7 @@
  */
 import { mkdirSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
-import { bf16ToF32, type FloatDType, f16ToF32, f32ToBf16, f32ToF16 } from "../formats/dtypes.ts";
+import { type FloatDType, roundToDType } from "../formats/dtypes.ts";
 import { type TensorData, writeSafetensors } from "../formats/safetensors-writer.ts";
 
 export type LlamaArchitecture = "LlamaForCausalLM" | "Qwen2ForCausalLM" | "MistralForCausalLM";
@@ -205,27 +205,14 @@ export function saveLlamaCheckpoint(
     const size = shape.reduce((a, b) => a * b, 1);
     if (!v) throw new Error(`missing tensor ${name}`);
     if (v.length !== size) throw new Error(`${name}: ${v.length} values for shape [${shape.join(", ")}]`);
-    const s = store(v, dtype);
-    stored.set(name, s.values);
+    const s = roundToDType(v, dtype);
+    stored.set(name, s.decoded);
     tensors.push({ name, dtype, shape, data: s.data });
   }
   mkdirSync(dir, { recursive: true });
   writeFileSync(join(dir, "config.json"), JSON.stringify(written, null, 2));
   writeSafetensors(join(dir, "model.safetensors"), tensors, { format: "pt" });
   return { dir, config: written, dtype, weights: stored, shapes };
-}
-
-/** Rounds f32 values to `dtype`; returns the bytes to store and the values they decode to. */
-function store(v: Float32Array, dtype: FloatDType): { data: ArrayBufferView; values: Float32Array } {
-  if (dtype === "F32") return { data: v, values: Float32Array.from(v) };
-  const bits = new Uint16Array(v.length);
-  const back = new Float32Array(v.length);
-  for (let i = 0; i < v.length; i++) {
-    const x = v[i] as number;
-    bits[i] = dtype === "F16" ? f32ToF16(x) : f32ToBf16(x);
-    back[i] = dtype === "F16" ? f16ToF32(bits[i] as number) : bf16ToF32(bits[i] as number);
-  }
-  return { data: bits, values: back };
 }
 
 /** mulberry32: a small deterministic PRNG giving uniform numbers in [0, 1). */

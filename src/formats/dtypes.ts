@@ -321,3 +321,19 @@ export function countNonFinite(src: FloatSource, from: number, count: number): n
   for (let i = from; i < from + count; i++) if (((data[i] as number) & mask) === mask) n++;
   return n;
 }
+
+/**
+ * Rounds f32 values to `dtype`: the bytes to store (the values themselves for F32, else bit patterns)
+ * and the f32 values those bytes decode to.
+ */
+export function roundToDType(
+  values: Float32Array,
+  dtype: FloatDType,
+): { data: Float32Array | Uint16Array; decoded: Float32Array } {
+  if (dtype === "F32") return { data: values, decoded: values };
+  const bits = new Uint16Array(values.length);
+  castFloats({ dtype: "F32", data: values }, 0, values.length, 1, dtype, new Uint8Array(bits.buffer));
+  const decoded = new Float32Array(values.length);
+  decodeToF32({ dtype, data: bits }, 0, values.length, decoded);
+  return { data: bits, decoded };
+}

@@ -146,14 +146,19 @@ export function readBaseModel(dirOrFile: string): BaseModel {
     path,
     kind: "huggingface",
     architecture: c.architectures?.[0] ?? c.model_type,
-    dims: {
-      hidden: c.hidden_size,
-      intermediate: c.intermediate_size,
-      layers: c.num_hidden_layers,
-      heads: c.num_attention_heads,
-      kvHeads: c.num_key_value_heads ?? c.num_attention_heads,
-      headDim: c.head_dim ?? c.hidden_size / c.num_attention_heads,
-    },
+    dims: hfModelDims(c),
+  };
+}
+
+/** The dimensions of a Hugging Face config, with transformers' defaults for kv heads and head_dim. */
+export function hfModelDims(c: HfModelConfig): ModelDims {
+  return {
+    hidden: c.hidden_size,
+    intermediate: c.intermediate_size,
+    layers: c.num_hidden_layers,
+    heads: c.num_attention_heads,
+    kvHeads: c.num_key_value_heads ?? c.num_attention_heads,
+    headDim: c.head_dim ?? c.hidden_size / c.num_attention_heads,
   };
 }
 

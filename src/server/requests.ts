@@ -7,7 +7,7 @@ import { MultiloraError } from "../errors.ts";
 import type { LoadMode } from "../lora/adapter-cache.ts";
 import type { AdapterVersion } from "../lora/registry.ts";
 import type { ServerContext } from "./context.ts";
-import { type ChoiceInput, type RunningChoice, startChoice } from "./generation.ts";
+import { type ChoiceInput, type RunningChoice, startChoice, type TokenLogprob } from "./generation.ts";
 import type { ChatCompletionRequest, CompletionRequest } from "./schemas.ts";
 
 export interface Target {
@@ -157,6 +157,26 @@ export function sseResponse(
       connection: "keep-alive",
     },
   });
+}
+
+/** A whole choice read to its end (the non-streaming responses). */
+export async function collectChoice(choice: RunningChoice): Promise<{
+  text: string;
+  tokenIds: number[];
+  logprobs: TokenLogprob[];
+  finishReason: string | null;
+}> {
+  let text = "";
+  const tokenIds: number[] = [];
+  const logprobs: TokenLogprob[] = [];
+  let finishReason: string | null = null;
+  for await (const d of choice.deltas) {
+    text += d.text;
+    tokenIds.push(...d.tokenIds);
+    logprobs.push(...d.logprobs);
+    finishReason = d.finishReason ?? finishReason;
+  }
+  return { text, tokenIds, logprobs, finishReason };
 }
 
 export function completionId(prefix: string): string {

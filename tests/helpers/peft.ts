@@ -5,7 +5,7 @@
 import { mkdirSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { rng } from "../../src/engine/random-checkpoint.ts";
-import { bf16ToF32, type FloatDType, f16ToF32, f32ToBf16, f32ToF16 } from "../../src/formats/dtypes.ts";
+import { type FloatDType, roundToDType } from "../../src/formats/dtypes.ts";
 import type { ModelDims } from "../../src/formats/model-config.ts";
 import { type TensorData, writeSafetensors } from "../../src/formats/safetensors-writer.ts";
 
@@ -113,8 +113,8 @@ export function writePeftAdapter(dir: string, spec: PeftSpec = {}): WrittenAdapt
         const v = new Float32Array(shape[0] * shape[1]);
         for (let i = 0; i < v.length; i++) v[i] = (random() - 0.5) * (side === "A" ? 0.2 : 0.05);
         spec.edit?.(name, v);
-        const stored = store(v, dtype);
-        values.set(name, stored.values);
+        const stored = roundToDType(v, dtype);
+        values.set(name, stored.decoded);
         shapes.set(name, [shape[0], shape[1]]);
         tensors.push({ name, dtype, shape: [shape[0], shape[1]], data: stored.data });
       }
@@ -143,19 +143,6 @@ export function writePeftAdapter(dir: string, spec: PeftSpec = {}): WrittenAdapt
   writeFileSync(join(dir, "adapter_config.json"), JSON.stringify(config, null, 2));
   writeSafetensors(join(dir, "adapter_model.safetensors"), tensors, { format: "pt" });
   return { dir, values, shapes };
-}
-
-/** Rounds f32 values to `dtype` and returns both the stored bytes and the values they decode to. */
-function store(v: Float32Array, dtype: FloatDType): { data: ArrayBufferView; values: Float32Array } {
-  if (dtype === "F32") return { data: v, values: v };
-  const bits = new Uint16Array(v.length);
-  const back = new Float32Array(v.length);
-  for (let i = 0; i < v.length; i++) {
-    const x = v[i] as number;
-    bits[i] = dtype === "F16" ? f32ToF16(x) : f32ToBf16(x);
-    back[i] = dtype === "F16" ? f16ToF32(bits[i] as number) : bf16ToF32(bits[i] as number);
-  }
-  return { data: bits, values: back };
 }
 
 /** A Hugging Face config.json for `dims`, written to `<dir>/config.json`. */

@@ -5,7 +5,14 @@ import type { Tokenizer } from "../../engine/tokenizer.ts";
 import { readBody } from "../body.ts";
 import type { RequestEnv, ServerContext } from "../context.ts";
 import type { TokenLogprob } from "../generation.ts";
-import { choiceInput, completionId, resolveTarget, sseResponse, startChoices } from "../requests.ts";
+import {
+  choiceInput,
+  collectChoice,
+  completionId,
+  resolveTarget,
+  sseResponse,
+  startChoices,
+} from "../requests.ts";
 import { ChatCompletionRequestSchema } from "../schemas.ts";
 
 function chatLogprobs(tokenizer: Tokenizer, items: TokenLogprob[]) {
@@ -92,16 +99,7 @@ export function chatRoutes(app: Hono<{ Bindings: RequestEnv }>, ctx: ServerConte
 
     const results = await Promise.all(
       choices.map(async (choice, index) => {
-        let text = "";
-        const tokenIds: number[] = [];
-        const logprobs: TokenLogprob[] = [];
-        let finishReason: string | null = null;
-        for await (const d of choice.deltas) {
-          text += d.text;
-          tokenIds.push(...d.tokenIds);
-          logprobs.push(...d.logprobs);
-          finishReason = d.finishReason ?? finishReason;
-        }
+        const { text, tokenIds, logprobs, finishReason } = await collectChoice(choice);
         return {
           index,
           message: { role: "assistant", content: text },

@@ -4,7 +4,14 @@ import type { Tokenizer } from "../../engine/tokenizer.ts";
 import { readBody } from "../body.ts";
 import type { RequestEnv, ServerContext } from "../context.ts";
 import type { TokenLogprob } from "../generation.ts";
-import { choiceInput, completionId, resolveTarget, sseResponse, startChoices } from "../requests.ts";
+import {
+  choiceInput,
+  collectChoice,
+  completionId,
+  resolveTarget,
+  sseResponse,
+  startChoices,
+} from "../requests.ts";
 import { type CompletionRequest, CompletionRequestSchema } from "../schemas.ts";
 
 /** Token-id prompts are used as given; text is tokenized with the model's special tokens (BOS). */
@@ -109,16 +116,8 @@ export function completionRoutes(app: Hono<{ Bindings: RequestEnv }>, ctx: Serve
 
     const results = await Promise.all(
       choices.map(async (choice, index) => {
-        let text = echoOf(index);
-        const tokenIds: number[] = [];
-        const logprobs: TokenLogprob[] = [];
-        let finishReason: string | null = null;
-        for await (const d of choice.deltas) {
-          text += d.text;
-          tokenIds.push(...d.tokenIds);
-          logprobs.push(...d.logprobs);
-          finishReason = d.finishReason ?? finishReason;
-        }
+        const { text: generated, tokenIds, logprobs, finishReason } = await collectChoice(choice);
+        const text = echoOf(index) + generated;
         return {
           index,
           text,
