@@ -22,7 +22,7 @@ import { CpuEngine } from "../src/engine/cpu-engine.ts";
 import type { LoraRef, RequestHandle } from "../src/engine/engine.ts";
 import { rng, writeLlamaCheckpoint } from "../src/engine/random-checkpoint.ts";
 import { castFloats } from "../src/formats/dtypes.ts";
-import { MODULE_IDS, type ModuleName, moduleShape } from "../src/lora/modules.ts";
+import { MODULE_IDS, type ModuleName, moduleShape } from "../src/formats/lora-modules.ts";
 
 const { values } = parseArgs({
   options: { threads: { type: "string" }, tokens: { type: "string", default: "48" } },

@@ -8,9 +8,9 @@
 import { existsSync, statSync } from "node:fs";
 import { basename, join, resolve } from "node:path";
 import { floatDTypeName, parseFloatDType } from "../formats/dtypes.ts";
+import { HF_MODULES, type ModuleName } from "../formats/lora-modules.ts";
 import { readBaseModel } from "../formats/model-config.ts";
 import { convertPeftAdapter } from "../lora/convert.ts";
-import { HF_MODULES, type ModuleName } from "../lora/modules.ts";
 import { readPeftAdapter } from "../lora/peft-adapter.ts";
 import { formatBytes, parseCommandArgs, printErr, UsageError } from "./args.ts";
 

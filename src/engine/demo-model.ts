@@ -10,8 +10,8 @@
 import { mkdirSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { castFloats, type FloatDType, floatDTypeName } from "../formats/dtypes.ts";
+import { MODULE_IDS, type ModuleName, moduleShape } from "../formats/lora-modules.ts";
 import { writeSafetensors } from "../formats/safetensors-writer.ts";
-import { MODULE_IDS, type ModuleName, moduleShape } from "../lora/modules.ts";
 import { VERSION } from "../version.ts";
 import { buildDemoTokenizer, demoGenerationConfig, demoTokenizerConfig } from "./demo-tokenizer.ts";
 import { type LlamaSpec, rng, writeLlamaCheckpoint } from "./random-checkpoint.ts";

@@ -22,11 +22,11 @@ import {
   type FloatSource,
   floatDTypeName,
 } from "../formats/dtypes.ts";
+import { MODULE_IDS, type ModuleName } from "../formats/lora-modules.ts";
 import type { BaseModel } from "../formats/model-config.ts";
 import type { SafetensorsFile, TensorInfo } from "../formats/safetensors-reader.ts";
 import { SafetensorsWriter } from "../formats/safetensors-writer.ts";
 import { VERSION } from "../version.ts";
-import { MODULE_IDS, type ModuleName } from "./modules.ts";
 import { hasFatal, type LoraPair, type PeftAdapter } from "./peft-adapter.ts";
 import { checkAgainstBase } from "./validate.ts";
 

@@ -8,12 +8,18 @@ import { basename, join, resolve } from "node:path";
 import { listProblems, MultiloraError } from "../errors.ts";
 import type { FloatDType } from "../formats/dtypes.ts";
 import {
+  HF_MODULES,
+  type HfModuleName,
+  isHfModuleName,
+  LLAMA_MODULES,
+  type ModuleName,
+} from "../formats/lora-modules.ts";
+import {
   parseSafetensors,
   readFileHashed,
   type SafetensorsFile,
   type TensorInfo,
 } from "../formats/safetensors-reader.ts";
-import { HF_MODULES, type HfModuleName, isHfModuleName, LLAMA_MODULES, type ModuleName } from "./modules.ts";
 import {
   configWarnings,
   layersToTransform,

@@ -7,8 +7,8 @@
 import type { LoraRef } from "../engine/engine.ts";
 import { listProblems, MultiloraError } from "../errors.ts";
 import { countNonFinite, type FloatDType, type FloatSource } from "../formats/dtypes.ts";
+import { type ModuleName, moduleName } from "../formats/lora-modules.ts";
 import { readSafetensors, type SafetensorsFile } from "../formats/safetensors-reader.ts";
-import { type ModuleName, moduleName } from "./modules.ts";
 
 export interface TrtllmRow {
   moduleId: number;

@@ -4,8 +4,8 @@
  * problem is returned, grouped so that one mistake repeated over 32 layers reads as one line.
  */
 import { type FloatDType, floatDTypeName } from "../formats/dtypes.ts";
+import { type ModuleName, moduleShape } from "../formats/lora-modules.ts";
 import type { BaseModel } from "../formats/model-config.ts";
-import { type ModuleName, moduleShape } from "./modules.ts";
 
 /** What is known of one row: PEFT rows know their widths; TensorRT-LLM rows only their rank. */
 export interface RowShape {

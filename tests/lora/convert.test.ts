@@ -25,7 +25,7 @@ afterAll(() => rmSync(work, { recursive: true, force: true }));
 let counter = 0;
 const fresh = (name = "adapter") => join(work, `${name}-${++counter}`);
 
-/** TensorRT-LLM module ids, written out here independently of src/lora/modules.ts. */
+/** TensorRT-LLM module ids, written out here independently of src/formats/lora-modules.ts. */
 const MODULE_ID: Record<HfModule, number> = {
   qkv_proj: 0,
   q_proj: 1,

@@ -2,7 +2,7 @@
  * TensorRT-LLM's LoRA module ids, the Hugging Face names that map to them, and each module's input and
  * output widths for a Llama-family model (ARCHITECTURE.md section 2).
  */
-import type { ModelDims } from "../formats/model-config.ts";
+import type { ModelDims } from "./model-config.ts";
 
 /** TensorRT-LLM's `LoraModule::ModuleType` values, by its own names. */
 export const MODULE_IDS = {
