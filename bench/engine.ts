@@ -171,11 +171,15 @@ try {
         }),
       ),
     );
-  const baseBatch = await batch(false);
-  const loraBatch = await batch(true);
-  const baseBatch2 = await batch(false);
-  const baseRate = Math.max(baseBatch, baseBatch2);
-  const loraRatio = loraBatch / baseRate;
+  // Runs alternate, and each LoRA run is compared with the base run just before it: the ratio is the
+  // median of those pairs (this machine's speed drifts between runs more than LoRA costs).
+  const pairs: { base: number; lora: number }[] = [];
+  for (let round = 0; round < 3; round++) pairs.push({ base: await batch(false), lora: await batch(true) });
+  pairs.sort((a, b) => a.lora / a.base - b.lora / b.base);
+  const middle = pairs[1] as { base: number; lora: number };
+  const baseRate = middle.base;
+  const loraBatch = middle.lora;
+  const loraRatio = loraBatch / baseRate; // the median pair's
 
   // (3) prefill
   const long = Array.from({ length: 512 }, (_, i) => (i * 7919) % DIMS.vocab);
