@@ -190,3 +190,18 @@ test("SIGTERM: running requests finish, new ones are refused, the process exits 
     "SIGTERM: finishing running requests, then exiting",
   );
 }, 30_000);
+
+test("--preload and --pin load adapters at start-up", async () => {
+  const t = await startTestServer({ preload: ["demo-all"], pin: ["demo-attention"] });
+  try {
+    const list = (await (await fetch(`${t.server.url}/v1/lora/adapters`)).json()) as {
+      data: { name: string; state: string }[];
+    };
+    expect(list.data.map((a) => [a.name, a.state])).toEqual([
+      ["demo-all", "cached"],
+      ["demo-attention", "pinned"],
+    ]);
+  } finally {
+    await t.close();
+  }
+});
