@@ -10,15 +10,17 @@
  */
 import {
   existsSync,
+  lstatSync,
   mkdirSync,
   readdirSync,
   readFileSync,
+  readlinkSync,
   realpathSync,
   statSync,
   unlinkSync,
   utimesSync,
 } from "node:fs";
-import { join, sep } from "node:path";
+import { dirname, join, resolve, sep } from "node:path";
 import type { LoraRef } from "../engine/engine.ts";
 import { listProblems, MultiloraError } from "../errors.ts";
 import { type FloatDType, floatDTypeName } from "../formats/dtypes.ts";
@@ -104,17 +106,14 @@ export class LoraRegistry {
   /** Every adapter in the dir (scanned now: new files appear at once). */
   list(): AdapterListing[] {
     const found = new Map<string, AdapterListing>();
-    for (const entry of readdirSync(this.realDir, { withFileTypes: true })) {
-      const full = join(this.realDir, entry.name);
-      if (entry.name.endsWith(".safetensors") && !entry.name.startsWith(".")) {
-        const name = entry.name.slice(0, -".safetensors".length);
-        if (NAME.test(name)) found.set(name, { name, format: "trtllm", path: full });
-      } else if (
-        NAME.test(entry.name) &&
-        !found.has(entry.name) &&
-        existsSync(join(full, "adapter_config.json"))
-      ) {
-        found.set(entry.name, { name: entry.name, format: "peft", path: full });
+    for (const entry of readdirSync(this.realDir)) {
+      const target = this.confined(join(this.realDir, entry));
+      if (target === "missing" || target === "outside") continue; // links that lead out are not adapters
+      if (entry.endsWith(".safetensors") && !entry.startsWith(".")) {
+        const name = entry.slice(0, -".safetensors".length);
+        if (NAME.test(name)) found.set(name, { name, format: "trtllm", path: target });
+      } else if (NAME.test(entry) && !found.has(entry) && this.isPeftFolder(target)) {
+        found.set(entry, { name: entry, format: "peft", path: target });
       }
     }
     return [...found.values()]
@@ -135,16 +134,16 @@ export class LoraRegistry {
       ["peft", join(this.realDir, name)],
     ];
     for (const [format, path] of candidates) {
-      if (!existsSync(path)) continue;
-      const real = realpathSync(path);
-      if (!real.startsWith(this.realDir + sep)) {
-        throw new MultiloraError(`adapter "${name}" resolves outside the LoRA dir`, {
+      const target = this.confined(path);
+      if (target === "missing") continue;
+      if (target === "outside") {
+        throw new MultiloraError(`adapter "${name}" is a link that leads outside the LoRA dir`, {
           code: "invalid_lora_name",
           param: "lora_model",
         });
       }
-      if (format === "peft" && !existsSync(join(real, "adapter_config.json"))) continue;
-      return { format, path: real };
+      if (format === "peft" && !this.isPeftFolder(target)) continue;
+      return { format, path: target };
     }
     throw new MultiloraError(`adapter "${name}" does not exist in the LoRA dir`, {
       status: 404,
@@ -152,6 +151,34 @@ export class LoraRegistry {
       code: "lora_not_found",
       param: "lora_model",
     });
+  }
+
+  /**
+   * Where `path` (an entry of the LoRA dir) leads, following links by reading them only: a link's target
+   * is checked as a path before anything there is looked at, so no file outside the dir is ever touched.
+   */
+  private confined(path: string): string | "missing" | "outside" {
+    let current = path;
+    for (let hops = 0; hops < 8; hops++) {
+      let link: string;
+      try {
+        if (!lstatSync(current).isSymbolicLink()) return current;
+        link = readlinkSync(current);
+      } catch {
+        return "missing";
+      }
+      current = resolve(dirname(current), link);
+      if (!current.startsWith(this.realDir + sep)) return "outside";
+    }
+    return "outside"; // a chain of links this long is not an adapter
+  }
+
+  private isPeftFolder(path: string): boolean {
+    try {
+      return statSync(path).isDirectory() && existsSync(join(path, "adapter_config.json"));
+    } catch {
+      return false;
+    }
   }
 
   /** The adapter's current version: the cached one when the file has not changed, else loaded anew. */
@@ -185,7 +212,8 @@ export class LoraRegistry {
       }
       return { problems: [], warnings };
     } catch (e) {
-      if (e instanceof MultiloraError && e.status < 500 && e.code !== "lora_not_found") {
+      // Problems with the adapter itself are the answer; a bad or unknown name is the request's error.
+      if (e instanceof MultiloraError && e.code === "invalid_lora") {
         return {
           problems: e.message
             .split("\n")
