@@ -137,8 +137,8 @@ test.skipIf(!haveStrace)(
       // Only what the process did while answering: stop at the shutdown.
       if (line.includes("SIGTERM")) break;
       // The path a call acts on is its first string; later ones are results (readlink's target).
-    const m = /"((?:[^"\\]|\\.)*)"/.exec(line);
-    if (m) touched.add(m[1] as string);
+      const m = /"((?:[^"\\]|\\.)*)"/.exec(line);
+      if (m) touched.add(m[1] as string);
     }
     const allowed = [model, cache, "/proc/self/", ""];
     const outsideDirs = [...touched].filter(
