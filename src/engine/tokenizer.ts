@@ -178,7 +178,8 @@ export class Tokenizer {
    * An incremental detokenizer: the texts `push` and `flush` return, joined, equal `decode(ids)`.
    *
    * It decodes a short window of recent ids twice, with and without the newest ones, and emits the
-   * difference once it does not end in U+FFFD (the mark of a UTF-8 character still missing bytes).
+   * difference once it does not end in U+FFFD (the mark of a UTF-8 character still missing bytes), or
+   * once 4 tokens have not completed one (then the bytes are invalid and U+FFFD is the text).
    */
   createStreamDecoder(options: StreamDecoderOptions = {}): StreamDecoder {
     const decodeOptions: DecodeOptions = { skipSpecialTokens: options.skipSpecialTokens ?? false };
@@ -190,7 +191,9 @@ export class Tokenizer {
       const prefixText = this.decode(ids.slice(prefixOffset, readOffset), decodeOptions);
       const fullText = this.decode(ids.slice(prefixOffset), decodeOptions);
       if (fullText.length <= prefixText.length) return "";
-      if (!final && fullText.endsWith("\uFFFD")) return "";
+      // A UTF-8 character spans at most 4 bytes: past 4 held tokens the U+FFFD is real (invalid bytes),
+      // and holding on would stall the stream and grow the window without end.
+      if (!final && fullText.endsWith("\uFFFD") && ids.length - readOffset < 4) return "";
       prefixOffset = readOffset;
       readOffset = ids.length;
       return fullText.slice(prefixText.length);

@@ -73,7 +73,10 @@ export function chatRoutes(app: Hono<{ Bindings: RequestEnv }>, ctx: ServerConte
                 ]),
               );
               for await (const d of choice.deltas) {
-                if (d.text.length === 0 && d.finishReason === null) continue;
+                // A token whose text is still incomplete gets its chunk when token ids or logprobs are asked for.
+                const perToken = body.return_token_ids || topLogprobs !== undefined;
+                if (d.text.length === 0 && d.finishReason === null && !(perToken && d.tokenIds.length > 0))
+                  continue;
                 const delta: Record<string, unknown> = d.text.length > 0 ? { content: d.text } : {};
                 if (body.return_token_ids) delta.token_ids = d.tokenIds;
                 send(

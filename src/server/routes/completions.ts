@@ -87,7 +87,10 @@ export function completionRoutes(app: Hono<{ Bindings: RequestEnv }>, ctx: Serve
               const echo = echoOf(index);
               if (echo) send(chunk([{ index, text: echo, logprobs: null, finish_reason: null }]));
               for await (const d of choice.deltas) {
-                if (d.text.length === 0 && d.finishReason === null) continue;
+                // A token whose text is still incomplete gets its chunk when token ids or logprobs are asked for.
+                const perToken = body.return_token_ids || topLogprobs !== undefined;
+                if (d.text.length === 0 && d.finishReason === null && !(perToken && d.tokenIds.length > 0))
+                  continue;
                 send(
                   chunk([
                     {
