@@ -81,6 +81,7 @@ static int32_t argmax(const float *x, int32_t n) {
 /* The k largest entries of keys, sorted (partial selection, then a sort of k). */
 static int32_t top_ids(const float *keys, int32_t n, int32_t k, int32_t *ids) {
     if (k > n) k = n;
+    if (k <= 0) return 0; /* (top_logprobs 0: the chosen token's logprob only) */
     int32_t count = 0;
     for (int32_t i = 0; i < n; i++) {
         if (count < k) {

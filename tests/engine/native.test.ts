@@ -100,14 +100,19 @@ if (!haveSanitizers)
   );
 
 test.skipIf(!haveSanitizers || process.env.MULTILORA_SANITIZED === "1")(
-  "the native library (kernels and the whole CPU engine) runs clean under AddressSanitizer and UndefinedBehaviorSanitizer",
+  "the native library (kernels, the whole CPU engine, and a full server over it) runs clean under AddressSanitizer and UndefinedBehaviorSanitizer",
   () => {
     const build = spawnSync("make", ["-s", "-C", join(ROOT, "ffi"), "asan"], { encoding: "utf8" });
     expect(build.stderr).toBe("");
     expect(build.status).toBe(0);
-    const files = ["native", "cpu-engine", "lora-cache", "scheduling"].map((f) =>
-      join(import.meta.dir, `${f}.test.ts`),
-    );
+    const files = [
+      ...["native", "cpu-engine", "lora-cache", "scheduling"].map((f) =>
+        join(import.meta.dir, `${f}.test.ts`),
+      ),
+      // A full server: HTTP, the adapter registry and cache, streaming and cancels over the sanitized engine.
+      join(import.meta.dir, "../server/e2e.test.ts"),
+      join(import.meta.dir, "../server/lora-rules.test.ts"),
+    ];
     const run = spawnSync(process.execPath, ["test", ...files], {
       cwd: ROOT,
       encoding: "utf8",
@@ -123,7 +128,7 @@ test.skipIf(!haveSanitizers || process.env.MULTILORA_SANITIZED === "1")(
     const output = `${run.stdout}\n${run.stderr}`;
     expect(output).not.toMatch(/ERROR: AddressSanitizer|runtime error:/);
     expect(output).toMatch(/\n 0 fail\n/);
-    expect(output).toMatch(/Ran \d+ tests across 4 files/);
+    expect(output).toMatch(/Ran \d+ tests across 6 files/);
     expect(run.status).toBe(0);
   },
   300_000,
