@@ -251,6 +251,18 @@ export async function startServer(
       async fetch(request, bunServer) {
         const path = new URL(request.url).pathname;
         const counted = request.method === "POST" && path.startsWith("/v1/") && !path.startsWith("/v1/lora/");
+        if (counted && !ready) {
+          return errorResponse(
+            new MultiloraError(
+              "the server is shutting down; send the request to another replica or retry later",
+              {
+                status: 503,
+                type: "overloaded_error",
+                code: "shutting_down",
+              },
+            ),
+          );
+        }
         if (counted && inflight >= limit) {
           return errorResponse(
             new MultiloraError(`the server is at its limit of ${limit} requests (--max-queue); retry later`, {

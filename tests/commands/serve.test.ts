@@ -136,7 +136,7 @@ test("admission limits: --request-timeout cuts a generation, --max-queue answers
   }
 });
 
-test("SIGTERM: running requests finish, new ones are refused, the process exits 0", async () => {
+test("SIGTERM under load: running requests finish, new ones are refused, the process exits 0", async () => {
   const cache = mkdtempSync(join(tmpdir(), "multilora-sigterm-"));
   const port = 20000 + Math.floor(Math.random() * 20000);
   const child = Bun.spawn(
@@ -167,19 +167,29 @@ test("SIGTERM: running requests finish, new ones are refused, the process exits 
     if (up) break;
     await new Promise((r) => setTimeout(r, 50));
   }
-  const running = post(`${base}/v1/completions`, {
-    model: "demo-all",
-    prompt: [1],
-    max_tokens: 1500,
-    temperature: 0,
-  });
-  await new Promise((r) => setTimeout(r, 50));
-  child.kill("SIGTERM");
-  const finished = await running;
-  expect(finished.status).toBe(200);
-  expect((finished.body as unknown as { usage: { completion_tokens: number } }).usage.completion_tokens).toBe(
-    1500,
+  // Under load: eight requests running when the signal comes.
+  const running = Array.from({ length: 8 }, (_, i) =>
+    post(`${base}/v1/completions`, {
+      model: i % 2 ? "demo-all" : "demo-attention",
+      prompt: [1, i],
+      max_tokens: 600,
+      temperature: 0,
+    }),
   );
+  await new Promise((r) => setTimeout(r, 100));
+  child.kill("SIGTERM");
+  await new Promise((r) => setTimeout(r, 20));
+  const late = await post(`${base}/v1/completions`, { model: "demo-all", prompt: [1], max_tokens: 2 }).then(
+    (r) => String(r.status),
+    () => "refused",
+  );
+  expect(["503", "refused"]).toContain(late);
+  for (const finished of await Promise.all(running)) {
+    expect(finished.status).toBe(200);
+    expect(
+      (finished.body as unknown as { usage: { completion_tokens: number } }).usage.completion_tokens,
+    ).toBeGreaterThan(0);
+  }
   expect(await child.exited).toBe(0);
   const after = await fetch(`${base}/health`).then(
     () => "answered",
