@@ -109,6 +109,29 @@ static int validate(const lora_cache *c, const model *m, const lora_payload *p, 
     return problems;
 }
 
+/* dst[k][o] = src[o][k] for an [rows, cols] matrix of 2- or 4-byte elements (src may be unaligned). */
+static void transpose(unsigned char *dst, const unsigned char *src, int64_t rows, int64_t cols, int64_t elem) {
+    if (elem == 2) {
+        uint16_t *d = (uint16_t *)dst;
+        for (int64_t o = 0; o < rows; o++) {
+            for (int64_t k = 0; k < cols; k++) {
+                uint16_t v;
+                memcpy(&v, src + (o * cols + k) * 2, 2);
+                d[k * rows + o] = v;
+            }
+        }
+    } else {
+        float *d = (float *)dst;
+        for (int64_t o = 0; o < rows; o++) {
+            for (int64_t k = 0; k < cols; k++) {
+                float v;
+                memcpy(&v, src + (o * cols + k) * 4, 4);
+                d[k * rows + o] = v;
+            }
+        }
+    }
+}
+
 static lora_adapter *build(const model *m, uint64_t task_id, const lora_payload *p) {
     const int32_t layers = m->cfg.num_layers;
     lora_adapter *a = calloc(1, sizeof *a);
@@ -142,9 +165,7 @@ static lora_adapter *build(const model *m, uint64_t task_id, const lora_payload 
         memcpy(dst, src, (size_t)(rank * in * elem));
         unsigned char *bt = dst + (int64_t)rank * in * elem;
         const unsigned char *b = src + (int64_t)rank * in * elem;
-        for (int64_t o = 0; o < out; o++)
-            for (int32_t k = 0; k < rank; k++)
-                memcpy(bt + ((int64_t)k * out + o) * elem, b + (o * rank + k) * elem, (size_t)elem);
+        transpose(bt, b, out, rank, elem);
         a->rows[(size_t)row[0] * (size_t)layers + (size_t)row[1]] = (lora_row){rank, dst, bt};
         dst += (int64_t)rank * (in + out) * elem;
     }

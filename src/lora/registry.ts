@@ -235,15 +235,17 @@ export class LoraRegistry {
     this.loads++;
     const file = format === "trtllm" ? path : await this.convertPeft(name, path);
     const read = readFileHashed(file);
-    const sha256 = await read.sha256;
+    // Parse and validate while a worker finishes the hash.
     let adapter: ReturnType<typeof parseTrtllmAdapter>;
     try {
       adapter = parseTrtllmAdapter(parseSafetensors(read.bytes, file));
     } catch (e) {
+      await read.sha256.catch(() => {});
       throw e instanceof MultiloraError
         ? new MultiloraError(e.message, { code: "invalid_lora", param: "lora_model" })
         : e;
     }
+    const sha256 = await read.sha256;
     this.check(name, adapter);
     let taskId = this.idsBySha.get(sha256);
     if (taskId === undefined) {

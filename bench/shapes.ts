@@ -1,0 +1,87 @@
+/** Shared by the benchmarks: a SmolLM2-360M-shaped random model, and random adapters in TensorRT-LLM's format. */
+
+import { writeFileSync } from "node:fs";
+import { join } from "node:path";
+import { buildDemoTokenizer, demoTokenizerConfig } from "../src/engine/demo-tokenizer.ts";
+import { rng, writeLlamaCheckpoint } from "../src/engine/random-checkpoint.ts";
+import { castFloats } from "../src/formats/dtypes.ts";
+import { MODULE_IDS, type ModuleName, moduleShape } from "../src/formats/lora-modules.ts";
+import { writeSafetensors } from "../src/formats/safetensors-writer.ts";
+
+/** hidden 960, intermediate 2560, 32 layers, 15 heads, 5 kv heads, vocab 49152, tied embeddings. */
+export const SMOLLM2_360M = {
+  hidden: 960,
+  intermediate: 2560,
+  layers: 32,
+  heads: 15,
+  kvHeads: 5,
+  headDim: 64,
+  vocab: 49152,
+};
+
+export const SEVEN: ModuleName[] = [
+  "attn_q",
+  "attn_k",
+  "attn_v",
+  "attn_dense",
+  "mlp_h_to_4h",
+  "mlp_gate",
+  "mlp_4h_to_h",
+];
+
+/** A servable SmolLM2-360M-shaped BF16 checkpoint (random weights, a demo tokenizer of the full vocab). */
+export function writeSmolShapedModel(dir: string): void {
+  writeLlamaCheckpoint(dir, { ...SMOLLM2_360M, dtype: "BF16", tied: true, seed: 1, maxPosition: 8192 });
+  writeFileSync(
+    join(dir, "tokenizer.json"),
+    JSON.stringify(buildDemoTokenizer({ vocabSize: SMOLLM2_360M.vocab })),
+  );
+  writeFileSync(join(dir, "tokenizer_config.json"), JSON.stringify(demoTokenizerConfig()));
+}
+
+/** Writes a random rank-`rank` adapter on all seven modules of `dims` (BF16, TensorRT-LLM format). */
+export function writeRandomAdapter(
+  path: string,
+  dims:
+    | typeof SMOLLM2_360M
+    | {
+        hidden: number;
+        intermediate: number;
+        layers: number;
+        heads: number;
+        kvHeads: number;
+        headDim: number;
+      },
+  rank: number,
+  seed: number,
+): number {
+  const random = rng(seed);
+  const rows: { module: ModuleName; layer: number; length: number }[] = [];
+  for (let layer = 0; layer < dims.layers; layer++) {
+    for (const module of SEVEN) {
+      const s = moduleShape(module, dims);
+      if (s) rows.push({ module, layer, length: rank * (s.in + s.out) });
+    }
+  }
+  const rowLength = Math.max(...rows.map((r) => r.length));
+  const values = new Float32Array(rows.length * rowLength);
+  rows.forEach((r, i) => {
+    for (let k = 0; k < r.length; k++) values[i * rowLength + k] = (random() - 0.5) * 0.02;
+  });
+  const weights = new Uint8Array(values.length * 2);
+  castFloats({ dtype: "F32", data: values }, 0, values.length, 1, "BF16", weights);
+  writeSafetensors(path, [
+    { name: "weights", dtype: "BF16", shape: [rows.length, rowLength], data: weights },
+    {
+      name: "config",
+      dtype: "I32",
+      shape: [rows.length, 3],
+      data: new Int32Array(rows.flatMap((r) => [MODULE_IDS[r.module], r.layer, rank])),
+    },
+  ]);
+  return weights.length;
+}
+
+export function median(xs: number[]): number {
+  return [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)] as number;
+}
