@@ -49,7 +49,7 @@ export function adapterRoutes(app: Hono<{ Bindings: RequestEnv }>, ctx: ServerCo
     const stats = ctx.engine.stats();
     return c.json({
       object: "list",
-      data: registry.list().map((l) => describeAdapter(ctx, l)),
+      data: registry.list().map((l) => describeAdapter(ctx, l, stats)),
       cache: {
         bytes_used: stats.loraBytesUsed,
         bytes_capacity: stats.loraBytesCapacity,

@@ -1,14 +1,19 @@
 /** GET /v1/models and /v1/models/{id}: the base model and every adapter, with the adapter's state. */
 import type { Hono } from "hono";
+import type { EngineStats } from "../../engine/engine.ts";
 import { MultiloraError } from "../../errors.ts";
 import { floatDTypeName } from "../../formats/dtypes.ts";
 import type { AdapterListing } from "../../lora/registry.ts";
 import type { RequestEnv, ServerContext } from "../context.ts";
 
-/** An adapter as /v1/models and /v1/lora/adapters describe it. */
-export function describeAdapter(ctx: ServerContext, listing: AdapterListing) {
+/** An adapter as /v1/models and /v1/lora/adapters describe it (`stats`: the engine's, read once per listing). */
+export function describeAdapter(
+  ctx: ServerContext,
+  listing: AdapterListing,
+  stats: EngineStats = ctx.engine.stats(),
+) {
   const v = listing.version;
-  const task = v ? ctx.engine.stats().tasks.find((t) => t.taskId === v.taskId) : undefined;
+  const task = v ? stats.tasks.find((t) => t.taskId === v.taskId) : undefined;
   const estimated = !ctx.engine.capabilities.loraTaskListing;
   const cached = v ? (estimated ? ctx.adapters.isCached(v.taskId) : task !== undefined) : false;
   return {
@@ -44,18 +49,20 @@ export function modelRoutes(app: Hono<{ Bindings: RequestEnv }>, ctx: ServerCont
     root: ctx.servedNames[0],
     parent: null,
   });
-  const adapterModel = (listing: AdapterListing) => ({
+  const adapterModel = (listing: AdapterListing, stats?: EngineStats) => ({
     id: listing.name,
     object: "model",
     created: ctx.created,
     owned_by: "multilora",
     root: ctx.servedNames[0],
     parent: ctx.servedNames[0],
-    lora: describeAdapter(ctx, listing),
+    lora: describeAdapter(ctx, listing, stats),
   });
-  app.get("/v1/models", (c) =>
-    c.json({ object: "list", data: [base(), ...(ctx.registry?.list() ?? []).map(adapterModel)] }),
-  );
+  const listAdapters = (ctx: ServerContext) => {
+    const stats = ctx.engine.stats();
+    return (ctx.registry?.list() ?? []).map((l) => adapterModel(l, stats));
+  };
+  app.get("/v1/models", (c) => c.json({ object: "list", data: [base(), ...listAdapters(ctx)] }));
   app.get("/v1/models/:id{.+}", (c) => {
     const id = c.req.param("id");
     if (ctx.servedNames.includes(id)) return c.json({ ...base(), id });
