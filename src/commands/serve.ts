@@ -19,6 +19,7 @@ import { parseWith, readJson } from "../formats/json-file.ts";
 import { AdapterCache } from "../lora/adapter-cache.ts";
 import { LoraRegistry } from "../lora/registry.ts";
 import { createApp } from "../server/app.ts";
+import { loadAuth } from "../server/auth.ts";
 import type { ServerContext } from "../server/context.ts";
 import { errorResponse } from "../server/errors.ts";
 import { parseCommandArgs, printErr, UsageError } from "./args.ts";
@@ -49,6 +50,10 @@ export const ServeConfigSchema = v.object({
   "max-body-mb": v.optional(v.pipe(v.number(), v.gtValue(0)), 16),
   "cache-dir": v.optional(v.nullable(v.string()), null),
   backend: v.optional(v.picklist(["auto", "cpu", "trtllm"]), "auto"),
+  "api-key": v.optional(v.array(v.pipe(v.string(), v.minLength(8))), []),
+  "api-keys-file": v.optional(v.nullable(v.string()), null),
+  "admin-key": v.optional(v.nullable(v.pipe(v.string(), v.minLength(8))), null),
+  "protect-metrics": v.optional(v.boolean(), false),
 });
 
 export type ServeConfig = v.InferOutput<typeof ServeConfigSchema>;
@@ -78,6 +83,11 @@ Options (defaults in brackets; --config file.json sets the same names):
       --max-body-mb <n>          largest request body (413 beyond) [16]
       --cache-dir <dir>          converted PEFT adapters and the demo model [$XDG_CACHE_HOME/multilora]
       --backend auto|cpu|trtllm  [auto: cpu here]
+      --api-key <key>            required on every route but health, docs and metrics (repeatable;
+                                 or $MULTILORA_API_KEY) [none: open]
+      --api-keys-file <json>     {"keys": [{"key", "name", "adapters": [...] | "*"}]}: per-tenant keys
+      --admin-key <key>          guards the adapter admin routes [none: loopback clients only]
+      --protect-metrics          /metrics needs a key too
       --config <file.json>       settings from a file (flags win)
       --print-config             print the merged settings and exit
   -h, --help                     show this help`;
@@ -108,6 +118,10 @@ export function serveConfig(argv: string[]): { config: ServeConfig; print: boole
     "max-body-mb": { type: "string" },
     "cache-dir": { type: "string" },
     backend: { type: "string" },
+    "api-key": { type: "string", multiple: true },
+    "api-keys-file": { type: "string" },
+    "admin-key": { type: "string" },
+    "protect-metrics": { type: "boolean" },
     config: { type: "string" },
     "print-config": { type: "boolean" },
     help: { type: "boolean", short: "h" },
@@ -121,11 +135,15 @@ export function serveConfig(argv: string[]): { config: ServeConfig; print: boole
   }
   const merged: Record<string, unknown> = { ...fromFile };
   if (process.env.PORT && merged.port === undefined) merged.port = Number(process.env.PORT);
-  const lists = new Set(["served-model-name", "preload", "pin"]);
-  const strings = new Set(["host", "cache-dir", "backend"]);
+  if (process.env.MULTILORA_API_KEY && merged["api-key"] === undefined)
+    merged["api-key"] = [process.env.MULTILORA_API_KEY];
+  const lists = new Set(["served-model-name", "preload", "pin", "api-key"]);
+  const strings = new Set(["host", "cache-dir", "backend", "api-keys-file", "admin-key", "protect-metrics"]);
   for (const [key, value] of Object.entries(values)) {
     if (value === undefined || key === "config" || key === "print-config" || key === "help") continue;
-    if (lists.has(key))
+    if (key === "api-key")
+      merged[key] = value; // keys are taken whole, commas included
+    else if (lists.has(key))
       merged[key] = (value as string[]).flatMap((s) => s.split(",")).filter((s) => s.length > 0);
     else if (strings.has(key)) merged[key] = value;
     else {
@@ -219,6 +237,12 @@ export async function startServer(
       maxBodyBytes: Math.floor(config["max-body-mb"] * 1024 * 1024),
       requestTimeoutMs: config["request-timeout"] * 1000,
       created: Math.floor(Date.now() / 1000),
+      auth: loadAuth({
+        apiKeys: config["api-key"],
+        keysFile: config["api-keys-file"],
+        adminKey: config["admin-key"],
+        protectMetrics: config["protect-metrics"],
+      }),
       isReady: () => ready,
     };
     // Warm-up: one token through the whole path.
@@ -329,7 +353,12 @@ export async function runServe(argv: string[]): Promise<number> {
     return 0;
   }
   if (print) {
-    console.log(JSON.stringify(config, null, 2));
+    const redacted = {
+      ...config,
+      "api-key": config["api-key"].map(() => "<redacted>"),
+      "admin-key": config["admin-key"] && "<redacted>",
+    };
+    console.log(JSON.stringify(redacted, null, 2));
     return 0;
   }
   const server = await startServer(config);

@@ -5,7 +5,8 @@
  */
 import { Hono } from "hono";
 import { MultiloraError } from "../errors.ts";
-import type { RequestEnv, ServerContext } from "./context.ts";
+import { authMiddleware } from "./auth.ts";
+import type { AppEnv, ServerContext } from "./context.ts";
 import { errorResponse } from "./errors.ts";
 import { adapterRoutes } from "./routes/adapters.ts";
 import { chatRoutes } from "./routes/chat.ts";
@@ -13,8 +14,8 @@ import { completionRoutes } from "./routes/completions.ts";
 import { healthRoutes } from "./routes/health.ts";
 import { modelRoutes } from "./routes/models.ts";
 
-export function createApp(ctx: ServerContext): Hono<{ Bindings: RequestEnv }> {
-  const app = new Hono<{ Bindings: RequestEnv }>();
+export function createApp(ctx: ServerContext): Hono<AppEnv> {
+  const app = new Hono<AppEnv>();
   app.onError((err) => errorResponse(err));
   app.notFound((c) =>
     errorResponse(
@@ -25,6 +26,7 @@ export function createApp(ctx: ServerContext): Hono<{ Bindings: RequestEnv }> {
       }),
     ),
   );
+  app.use("*", authMiddleware(ctx.auth));
   healthRoutes(app, ctx);
   modelRoutes(app, ctx);
   chatRoutes(app, ctx);

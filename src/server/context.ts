@@ -7,6 +7,7 @@ import type { Engine } from "../engine/engine.ts";
 import type { Tokenizer } from "../engine/tokenizer.ts";
 import type { AdapterCache } from "../lora/adapter-cache.ts";
 import type { LoraRegistry } from "../lora/registry.ts";
+import type { AuthConfig, Principal } from "./auth.ts";
 
 export interface ServerContext {
   engine: Engine;
@@ -25,6 +26,8 @@ export interface ServerContext {
   maxBodyBytes: number;
   /** Seconds since the epoch when the model was loaded (`created` in /v1/models). */
   created: number;
+  /** API keys (no keys: open, admin routes loopback only). */
+  auth: AuthConfig;
   /** False while starting or draining: /v1/health/ready answers 503. */
   isReady(): boolean;
 }
@@ -34,3 +37,6 @@ export interface RequestEnv {
   /** The client's address, when the runtime knows it. */
   remoteAddress?: string;
 }
+
+/** The Hono environment of every route: the runtime's bindings and the request's principal. */
+export type AppEnv = { Bindings: RequestEnv; Variables: { principal: Principal | null } };

@@ -6,6 +6,7 @@
 import { MultiloraError } from "../errors.ts";
 import type { LoadMode } from "../lora/adapter-cache.ts";
 import type { AdapterVersion } from "../lora/registry.ts";
+import { checkAdapterAllowed, type Principal } from "./auth.ts";
 import type { ServerContext } from "./context.ts";
 import { type ChoiceInput, type RunningChoice, startChoice, type TokenLogprob } from "./generation.ts";
 import type { ChatCompletionRequest, CompletionRequest } from "./schemas.ts";
@@ -24,6 +25,7 @@ export async function resolveTarget(
   ctx: ServerContext,
   model: string,
   loraModel: string | null | undefined,
+  principal: Principal | null | undefined,
 ): Promise<Target> {
   const isBase = ctx.servedNames.includes(model);
   let adapterName: string | undefined = loraModel ?? undefined;
@@ -54,6 +56,7 @@ export async function resolveTarget(
       param: "lora_model",
     });
   }
+  checkAdapterAllowed(principal, adapterName);
   return { model, adapter: await ctx.registry.get(adapterName) };
 }
 

@@ -215,3 +215,25 @@ test("--preload and --pin load adapters at start-up", async () => {
     await t.close();
   }
 });
+
+test("--print-config never prints keys", () => {
+  const r = spawnSync(
+    process.execPath,
+    [
+      join(ROOT, "src/cli.ts"),
+      "serve",
+      "--print-config",
+      "--api-key",
+      "sk-secret-123456",
+      "--admin-key",
+      "sk-admin-123456",
+    ],
+    {
+      encoding: "utf8",
+    },
+  );
+  expect(r.status).toBe(0);
+  expect(r.stdout).not.toContain("secret");
+  expect(r.stdout).not.toContain("sk-admin");
+  expect(JSON.parse(r.stdout)).toMatchObject({ "api-key": ["<redacted>"], "admin-key": "<redacted>" });
+});

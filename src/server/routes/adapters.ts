@@ -1,31 +1,16 @@
 /**
- * The adapter admin routes: list, describe, load (optionally pinned), unload, validate. Until API keys
- * exist they answer loopback clients only. A route the backend cannot honour answers 501 and says why.
+ * The adapter admin routes: list, describe, load (optionally pinned), unload, validate. They need the
+ * admin key, or without one answer loopback clients only (src/server/auth.ts). A route the backend
+ * cannot honour answers 501 and says why.
  */
-import type { Context, Hono } from "hono";
+import type { Hono } from "hono";
 import { EngineError } from "../../engine/engine.ts";
 import { MultiloraError } from "../../errors.ts";
 import type { LoraRegistry } from "../../lora/registry.ts";
 import { readBody } from "../body.ts";
-import type { RequestEnv, ServerContext } from "../context.ts";
+import type { AppEnv, ServerContext } from "../context.ts";
 import { LoadAdapterRequestSchema } from "../schemas.ts";
 import { describeAdapter } from "./models.ts";
-
-const LOOPBACK = new Set(["127.0.0.1", "::1", "::ffff:127.0.0.1"]);
-
-function adminOnly(c: Context<{ Bindings: RequestEnv }>): void {
-  const address = c.env?.remoteAddress;
-  if (address !== undefined && !LOOPBACK.has(address)) {
-    throw new MultiloraError(
-      "the adapter admin routes answer loopback clients only (until API keys are configured)",
-      {
-        status: 403,
-        type: "permission_error",
-        code: "admin_loopback_only",
-      },
-    );
-  }
-}
 
 function registryOf(ctx: ServerContext): LoraRegistry {
   if (!ctx.registry) {
@@ -38,12 +23,7 @@ function registryOf(ctx: ServerContext): LoraRegistry {
   return ctx.registry;
 }
 
-export function adapterRoutes(app: Hono<{ Bindings: RequestEnv }>, ctx: ServerContext): void {
-  app.use("/v1/lora/*", async (c, next) => {
-    adminOnly(c);
-    await next();
-  });
-
+export function adapterRoutes(app: Hono<AppEnv>, ctx: ServerContext): void {
   app.get("/v1/lora/adapters", (c) => {
     const registry = registryOf(ctx);
     const stats = ctx.engine.stats();

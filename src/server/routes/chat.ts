@@ -3,7 +3,7 @@ import type { Hono } from "hono";
 import type { ChatMessage } from "../../engine/chat-template.ts";
 import type { Tokenizer } from "../../engine/tokenizer.ts";
 import { readBody } from "../body.ts";
-import type { RequestEnv, ServerContext } from "../context.ts";
+import type { AppEnv, ServerContext } from "../context.ts";
 import type { TokenLogprob } from "../generation.ts";
 import {
   choiceInput,
@@ -28,10 +28,10 @@ function chatLogprobs(tokenizer: Tokenizer, items: TokenLogprob[]) {
   };
 }
 
-export function chatRoutes(app: Hono<{ Bindings: RequestEnv }>, ctx: ServerContext): void {
+export function chatRoutes(app: Hono<AppEnv>, ctx: ServerContext): void {
   app.post("/v1/chat/completions", async (c) => {
     const body = await readBody(c.req.raw, ChatCompletionRequestSchema, ctx.maxBodyBytes);
-    const target = await resolveTarget(ctx, body.model, body.lora_model);
+    const target = await resolveTarget(ctx, body.model, body.lora_model, c.get("principal"));
     // OpenAI's "developer" role is the system role of older models' templates.
     const messages = body.messages.map((m) => (m.role === "developer" ? { ...m, role: "system" } : m));
     const rendered = ctx.chatTemplate.render(messages as ChatMessage[], { addGenerationPrompt: true });

@@ -2,7 +2,7 @@
 import type { Hono } from "hono";
 import type { Tokenizer } from "../../engine/tokenizer.ts";
 import { readBody } from "../body.ts";
-import type { RequestEnv, ServerContext } from "../context.ts";
+import type { AppEnv, ServerContext } from "../context.ts";
 import type { TokenLogprob } from "../generation.ts";
 import {
   choiceInput,
@@ -44,10 +44,10 @@ function completionLogprobs(tokenizer: Tokenizer, items: TokenLogprob[], startOf
   };
 }
 
-export function completionRoutes(app: Hono<{ Bindings: RequestEnv }>, ctx: ServerContext): void {
+export function completionRoutes(app: Hono<AppEnv>, ctx: ServerContext): void {
   app.post("/v1/completions", async (c) => {
     const body = await readBody(c.req.raw, CompletionRequestSchema, ctx.maxBodyBytes);
-    const target = await resolveTarget(ctx, body.model, body.lora_model);
+    const target = await resolveTarget(ctx, body.model, body.lora_model, c.get("principal"));
     const all = prompts(ctx.tokenizer, body.prompt);
     // Token ids outside the vocabulary are refused by the engine with a 400 that names them.
     const topLogprobs = body.logprobs ?? undefined;

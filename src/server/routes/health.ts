@@ -1,8 +1,8 @@
 /** Liveness and readiness: /health and /v1/health/live answer while the process runs; ready while it serves. */
 import type { Hono } from "hono";
-import type { RequestEnv, ServerContext } from "../context.ts";
+import type { AppEnv, ServerContext } from "../context.ts";
 
-export function healthRoutes(app: Hono<{ Bindings: RequestEnv }>, ctx: ServerContext): void {
+export function healthRoutes(app: Hono<AppEnv>, ctx: ServerContext): void {
   app.get("/health", (c) => c.json({ status: "ok" }));
   app.get("/v1/health/live", (c) => c.json({ status: "live" }));
   app.get("/v1/health/ready", (c) => {

@@ -4,7 +4,8 @@ import type { EngineStats } from "../../engine/engine.ts";
 import { MultiloraError } from "../../errors.ts";
 import { floatDTypeName } from "../../formats/dtypes.ts";
 import type { AdapterListing } from "../../lora/registry.ts";
-import type { RequestEnv, ServerContext } from "../context.ts";
+import type { Principal } from "../auth.ts";
+import type { AppEnv, ServerContext } from "../context.ts";
 
 /** An adapter as /v1/models and /v1/lora/adapters describe it (`stats`: the engine's, read once per listing). */
 export function describeAdapter(
@@ -40,7 +41,7 @@ export function describeAdapter(
   };
 }
 
-export function modelRoutes(app: Hono<{ Bindings: RequestEnv }>, ctx: ServerContext): void {
+export function modelRoutes(app: Hono<AppEnv>, ctx: ServerContext): void {
   const base = () => ({
     id: ctx.servedNames[0],
     object: "model",
@@ -58,15 +59,20 @@ export function modelRoutes(app: Hono<{ Bindings: RequestEnv }>, ctx: ServerCont
     parent: ctx.servedNames[0],
     lora: describeAdapter(ctx, listing, stats),
   });
-  const listAdapters = (ctx: ServerContext) => {
+  /** The adapters `principal` may use (a tenant's key sees only its own). */
+  const visible = (principal: Principal | null) =>
+    (ctx.registry?.list() ?? []).filter((l) => !principal?.adapters || principal.adapters.has(l.name));
+  app.get("/v1/models", (c) => {
     const stats = ctx.engine.stats();
-    return (ctx.registry?.list() ?? []).map((l) => adapterModel(l, stats));
-  };
-  app.get("/v1/models", (c) => c.json({ object: "list", data: [base(), ...listAdapters(ctx)] }));
+    return c.json({
+      object: "list",
+      data: [base(), ...visible(c.get("principal")).map((l) => adapterModel(l, stats))],
+    });
+  });
   app.get("/v1/models/:id{.+}", (c) => {
     const id = c.req.param("id");
     if (ctx.servedNames.includes(id)) return c.json({ ...base(), id });
-    const listing = ctx.registry?.list().find((a) => a.name === id);
+    const listing = visible(c.get("principal")).find((a) => a.name === id);
     if (!listing) {
       throw new MultiloraError(`model "${id}" does not exist`, {
         status: 404,

@@ -1,0 +1,152 @@
+/**
+ * API keys: `--api-key` (or MULTILORA_API_KEY) guards every route but the health checks, the API
+ * document and docs page, and /metrics (unless --protect-metrics). `--api-keys-file` gives keys that may
+ * use only some adapters (a request for another is a 403, and /v1/models lists only what the key may
+ * use): one server, many tenants. `--admin-key` guards the adapter admin routes, which without it answer
+ * loopback clients only. Keys are compared in constant time (as SHA-256 digests).
+ */
+import { createHash, timingSafeEqual } from "node:crypto";
+import type { Context, MiddlewareHandler } from "hono";
+import * as v from "valibot";
+import { MultiloraError } from "../errors.ts";
+import { parseWith, readJson } from "../formats/json-file.ts";
+import type { RequestEnv } from "./context.ts";
+
+/** Who a request is: the key's name and the adapters it may use (null: every adapter). */
+export interface Principal {
+  name: string;
+  adapters: ReadonlySet<string> | null;
+  admin: boolean;
+}
+
+export interface AuthConfig {
+  /** sha256(key) -> principal. Empty: no keys, every route open (admin routes: loopback only). */
+  keys: Map<string, Principal>;
+  /** sha256 of the admin keys. */
+  adminKeys: string[];
+  protectMetrics: boolean;
+}
+
+export const KeysFileSchema = v.object({
+  keys: v.array(
+    v.object({
+      key: v.pipe(v.string(), v.minLength(8)),
+      name: v.optional(v.string()),
+      adapters: v.optional(v.union([v.literal("*"), v.array(v.string())]), "*"),
+    }),
+  ),
+});
+
+function digest(key: string): string {
+  return createHash("sha256").update(key).digest("hex");
+}
+
+export function loadAuth(options: {
+  apiKeys: string[];
+  keysFile?: string | null;
+  adminKey?: string | null;
+  protectMetrics?: boolean;
+}): AuthConfig {
+  const keys = new Map<string, Principal>();
+  options.apiKeys.forEach((key, i) => {
+    keys.set(digest(key), { name: `key-${i + 1}`, adapters: null, admin: false });
+  });
+  if (options.keysFile) {
+    const file = parseWith(KeysFileSchema, readJson(options.keysFile), options.keysFile);
+    file.keys.forEach((k, i) => {
+      keys.set(digest(k.key), {
+        name: k.name ?? `tenant-${i + 1}`,
+        adapters: k.adapters === "*" ? null : new Set(k.adapters),
+        admin: false,
+      });
+    });
+  }
+  const adminKeys = options.adminKey ? [digest(options.adminKey)] : [];
+  return { keys, adminKeys, protectMetrics: options.protectMetrics ?? false };
+}
+
+/** Looks `presented` up among `digests` comparing every one in constant time. */
+function find(presented: string, digests: Iterable<string>): string | undefined {
+  const mine = Buffer.from(digest(presented), "hex");
+  let found: string | undefined;
+  for (const d of digests) {
+    if (timingSafeEqual(mine, Buffer.from(d, "hex"))) found = d;
+  }
+  return found;
+}
+
+const PUBLIC = new Set(["/health", "/v1/health/live", "/v1/health/ready", "/openapi.json"]);
+const LOOPBACK = new Set(["127.0.0.1", "::1", "::ffff:127.0.0.1"]);
+
+function bearer(c: Context): string | undefined {
+  const header = c.req.header("authorization");
+  const m = header ? /^Bearer\s+(.+)$/i.exec(header.trim()) : null;
+  return m?.[1] ?? c.req.header("x-api-key") ?? undefined;
+}
+
+const unauthorized = (why: string) =>
+  new MultiloraError(`${why}: send "Authorization: Bearer <key>"`, {
+    status: 401,
+    type: "authentication_error",
+    code: "invalid_api_key",
+  });
+
+/** Sets the request's principal (`c.get("principal")`), or answers 401 / 403. */
+export function authMiddleware(
+  auth: AuthConfig,
+): MiddlewareHandler<{ Bindings: RequestEnv; Variables: { principal: Principal | null } }> {
+  return async (c, next) => {
+    const path = new URL(c.req.url).pathname;
+    const isAdmin = path.startsWith("/v1/lora/");
+    if (isAdmin) {
+      if (auth.adminKeys.length > 0) {
+        const presented = bearer(c);
+        if (!presented || !find(presented, auth.adminKeys))
+          throw unauthorized("the adapter admin routes need the admin key");
+        c.set("principal", { name: "admin", adapters: null, admin: true });
+      } else {
+        const address = c.env?.remoteAddress;
+        if (address !== undefined && !LOOPBACK.has(address)) {
+          throw new MultiloraError(
+            "the adapter admin routes answer loopback clients only (or start the server with --admin-key)",
+            {
+              status: 403,
+              type: "permission_error",
+              code: "admin_loopback_only",
+            },
+          );
+        }
+        c.set("principal", null);
+      }
+      return next();
+    }
+    const open =
+      auth.keys.size === 0 ||
+      PUBLIC.has(path) ||
+      path === "/docs" ||
+      path.startsWith("/docs/") ||
+      (path === "/metrics" && !auth.protectMetrics);
+    if (open) {
+      c.set("principal", null);
+      return next();
+    }
+    const presented = bearer(c);
+    if (!presented) throw unauthorized("this server needs an API key");
+    const match = find(presented, auth.keys.keys());
+    if (!match) throw unauthorized("the API key is not valid");
+    c.set("principal", auth.keys.get(match) ?? null);
+    return next();
+  };
+}
+
+/** 403 unless `principal` may use `adapter`. */
+export function checkAdapterAllowed(principal: Principal | null | undefined, adapter: string): void {
+  if (principal?.adapters && !principal.adapters.has(adapter)) {
+    throw new MultiloraError(`this API key may not use adapter "${adapter}"`, {
+      status: 403,
+      type: "permission_error",
+      code: "adapter_not_allowed",
+      param: "lora_model",
+    });
+  }
+}
