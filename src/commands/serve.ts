@@ -22,6 +22,7 @@ import { createApp } from "../server/app.ts";
 import { loadAuth } from "../server/auth.ts";
 import type { ServerContext } from "../server/context.ts";
 import { errorResponse } from "../server/errors.ts";
+import { createLogger, Observer } from "../server/observe.ts";
 import { parseCommandArgs, printErr, UsageError } from "./args.ts";
 
 const Positive = v.pipe(v.number(), v.integer(), v.minValue(1));
@@ -54,6 +55,7 @@ export const ServeConfigSchema = v.object({
   "api-keys-file": v.optional(v.nullable(v.string()), null),
   "admin-key": v.optional(v.nullable(v.pipe(v.string(), v.minLength(8))), null),
   "protect-metrics": v.optional(v.boolean(), false),
+  "log-level": v.optional(v.picklist(["debug", "info", "warn", "error", "silent"]), "info"),
 });
 
 export type ServeConfig = v.InferOutput<typeof ServeConfigSchema>;
@@ -88,6 +90,7 @@ Options (defaults in brackets; --config file.json sets the same names):
       --api-keys-file <json>     {"keys": [{"key", "name", "adapters": [...] | "*"}]}: per-tenant keys
       --admin-key <key>          guards the adapter admin routes [none: loopback clients only]
       --protect-metrics          /metrics needs a key too
+      --log-level <level>        debug | info | warn | error | silent: one JSON line per request at info [info]
       --config <file.json>       settings from a file (flags win)
       --print-config             print the merged settings and exit
   -h, --help                     show this help`;
@@ -122,6 +125,7 @@ export function serveConfig(argv: string[]): { config: ServeConfig; print: boole
     "api-keys-file": { type: "string" },
     "admin-key": { type: "string" },
     "protect-metrics": { type: "boolean" },
+    "log-level": { type: "string" },
     config: { type: "string" },
     "print-config": { type: "boolean" },
     help: { type: "boolean", short: "h" },
@@ -138,7 +142,15 @@ export function serveConfig(argv: string[]): { config: ServeConfig; print: boole
   if (process.env.MULTILORA_API_KEY && merged["api-key"] === undefined)
     merged["api-key"] = [process.env.MULTILORA_API_KEY];
   const lists = new Set(["served-model-name", "preload", "pin", "api-key"]);
-  const strings = new Set(["host", "cache-dir", "backend", "api-keys-file", "admin-key", "protect-metrics"]);
+  const strings = new Set([
+    "host",
+    "cache-dir",
+    "backend",
+    "api-keys-file",
+    "admin-key",
+    "protect-metrics",
+    "log-level",
+  ]);
   for (const [key, value] of Object.entries(values)) {
     if (value === undefined || key === "config" || key === "print-config" || key === "help") continue;
     if (key === "api-key")
@@ -212,14 +224,24 @@ export async function startServer(
     maxLoras: config["max-loras"],
   });
   try {
-    const registry = loraDir
-      ? new LoraRegistry(resolve(loraDir), cacheDir, {
-          dims: checkpoint.dims,
-          modelPath: join(modelDir, "config.json"),
-          dtype: engine.capabilities.loraDtype,
-          maxRank: engine.capabilities.maxLoraRank,
-          baseModelName: checkpoint.hf._name_or_path,
-        })
+    let registry: LoraRegistry | null = null;
+    const observer = new Observer(createLogger(config["log-level"]), engine, () =>
+      (registry?.list() ?? []).map((l) => ({ name: l.name, taskId: l.version?.taskId })),
+    );
+    registry = loraDir
+      ? new LoraRegistry(
+          resolve(loraDir),
+          cacheDir,
+          {
+            dims: checkpoint.dims,
+            modelPath: join(modelDir, "config.json"),
+            dtype: engine.capabilities.loraDtype,
+            maxRank: engine.capabilities.maxLoraRank,
+            baseModelName: checkpoint.hf._name_or_path,
+          },
+          undefined,
+          (name, seconds) => observer.adapterLoaded(name, seconds),
+        )
       : null;
     const served =
       config["served-model-name"].length > 0
@@ -231,7 +253,10 @@ export async function startServer(
       tokenizer,
       chatTemplate,
       registry,
-      adapters: new AdapterCache(engine, config["queue-timeout"] * 1000),
+      adapters: new AdapterCache(engine, config["queue-timeout"] * 1000, (a, wasCached) =>
+        observer.adapterUsed(a.name, a.taskId, wasCached),
+      ),
+      observer,
       servedNames: [...new Set(served)],
       maxSeqLen: engine.maxSeqLen,
       maxBodyBytes: Math.floor(config["max-body-mb"] * 1024 * 1024),

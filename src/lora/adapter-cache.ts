@@ -51,6 +51,8 @@ export class AdapterCache {
     private readonly engine: Engine,
     /** How long a request may wait for room in a full cache. */
     private readonly queueTimeoutMs: number,
+    /** Told, for each request with an adapter, whether the engine had it cached when the request came. */
+    private readonly onUse: (adapter: AdapterVersion, wasCached: boolean) => void = () => {},
   ) {}
 
   /** Whether the engine holds the task, exactly when it can list its cache, else as far as we know. */
@@ -68,6 +70,7 @@ export class AdapterCache {
     scale = 1,
   ): Promise<StartedRequest> {
     const started = Date.now();
+    const wasCached = adapter ? this.isCached(adapter.taskId) : false;
     let forceWeights = false;
     for (;;) {
       let lora: GenerateRequest["lora"];
@@ -79,7 +82,10 @@ export class AdapterCache {
       const events = handle.events[Symbol.asyncIterator]();
       try {
         const first = await events.next();
-        if (adapter) this.known.add(adapter.taskId);
+        if (adapter) {
+          this.known.add(adapter.taskId);
+          this.onUse(adapter, wasCached);
+        }
         if (first.done)
           throw new MultiloraError("the engine ended the request without a response", {
             status: 500,

@@ -92,6 +92,8 @@ export class LoraRegistry {
     readonly requirements: AdapterRequirements,
     /** Most bytes of converted PEFT adapters kept in the cache dir; least recently used go first. */
     readonly cacheMaxBytes = 4 * 1024 ** 3,
+    /** Told of every adapter version read from disk, and how long reading, hashing and validating took. */
+    private readonly onLoad: (name: string, seconds: number) => void = () => {},
   ) {
     try {
       this.realDir = realpathSync(dir);
@@ -233,6 +235,7 @@ export class LoraRegistry {
     fingerprint: string,
   ): Promise<AdapterVersion> {
     this.loads++;
+    const startedAt = performance.now();
     const file = format === "trtllm" ? path : await this.convertPeft(name, path);
     const read = readFileHashed(file);
     // Parse and validate while a worker finishes the hash.
@@ -281,6 +284,7 @@ export class LoraRegistry {
       loadedAt: new Date(),
     };
     this.versions.set(name, version);
+    this.onLoad(name, (performance.now() - startedAt) / 1000);
     return version;
   }
 

@@ -26,7 +26,24 @@ export function createApp(ctx: ServerContext): Hono<AppEnv> {
       }),
     ),
   );
+  // Every request is recorded; a stream's record ends with its last byte (the route ends it).
+  app.use("*", async (c, next) => {
+    const record = ctx.observer.start(new URL(c.req.url).pathname);
+    c.set("record", record);
+    await next();
+    record.route = c.req.routePath;
+    if (!c.res.headers.get("content-type")?.startsWith("text/event-stream") || c.res.status !== 200) {
+      ctx.observer.end(record, c.res.status);
+    }
+  });
   app.use("*", authMiddleware(ctx.auth));
+  app.get(
+    "/metrics",
+    async () =>
+      new Response(await ctx.observer.metricsText(), {
+        headers: { "content-type": "text/plain; version=0.0.4; charset=utf-8" },
+      }),
+  );
   healthRoutes(app, ctx);
   modelRoutes(app, ctx);
   chatRoutes(app, ctx);

@@ -10,7 +10,7 @@ import type { Context, MiddlewareHandler } from "hono";
 import * as v from "valibot";
 import { MultiloraError } from "../errors.ts";
 import { parseWith, readJson } from "../formats/json-file.ts";
-import type { RequestEnv } from "./context.ts";
+import type { AppEnv } from "./context.ts";
 
 /** Who a request is: the key's name and the adapters it may use (null: every adapter). */
 export interface Principal {
@@ -92,9 +92,7 @@ const unauthorized = (why: string) =>
   });
 
 /** Sets the request's principal (`c.get("principal")`), or answers 401 / 403. */
-export function authMiddleware(
-  auth: AuthConfig,
-): MiddlewareHandler<{ Bindings: RequestEnv; Variables: { principal: Principal | null } }> {
+export function authMiddleware(auth: AuthConfig): MiddlewareHandler<AppEnv> {
   return async (c, next) => {
     const path = new URL(c.req.url).pathname;
     const isAdmin = path.startsWith("/v1/lora/");

@@ -8,6 +8,7 @@ import type { Tokenizer } from "../engine/tokenizer.ts";
 import type { AdapterCache } from "../lora/adapter-cache.ts";
 import type { LoraRegistry } from "../lora/registry.ts";
 import type { AuthConfig, Principal } from "./auth.ts";
+import type { Observer, RequestRecord } from "./observe.ts";
 
 export interface ServerContext {
   engine: Engine;
@@ -26,6 +27,8 @@ export interface ServerContext {
   maxBodyBytes: number;
   /** Seconds since the epoch when the model was loaded (`created` in /v1/models). */
   created: number;
+  /** Request log lines and Prometheus metrics. */
+  observer: Observer;
   /** API keys (no keys: open, admin routes loopback only). */
   auth: AuthConfig;
   /** False while starting or draining: /v1/health/ready answers 503. */
@@ -39,4 +42,7 @@ export interface RequestEnv {
 }
 
 /** The Hono environment of every route: the runtime's bindings and the request's principal. */
-export type AppEnv = { Bindings: RequestEnv; Variables: { principal: Principal | null } };
+export type AppEnv = {
+  Bindings: RequestEnv;
+  Variables: { principal: Principal | null; record: RequestRecord };
+};

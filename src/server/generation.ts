@@ -28,6 +28,8 @@ export interface ChoiceInput {
   loraScale: number;
   /** Generation stops after this long (finish_reason "length": a server limit cut it); 0 = none. */
   timeoutMs: number;
+  /** Called for every generated token (the latency metrics). */
+  onToken?: () => void;
 }
 
 export interface TokenLogprob {
@@ -101,7 +103,10 @@ export async function startChoice(
     let event: TokenEvent | undefined = started.first;
     try {
       while (event) {
-        if (event.token >= 0) generated++;
+        if (event.token >= 0) {
+          generated++;
+          input.onToken?.();
+        }
         const text = event.token >= 0 ? decoder.push(event.token) : "";
         const flushed = event.finishReason ? text + decoder.flush() : text;
         const { emit, matched } = stops.push(flushed, event.finishReason !== null);

@@ -122,11 +122,13 @@ export async function startChoices(ctx: ServerContext, inputs: ChoiceInput[]): P
 
 /**
  * A text/event-stream response: `produce` sends JSON events; `data: [DONE]` ends it. If the client goes
- * away, `onCancel` runs (cancelling the engine requests) before the next step.
+ * away, `onCancel` runs (cancelling the engine requests) before the next step. `onDone` runs once the
+ * stream has ended, either way.
  */
 export function sseResponse(
   produce: (send: (event: unknown) => void) => Promise<void>,
   onCancel: () => void,
+  onDone: () => void,
 ): Response {
   const encoder = new TextEncoder();
   let closed = false;
@@ -146,6 +148,7 @@ export function sseResponse(
           closed = true;
           controller.close();
         }
+        onDone();
       }
     },
     cancel() {

@@ -33,6 +33,7 @@ export async function startTestServer(settings: Record<string, unknown> = {}): P
     port: 0,
     threads: 2,
     "cache-dir": join(work, "cache"),
+    "log-level": "silent",
     ...settings,
   });
   const server = await startServer(config, () => {});

@@ -103,6 +103,7 @@ export function adapterRoutes(app: Hono<AppEnv>, ctx: ServerContext): void {
     }
     if (version && ctx.engine.stats().tasks.some((t) => t.taskId === version.taskId)) {
       ctx.engine.loraRelease(version.taskId);
+      ctx.observer.released(version.taskId);
       // Released at once when idle, else when its running requests end: wait for that.
       while (ctx.engine.stats().tasks.some((t) => t.taskId === version.taskId))
         await new Promise((r) => setTimeout(r, 10));

@@ -32,6 +32,8 @@ export function chatRoutes(app: Hono<AppEnv>, ctx: ServerContext): void {
   app.post("/v1/chat/completions", async (c) => {
     const body = await readBody(c.req.raw, ChatCompletionRequestSchema, ctx.maxBodyBytes);
     const target = await resolveTarget(ctx, body.model, body.lora_model, c.get("principal"));
+    const record = c.get("record");
+    record.adapter = target.adapter?.name ?? null;
     // OpenAI's "developer" role is the system role of older models' templates.
     const messages = body.messages.map((m) => (m.role === "developer" ? { ...m, role: "system" } : m));
     const rendered = ctx.chatTemplate.render(messages as ChatMessage[], { addGenerationPrompt: true });
@@ -42,7 +44,9 @@ export function chatRoutes(app: Hono<AppEnv>, ctx: ServerContext): void {
     const inputs = Array.from({ length: body.n }, (_, i) =>
       choiceInput(ctx, body, prompt, target, maxTokens, topLogprobs, i),
     );
+    for (const input of inputs) input.onToken = () => ctx.observer.token(record);
     const choices = await startChoices(ctx, inputs);
+    record.promptTokens = prompt.length;
     const id = completionId("chatcmpl");
     const created = Math.floor(Date.now() / 1000);
     const usage = () => {
@@ -97,6 +101,7 @@ export function chatRoutes(app: Hono<AppEnv>, ctx: ServerContext): void {
         () => {
           for (const ch of choices) ch.cancel();
         },
+        () => ctx.observer.end(record, 200),
       );
     }
 

@@ -48,6 +48,8 @@ export function completionRoutes(app: Hono<AppEnv>, ctx: ServerContext): void {
   app.post("/v1/completions", async (c) => {
     const body = await readBody(c.req.raw, CompletionRequestSchema, ctx.maxBodyBytes);
     const target = await resolveTarget(ctx, body.model, body.lora_model, c.get("principal"));
+    const record = c.get("record");
+    record.adapter = target.adapter?.name ?? null;
     const all = prompts(ctx.tokenizer, body.prompt);
     // Token ids outside the vocabulary are refused by the engine with a 400 that names them.
     const topLogprobs = body.logprobs ?? undefined;
@@ -56,10 +58,12 @@ export function completionRoutes(app: Hono<AppEnv>, ctx: ServerContext): void {
         choiceInput(ctx, body, p, target, body.max_tokens, topLogprobs, i),
       ),
     );
+    for (const input of inputs) input.onToken = () => ctx.observer.token(record);
     const choices = await startChoices(ctx, inputs);
     const id = completionId("cmpl");
     const created = Math.floor(Date.now() / 1000);
     const promptTokens = all.reduce((s, p) => s + p.length, 0);
+    record.promptTokens = promptTokens;
     const usage = () => {
       const completion = choices.reduce((s, ch) => s + ch.completionTokens(), 0);
       return {
@@ -114,6 +118,7 @@ export function completionRoutes(app: Hono<AppEnv>, ctx: ServerContext): void {
         () => {
           for (const ch of choices) ch.cancel();
         },
+        () => ctx.observer.end(record, 200),
       );
     }
 

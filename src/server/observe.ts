@@ -1,0 +1,250 @@
+/**
+ * What the server records about each request: one structured JSON log line when it ends, and the
+ * Prometheus metrics of GET /metrics (prom-client). Adapter labels only ever name adapters that exist:
+ * a request is labelled with an adapter only once the registry has found it.
+ */
+import { Counter, Gauge, Histogram, Registry } from "prom-client";
+import type { Engine } from "../engine/engine.ts";
+
+export type LogLevel = "debug" | "info" | "warn" | "error" | "silent";
+const LEVELS: Record<LogLevel, number> = { debug: 10, info: 20, warn: 30, error: 40, silent: 100 };
+
+export interface Logger {
+  level: LogLevel;
+  log(level: Exclude<LogLevel, "silent">, msg: string, fields?: Record<string, unknown>): void;
+}
+
+/** JSON lines on `write` (stderr by default) at `level` and above. */
+export function createLogger(
+  level: LogLevel = "info",
+  write: (line: string) => void = (l) => process.stderr.write(l),
+): Logger {
+  return {
+    level,
+    log(l, msg, fields = {}) {
+      if (LEVELS[l] < LEVELS[level]) return;
+      write(`${JSON.stringify({ ts: new Date().toISOString(), level: l, msg, ...fields })}\n`);
+    },
+  };
+}
+
+/** One request, from arrival to its last byte. */
+export interface RequestRecord {
+  id: string;
+  route: string;
+  adapter: string | null;
+  promptTokens: number;
+  completionTokens: number;
+  startedAt: number;
+  /** When the engine accepted it (its first token is in): queue time = this - startedAt. */
+  firstTokenAt?: number;
+  lastTokenAt?: number;
+  ended: boolean;
+}
+
+export class Observer {
+  readonly registry = new Registry();
+  private readonly requests: Counter<"route" | "status" | "adapter">;
+  private readonly promptTokens: Counter<"adapter">;
+  private readonly completionTokens: Counter<"adapter">;
+  private readonly ttft: Histogram;
+  private readonly interToken: Histogram;
+  private readonly hits: Counter<"adapter">;
+  private readonly misses: Counter<"adapter">;
+  private readonly loads: Counter<"adapter">;
+  private readonly loadSeconds: Histogram<"adapter">;
+  private readonly evictions: Counter<"adapter">;
+  private readonly cachedTasks = new Map<bigint, string>();
+  private next = 0;
+
+  constructor(
+    readonly log: Logger,
+    private readonly engine: Engine,
+    /** The adapter names the registry knows, with their task ids when loaded (for the per-adapter gauges). */
+    adapterTasks: () => { name: string; taskId?: bigint }[],
+  ) {
+    const r = this.registry;
+    const counter = <L extends string>(name: string, help: string, labelNames: L[]) =>
+      new Counter<L>({ name, help, labelNames, registers: [r] });
+    this.requests = counter("multilora_requests_total", "Requests by route, HTTP status and adapter", [
+      "route",
+      "status",
+      "adapter",
+    ]);
+    this.promptTokens = counter("multilora_prompt_tokens_total", "Prompt tokens of finished requests", [
+      "adapter",
+    ]);
+    this.completionTokens = counter("multilora_completion_tokens_total", "Generated tokens", ["adapter"]);
+    this.ttft = new Histogram({
+      name: "multilora_time_to_first_token_seconds",
+      help: "From arrival to the first generated token",
+      buckets: [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30],
+      registers: [r],
+    });
+    this.interToken = new Histogram({
+      name: "multilora_inter_token_latency_seconds",
+      help: "Between consecutive generated tokens of a request",
+      buckets: [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1],
+      registers: [r],
+    });
+    this.hits = counter(
+      "multilora_lora_cache_hits_total",
+      "Requests whose adapter was in the engine's cache",
+      ["adapter"],
+    );
+    this.misses = counter(
+      "multilora_lora_cache_misses_total",
+      "Requests whose adapter had to be sent to the engine",
+      ["adapter"],
+    );
+    this.loads = counter(
+      "multilora_lora_loads_total",
+      "Adapter versions read, hashed and validated from disk",
+      ["adapter"],
+    );
+    this.loadSeconds = new Histogram({
+      name: "multilora_lora_load_seconds",
+      help: "Reading, hashing and validating an adapter",
+      labelNames: ["adapter"],
+      buckets: [0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5],
+      registers: [r],
+    });
+    this.evictions = counter("multilora_lora_evictions_total", "Adapters the engine evicted to make room", [
+      "adapter",
+    ]);
+    const engineGauge = (name: string, help: string, read: (s: ReturnType<Engine["stats"]>) => number) =>
+      new Gauge({
+        name,
+        help,
+        registers: [r],
+        collect() {
+          this.set(read(engine.stats()));
+        },
+      });
+    engineGauge("multilora_queue_depth", "Requests waiting for a slot in the engine", (s) => s.queued);
+    engineGauge("multilora_running_requests", "Requests the engine is running", (s) => s.running);
+    engineGauge(
+      "multilora_kv_cache_bytes_used",
+      "KV cache bytes reserved by running requests",
+      (s) => s.kvBytesUsed,
+    );
+    engineGauge("multilora_kv_cache_bytes_capacity", "KV cache budget", (s) => s.kvBytesCapacity);
+    engineGauge(
+      "multilora_lora_cache_bytes_used",
+      "Bytes of adapters in the engine's cache",
+      (s) => s.loraBytesUsed,
+    );
+    engineGauge(
+      "multilora_lora_cache_bytes_capacity",
+      "Capacity of the engine's adapter cache",
+      (s) => s.loraBytesCapacity,
+    );
+    const observer = this;
+    new Gauge({
+      name: "multilora_lora_adapter_bytes",
+      help: "Bytes of each adapter in the engine's cache (0 when not cached)",
+      labelNames: ["adapter"],
+      registers: [r],
+      collect() {
+        observer.noticeEvictions();
+        const tasks = new Map(engine.stats().tasks.map((t) => [t.taskId, t]));
+        this.reset();
+        for (const a of adapterTasks())
+          this.set({ adapter: a.name }, a.taskId !== undefined ? (tasks.get(a.taskId)?.bytes ?? 0) : 0);
+      },
+    });
+    new Gauge({
+      name: "multilora_lora_adapter_pinned",
+      help: "1 when the adapter is pinned in the engine's cache",
+      labelNames: ["adapter"],
+      registers: [r],
+      collect() {
+        const tasks = new Map(engine.stats().tasks.map((t) => [t.taskId, t]));
+        this.reset();
+        for (const a of adapterTasks())
+          this.set({ adapter: a.name }, a.taskId !== undefined && tasks.get(a.taskId)?.pinned ? 1 : 0);
+      },
+    });
+  }
+
+  start(route: string): RequestRecord {
+    return {
+      id: `req-${++this.next}`,
+      route,
+      adapter: null,
+      promptTokens: 0,
+      completionTokens: 0,
+      startedAt: performance.now(),
+      ended: false,
+    };
+  }
+
+  /** A generated token of `record` (for the latency histograms). */
+  token(record: RequestRecord): void {
+    const now = performance.now();
+    if (record.firstTokenAt === undefined) {
+      record.firstTokenAt = now;
+      this.ttft.observe((now - record.startedAt) / 1000);
+    } else if (record.lastTokenAt !== undefined) {
+      this.interToken.observe((now - record.lastTokenAt) / 1000);
+    }
+    record.lastTokenAt = now;
+    record.completionTokens++;
+  }
+
+  /** The request is over (its last byte sent, or an error answered). Logs it once. */
+  end(record: RequestRecord, status: number): void {
+    if (record.ended) return;
+    record.ended = true;
+    const adapter = record.adapter ?? "";
+    this.requests.inc({ route: record.route, status: String(status), adapter });
+    if (record.promptTokens > 0) this.promptTokens.inc({ adapter }, record.promptTokens);
+    if (record.completionTokens > 0) this.completionTokens.inc({ adapter }, record.completionTokens);
+    const now = performance.now();
+    const ms = (t: number | undefined) =>
+      t === undefined ? null : Number((t - record.startedAt).toFixed(2));
+    this.log.log(status >= 500 ? "error" : "info", "request", {
+      id: record.id,
+      route: record.route,
+      status,
+      adapter: record.adapter,
+      prompt_tokens: record.promptTokens,
+      completion_tokens: record.completionTokens,
+      queue_ms: ms(record.firstTokenAt),
+      ttft_ms: ms(record.firstTokenAt),
+      total_ms: ms(now),
+    });
+  }
+
+  /** The adapter cache's verdict for a request: the adapter was already in the engine, or not. */
+  adapterUsed(name: string, taskId: bigint, wasCached: boolean): void {
+    this.noticeEvictions();
+    (wasCached ? this.hits : this.misses).inc({ adapter: name });
+    this.cachedTasks.set(taskId, name);
+  }
+
+  adapterLoaded(name: string, seconds: number): void {
+    this.loads.inc({ adapter: name });
+    this.loadSeconds.observe({ adapter: name }, seconds);
+  }
+
+  /** Adapters we saw in the engine's cache that are gone now (and not released on purpose) were evicted. */
+  noticeEvictions(): void {
+    const cached = new Set(this.engine.stats().tasks.map((t) => t.taskId));
+    for (const [taskId, name] of this.cachedTasks) {
+      if (!cached.has(taskId)) {
+        this.cachedTasks.delete(taskId);
+        this.evictions.inc({ adapter: name });
+      }
+    }
+  }
+
+  /** An adapter released on purpose (unload) is not an eviction. */
+  released(taskId: bigint): void {
+    this.cachedTasks.delete(taskId);
+  }
+
+  metricsText(): Promise<string> {
+    return this.registry.metrics();
+  }
+}
