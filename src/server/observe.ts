@@ -36,7 +36,8 @@ export interface RequestRecord {
   promptTokens: number;
   completionTokens: number;
   startedAt: number;
-  /** When the engine accepted it (its first token is in): queue time = this - startedAt. */
+  /** When it was handed to the engine (after parsing, the adapter lookup and its load). */
+  engineAt?: number;
   firstTokenAt?: number;
   lastTokenAt?: number;
   ended: boolean;
@@ -210,7 +211,7 @@ export class Observer {
       adapter: record.adapter,
       prompt_tokens: record.promptTokens,
       completion_tokens: record.completionTokens,
-      queue_ms: ms(record.firstTokenAt),
+      queue_ms: ms(record.engineAt),
       ttft_ms: ms(record.firstTokenAt),
       total_ms: ms(now),
     });

@@ -45,6 +45,7 @@ export function chatRoutes(app: Hono<AppEnv>, ctx: ServerContext): void {
       choiceInput(ctx, body, prompt, target, maxTokens, topLogprobs, i),
     );
     for (const input of inputs) input.onToken = () => ctx.observer.token(record);
+    record.engineAt = performance.now();
     const choices = await startChoices(ctx, inputs);
     record.promptTokens = prompt.length;
     const id = completionId("chatcmpl");

@@ -59,6 +59,7 @@ export function completionRoutes(app: Hono<AppEnv>, ctx: ServerContext): void {
       ),
     );
     for (const input of inputs) input.onToken = () => ctx.observer.token(record);
+    record.engineAt = performance.now();
     const choices = await startChoices(ctx, inputs);
     const id = completionId("cmpl");
     const created = Math.floor(Date.now() / 1000);
