@@ -113,3 +113,14 @@ test("MULTILORA_API_KEY sets the key; a key is taken whole, commas included", ()
     else process.env.MULTILORA_API_KEY = before;
   }
 });
+
+test("/metrics is open unless --protect-metrics", async () => {
+  expect((await get("/metrics")).status).toBe(200);
+  const { createApp } = await import("../../src/server/app.ts");
+  const ctx = t.server.ctx;
+  const app = createApp({ ...ctx, auth: { ...ctx.auth, protectMetrics: true } });
+  expect((await app.request("/metrics", {}, {})).status).toBe(401);
+  expect((await app.request("/metrics", { headers: { authorization: `Bearer ${KEY}` } }, {})).status).toBe(
+    200,
+  );
+});
