@@ -310,6 +310,7 @@ export async function startServer(
                 code: "shutting_down",
               },
             ),
+            request,
           );
         }
         if (counted && inflight >= limit) {
@@ -319,6 +320,7 @@ export async function startServer(
               type: "overloaded_error",
               code: "overloaded",
             }),
+            request,
           );
         }
         if (!counted) return app.fetch(request, { remoteAddress: bunServer.requestIP(request)?.address });
@@ -343,7 +345,7 @@ export async function startServer(
           );
         } catch (e) {
           inflight--;
-          return errorResponse(e);
+          return errorResponse(e, request);
         }
       },
     });

@@ -16,7 +16,7 @@ import { modelRoutes } from "./routes/models.ts";
 
 export function createApp(ctx: ServerContext): Hono<AppEnv> {
   const app = new Hono<AppEnv>();
-  app.onError((err) => errorResponse(err));
+  app.onError((err, c) => errorResponse(err, c.req.raw));
   app.notFound((c) =>
     errorResponse(
       new MultiloraError(`no route ${c.req.method} ${new URL(c.req.url).pathname}`, {
@@ -24,6 +24,7 @@ export function createApp(ctx: ServerContext): Hono<AppEnv> {
         type: "not_found_error",
         code: "route_not_found",
       }),
+      c.req.raw,
     ),
   );
   // Every request is recorded; a stream's record ends with its last byte (the route ends it).
@@ -32,7 +33,10 @@ export function createApp(ctx: ServerContext): Hono<AppEnv> {
     c.set("record", record);
     await next();
     record.route = c.req.routePath;
-    if (!c.res.headers.get("content-type")?.startsWith("text/event-stream") || c.res.status !== 200) {
+    if (
+      !(c.res.body instanceof ReadableStream && c.res.headers.get("cache-control") === "no-cache") ||
+      c.res.status !== 200
+    ) {
       ctx.observer.end(record, c.res.status);
     }
   });

@@ -5,6 +5,7 @@
 import * as v from "valibot";
 import { MultiloraError } from "../errors.ts";
 import { describeIssues } from "../formats/json-file.ts";
+import { reply } from "./wire.ts";
 
 export function errorBody(e: MultiloraError) {
   return { error: { message: e.message, type: e.type, param: e.param, code: e.code } };
@@ -22,11 +23,12 @@ export function asMultiloraError(e: unknown): MultiloraError {
   });
 }
 
-export function errorResponse(e: unknown, headers: Record<string, string> = {}): Response {
+/** The error as a response, in the format `request` wants (JSON without one). */
+export function errorResponse(e: unknown, request?: Request): Response {
   const err = asMultiloraError(e);
-  const extra: Record<string, string> = { ...headers };
-  if (err.status === 503) extra["retry-after"] = "1";
-  return Response.json(errorBody(err), { status: err.status, headers: extra });
+  const headers: Record<string, string> = err.status === 503 ? { "retry-after": "1" } : {};
+  if (request) return reply(request, errorBody(err), err.status, headers);
+  return Response.json(errorBody(err), { status: err.status, headers });
 }
 
 /** A body that failed its schema: every problem listed, the first one's field as `param`. */

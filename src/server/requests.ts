@@ -10,6 +10,7 @@ import { checkAdapterAllowed, type Principal } from "./auth.ts";
 import type { ServerContext } from "./context.ts";
 import { type ChoiceInput, type RunningChoice, startChoice, type TokenLogprob } from "./generation.ts";
 import type { ChatCompletionRequest, CompletionRequest } from "./schemas.ts";
+import { encodeMsgpack, MSGPACK, wantsMsgpack } from "./wire.ts";
 
 export interface Target {
   /** The name to echo in responses. */
@@ -121,25 +122,30 @@ export async function startChoices(ctx: ServerContext, inputs: ChoiceInput[]): P
 }
 
 /**
- * A text/event-stream response: `produce` sends JSON events; `data: [DONE]` ends it. If the client goes
- * away, `onCancel` runs (cancelling the engine requests) before the next step. `onDone` runs once the
- * stream has ended, either way.
+ * A streamed response: server-sent events (`data: {json}` lines ending with `data: [DONE]`), or, when
+ * the request wants MessagePack, concatenated MessagePack records ending with the body. `produce` sends
+ * the events. If the client goes away, `onCancel` runs (cancelling the engine requests) before the next
+ * step. `onDone` runs once the stream has ended, either way.
  */
-export function sseResponse(
+export function streamResponse(
+  request: Request,
   produce: (send: (event: unknown) => void) => Promise<void>,
   onCancel: () => void,
   onDone: () => void,
 ): Response {
+  const msgpack = wantsMsgpack(request);
   const encoder = new TextEncoder();
+  const encode = (event: unknown) =>
+    msgpack ? encodeMsgpack(event) : encoder.encode(`data: ${JSON.stringify(event)}\n\n`);
   let closed = false;
   const stream = new ReadableStream<Uint8Array>({
     async start(controller) {
       const send = (event: unknown) => {
-        if (!closed) controller.enqueue(encoder.encode(`data: ${JSON.stringify(event)}\n\n`));
+        if (!closed) controller.enqueue(encode(event));
       };
       try {
         await produce(send);
-        if (!closed) controller.enqueue(encoder.encode("data: [DONE]\n\n"));
+        if (!closed && !msgpack) controller.enqueue(encoder.encode("data: [DONE]\n\n"));
       } catch (e) {
         // The status is already sent: the error goes in the stream, in OpenAI's shape.
         send({ error: { message: (e as Error).message, type: "server_error", param: null, code: null } });
@@ -156,12 +162,9 @@ export function sseResponse(
       onCancel();
     },
   });
+  const contentType = msgpack ? MSGPACK : "text/event-stream; charset=utf-8";
   return new Response(stream, {
-    headers: {
-      "content-type": "text/event-stream; charset=utf-8",
-      "cache-control": "no-cache",
-      connection: "keep-alive",
-    },
+    headers: { "content-type": contentType, "cache-control": "no-cache", connection: "keep-alive" },
   });
 }
 

@@ -10,6 +10,7 @@ import type { LoraRegistry } from "../../lora/registry.ts";
 import { readBody } from "../body.ts";
 import type { AppEnv, ServerContext } from "../context.ts";
 import { LoadAdapterRequestSchema } from "../schemas.ts";
+import { reply } from "../wire.ts";
 import { describeAdapter } from "./models.ts";
 
 function registryOf(ctx: ServerContext): LoraRegistry {
@@ -27,7 +28,7 @@ export function adapterRoutes(app: Hono<AppEnv>, ctx: ServerContext): void {
   app.get("/v1/lora/adapters", (c) => {
     const registry = registryOf(ctx);
     const stats = ctx.engine.stats();
-    return c.json({
+    return reply(c.req.raw, {
       object: "list",
       data: registry.list().map((l) => describeAdapter(ctx, l, stats)),
       cache: {
@@ -46,7 +47,7 @@ export function adapterRoutes(app: Hono<AppEnv>, ctx: ServerContext): void {
     const listing = registryOf(ctx)
       .list()
       .find((l) => l.name === name);
-    return c.json(describeAdapter(ctx, listing ?? { name, format: "trtllm", path: "" }));
+    return reply(c.req.raw, describeAdapter(ctx, listing ?? { name, format: "trtllm", path: "" }));
   });
 
   app.post("/v1/lora/adapters/:name/load", async (c) => {
@@ -77,7 +78,8 @@ export function adapterRoutes(app: Hono<AppEnv>, ctx: ServerContext): void {
         throw e;
       }
     }
-    return c.json(
+    return reply(
+      c.req.raw,
       describeAdapter(
         ctx,
         registry.list().find((l) => l.name === version.name) ?? {
@@ -108,12 +110,12 @@ export function adapterRoutes(app: Hono<AppEnv>, ctx: ServerContext): void {
       while (ctx.engine.stats().tasks.some((t) => t.taskId === version.taskId))
         await new Promise((r) => setTimeout(r, 10));
     }
-    return c.json({ name, state: "on_disk" });
+    return reply(c.req.raw, { name, state: "on_disk" });
   });
 
   app.post("/v1/lora/adapters/:name/validate", async (c) => {
     const name = c.req.param("name");
     const { problems, warnings } = await registryOf(ctx).validate(name);
-    return c.json({ name, valid: problems.length === 0, problems, warnings });
+    return reply(c.req.raw, { name, valid: problems.length === 0, problems, warnings });
   });
 }

@@ -10,10 +10,11 @@ import {
   collectChoice,
   completionId,
   resolveTarget,
-  sseResponse,
   startChoices,
+  streamResponse,
 } from "../requests.ts";
 import { ChatCompletionRequestSchema } from "../schemas.ts";
+import { reply } from "../wire.ts";
 
 function chatLogprobs(tokenizer: Tokenizer, items: TokenLogprob[]) {
   const entry = (token: number, logprob: number) => {
@@ -68,7 +69,8 @@ export function chatRoutes(app: Hono<AppEnv>, ctx: ServerContext): void {
         choices,
         ...extra,
       });
-      return sseResponse(
+      return streamResponse(
+        c.req.raw,
         async (send) => {
           await Promise.all(
             choices.map(async (choice, index) => {
@@ -118,7 +120,7 @@ export function chatRoutes(app: Hono<AppEnv>, ctx: ServerContext): void {
         };
       }),
     );
-    return c.json({
+    return reply(c.req.raw, {
       id,
       object: "chat.completion",
       created,

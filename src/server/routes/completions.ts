@@ -9,10 +9,11 @@ import {
   collectChoice,
   completionId,
   resolveTarget,
-  sseResponse,
   startChoices,
+  streamResponse,
 } from "../requests.ts";
 import { type CompletionRequest, CompletionRequestSchema } from "../schemas.ts";
+import { reply } from "../wire.ts";
 
 /** Token-id prompts are used as given; text is tokenized with the model's special tokens (BOS). */
 function prompts(tokenizer: Tokenizer, prompt: CompletionRequest["prompt"]): number[][] {
@@ -84,7 +85,8 @@ export function completionRoutes(app: Hono<AppEnv>, ctx: ServerContext): void {
         choices,
         ...extra,
       });
-      return sseResponse(
+      return streamResponse(
+        c.req.raw,
         async (send) => {
           await Promise.all(
             choices.map(async (choice, index) => {
@@ -139,7 +141,7 @@ export function completionRoutes(app: Hono<AppEnv>, ctx: ServerContext): void {
         };
       }),
     );
-    return c.json({
+    return reply(c.req.raw, {
       id,
       object: "text_completion",
       created,

@@ -6,6 +6,7 @@ import { floatDTypeName } from "../../formats/dtypes.ts";
 import type { AdapterListing } from "../../lora/registry.ts";
 import type { Principal } from "../auth.ts";
 import type { AppEnv, ServerContext } from "../context.ts";
+import { reply } from "../wire.ts";
 
 /** An adapter as /v1/models and /v1/lora/adapters describe it (`stats`: the engine's, read once per listing). */
 export function describeAdapter(
@@ -64,14 +65,14 @@ export function modelRoutes(app: Hono<AppEnv>, ctx: ServerContext): void {
     (ctx.registry?.list() ?? []).filter((l) => !principal?.adapters || principal.adapters.has(l.name));
   app.get("/v1/models", (c) => {
     const stats = ctx.engine.stats();
-    return c.json({
+    return reply(c.req.raw, {
       object: "list",
       data: [base(), ...visible(c.get("principal")).map((l) => adapterModel(l, stats))],
     });
   });
   app.get("/v1/models/:id{.+}", (c) => {
     const id = c.req.param("id");
-    if (ctx.servedNames.includes(id)) return c.json({ ...base(), id });
+    if (ctx.servedNames.includes(id)) return reply(c.req.raw, { ...base(), id });
     const listing = visible(c.get("principal")).find((a) => a.name === id);
     if (!listing) {
       throw new MultiloraError(`model "${id}" does not exist`, {
@@ -80,6 +81,6 @@ export function modelRoutes(app: Hono<AppEnv>, ctx: ServerContext): void {
         code: "model_not_found",
       });
     }
-    return c.json(adapterModel(listing));
+    return reply(c.req.raw, adapterModel(listing));
   });
 }

@@ -1,0 +1,45 @@
+/**
+ * Wire formats: JSON by default, MessagePack when the request's Content-Type or Accept is
+ * `application/msgpack` (bodies, responses, errors, and streams as concatenated MessagePack records).
+ * Only plain MessagePack is written (no msgpackr records or other extensions), so any client library
+ * decodes it.
+ */
+import { Packr } from "msgpackr";
+
+export const MSGPACK = "application/msgpack";
+
+/** Plain MessagePack: maps as maps, no record extension, no structure sharing. */
+const packr = new Packr({ useRecords: false, mapsAsObjects: true, variableMapSize: true, moreTypes: false });
+
+export function isMsgpack(contentType: string | null | undefined): boolean {
+  return (contentType ?? "").split(";")[0]?.trim().toLowerCase() === MSGPACK;
+}
+
+/** Whether the response to `request` should be MessagePack: asked for in Accept, or the body was MessagePack. */
+export function wantsMsgpack(request: Request): boolean {
+  const accept = request.headers.get("accept") ?? "";
+  if (accept.toLowerCase().includes(MSGPACK)) return true;
+  if (accept.toLowerCase().includes("application/json")) return false;
+  return isMsgpack(request.headers.get("content-type"));
+}
+
+export function encodeMsgpack(value: unknown): Uint8Array {
+  return packr.pack(value);
+}
+
+export function decodeMsgpack(bytes: Uint8Array): unknown {
+  return packr.unpack(bytes);
+}
+
+/** A response with `body` in the format the request wants. */
+export function reply(
+  request: Request,
+  body: unknown,
+  status = 200,
+  headers: Record<string, string> = {},
+): Response {
+  if (wantsMsgpack(request)) {
+    return new Response(encodeMsgpack(body), { status, headers: { "content-type": MSGPACK, ...headers } });
+  }
+  return Response.json(body, { status, headers });
+}
