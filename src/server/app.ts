@@ -11,6 +11,7 @@ import { errorResponse } from "./errors.ts";
 import { adapterRoutes } from "./routes/adapters.ts";
 import { chatRoutes } from "./routes/chat.ts";
 import { completionRoutes } from "./routes/completions.ts";
+import { docsRoutes } from "./routes/docs.ts";
 import { healthRoutes } from "./routes/health.ts";
 import { modelRoutes } from "./routes/models.ts";
 
@@ -49,6 +50,7 @@ export function createApp(ctx: ServerContext): Hono<AppEnv> {
       }),
   );
   healthRoutes(app, ctx);
+  docsRoutes(app);
   modelRoutes(app, ctx);
   chatRoutes(app, ctx);
   completionRoutes(app, ctx);

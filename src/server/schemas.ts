@@ -70,3 +70,147 @@ export const LoadAdapterRequestSchema = v.looseObject({ pin: v.optional(v.boolea
 export type ChatCompletionRequest = v.InferOutput<typeof ChatCompletionRequestSchema>;
 export type CompletionRequest = v.InferOutput<typeof CompletionRequestSchema>;
 export type ChatMessageInput = v.InferOutput<typeof ChatMessageSchema>;
+
+// ---------------------------------------------------------------------------------------------------
+// Responses (the OpenAPI document's; the routes build them)
+
+export const ErrorResponseSchema = v.object({
+  error: v.object({
+    message: v.string(),
+    type: v.string(),
+    param: v.nullable(v.string()),
+    code: v.nullable(v.string()),
+  }),
+});
+
+const Usage = v.object({
+  prompt_tokens: v.number(),
+  completion_tokens: v.number(),
+  total_tokens: v.number(),
+});
+const TopLogprob = v.object({ token: v.string(), logprob: v.number(), bytes: v.array(v.number()) });
+const ChatLogprobs = v.nullable(
+  v.object({ content: v.array(v.object({ ...TopLogprob.entries, top_logprobs: v.array(TopLogprob) })) }),
+);
+const Finish = v.nullable(v.picklist(["stop", "length"]));
+
+export const ChatCompletionResponseSchema = v.object({
+  id: v.string(),
+  object: v.literal("chat.completion"),
+  created: v.number(),
+  model: v.string(),
+  choices: v.array(
+    v.object({
+      index: v.number(),
+      message: v.object({ role: v.literal("assistant"), content: v.string() }),
+      logprobs: ChatLogprobs,
+      finish_reason: Finish,
+      token_ids: v.optional(v.array(v.number())),
+    }),
+  ),
+  usage: Usage,
+  prompt_token_ids: v.optional(v.array(v.number())),
+});
+
+export const ChatCompletionChunkSchema = v.object({
+  id: v.string(),
+  object: v.literal("chat.completion.chunk"),
+  created: v.number(),
+  model: v.string(),
+  choices: v.array(
+    v.object({
+      index: v.number(),
+      delta: v.object({
+        role: v.optional(v.literal("assistant")),
+        content: v.optional(v.string()),
+        token_ids: v.optional(v.array(v.number())),
+      }),
+      logprobs: ChatLogprobs,
+      finish_reason: Finish,
+    }),
+  ),
+  usage: v.optional(Usage),
+});
+
+const CompletionLogprobs = v.nullable(
+  v.object({
+    tokens: v.array(v.string()),
+    token_logprobs: v.array(v.number()),
+    top_logprobs: v.array(v.record(v.string(), v.number())),
+    text_offset: v.array(v.number()),
+  }),
+);
+
+export const CompletionResponseSchema = v.object({
+  id: v.string(),
+  object: v.literal("text_completion"),
+  created: v.number(),
+  model: v.string(),
+  choices: v.array(
+    v.object({
+      index: v.number(),
+      text: v.string(),
+      logprobs: CompletionLogprobs,
+      finish_reason: Finish,
+      token_ids: v.optional(v.array(v.number())),
+      prompt_token_ids: v.optional(v.array(v.number())),
+    }),
+  ),
+  usage: v.optional(Usage),
+});
+
+export const AdapterSchema = v.object({
+  name: v.string(),
+  format: v.picklist(["trtllm", "peft"]),
+  state: v.picklist(["on_disk", "cached", "pinned"]),
+  state_estimated: v.boolean(),
+  active_requests: v.number(),
+  version: v.optional(v.string()),
+  task_id: v.optional(v.number()),
+  rank: v.optional(v.number()),
+  ranks: v.optional(v.array(v.number())),
+  modules: v.optional(v.array(v.string())),
+  layers: v.optional(v.number()),
+  dtype: v.optional(v.string()),
+  bytes: v.optional(v.number()),
+  base_model: v.optional(v.nullable(v.string())),
+  loaded_at: v.optional(v.number()),
+  last_used_step: v.optional(v.nullable(v.number())),
+});
+
+export const ModelSchema = v.object({
+  id: v.string(),
+  object: v.literal("model"),
+  created: v.number(),
+  owned_by: v.string(),
+  root: v.optional(v.string()),
+  parent: v.nullable(v.string()),
+  lora: v.optional(AdapterSchema),
+});
+
+export const ModelListSchema = v.object({ object: v.literal("list"), data: v.array(ModelSchema) });
+
+export const AdapterListSchema = v.object({
+  object: v.literal("list"),
+  data: v.array(AdapterSchema),
+  cache: v.object({
+    bytes_used: v.number(),
+    bytes_capacity: v.number(),
+    adapters: v.number(),
+    max_adapters: v.nullable(v.number()),
+    estimated: v.boolean(),
+  }),
+});
+
+export const ValidationResultSchema = v.object({
+  name: v.string(),
+  valid: v.boolean(),
+  problems: v.array(v.string()),
+  warnings: v.array(v.string()),
+});
+
+export const HealthSchema = v.object({
+  status: v.string(),
+  running: v.optional(v.number()),
+  queued: v.optional(v.number()),
+});

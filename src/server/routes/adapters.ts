@@ -9,6 +9,7 @@ import { MultiloraError } from "../../errors.ts";
 import type { LoraRegistry } from "../../lora/registry.ts";
 import { readBody } from "../body.ts";
 import type { AppEnv, ServerContext } from "../context.ts";
+import { routeDocs } from "../openapi.ts";
 import { LoadAdapterRequestSchema } from "../schemas.ts";
 import { reply } from "../wire.ts";
 import { describeAdapter } from "./models.ts";
@@ -25,7 +26,7 @@ function registryOf(ctx: ServerContext): LoraRegistry {
 }
 
 export function adapterRoutes(app: Hono<AppEnv>, ctx: ServerContext): void {
-  app.get("/v1/lora/adapters", (c) => {
+  app.get("/v1/lora/adapters", routeDocs.adapters, (c) => {
     const registry = registryOf(ctx);
     const stats = ctx.engine.stats();
     return reply(c.req.raw, {
@@ -41,7 +42,7 @@ export function adapterRoutes(app: Hono<AppEnv>, ctx: ServerContext): void {
     });
   });
 
-  app.get("/v1/lora/adapters/:name", (c) => {
+  app.get("/v1/lora/adapters/:name", routeDocs.adapter, (c) => {
     const name = c.req.param("name");
     registryOf(ctx).locate(name);
     const listing = registryOf(ctx)
@@ -50,7 +51,7 @@ export function adapterRoutes(app: Hono<AppEnv>, ctx: ServerContext): void {
     return reply(c.req.raw, describeAdapter(ctx, listing ?? { name, format: "trtllm", path: "" }));
   });
 
-  app.post("/v1/lora/adapters/:name/load", async (c) => {
+  app.post("/v1/lora/adapters/:name/load", routeDocs.load, async (c) => {
     const registry = registryOf(ctx);
     const { pin } = await readBody(c.req.raw, LoadAdapterRequestSchema, ctx.maxBodyBytes);
     if (pin && !ctx.engine.capabilities.loraPin) {
@@ -91,7 +92,7 @@ export function adapterRoutes(app: Hono<AppEnv>, ctx: ServerContext): void {
     );
   });
 
-  app.post("/v1/lora/adapters/:name/unload", async (c) => {
+  app.post("/v1/lora/adapters/:name/unload", routeDocs.unload, async (c) => {
     const registry = registryOf(ctx);
     const name = c.req.param("name");
     registry.locate(name);
@@ -113,7 +114,7 @@ export function adapterRoutes(app: Hono<AppEnv>, ctx: ServerContext): void {
     return reply(c.req.raw, { name, state: "on_disk" });
   });
 
-  app.post("/v1/lora/adapters/:name/validate", async (c) => {
+  app.post("/v1/lora/adapters/:name/validate", routeDocs.validate, async (c) => {
     const name = c.req.param("name");
     const { problems, warnings } = await registryOf(ctx).validate(name);
     return reply(c.req.raw, { name, valid: problems.length === 0, problems, warnings });

@@ -5,6 +5,7 @@ import type { Tokenizer } from "../../engine/tokenizer.ts";
 import { readBody } from "../body.ts";
 import type { AppEnv, ServerContext } from "../context.ts";
 import type { TokenLogprob } from "../generation.ts";
+import { routeDocs } from "../openapi.ts";
 import {
   choiceInput,
   collectChoice,
@@ -30,7 +31,7 @@ function chatLogprobs(tokenizer: Tokenizer, items: TokenLogprob[]) {
 }
 
 export function chatRoutes(app: Hono<AppEnv>, ctx: ServerContext): void {
-  app.post("/v1/chat/completions", async (c) => {
+  app.post("/v1/chat/completions", routeDocs.chat, async (c) => {
     const body = await readBody(c.req.raw, ChatCompletionRequestSchema, ctx.maxBodyBytes);
     const target = await resolveTarget(ctx, body.model, body.lora_model, c.get("principal"));
     const record = c.get("record");

@@ -4,6 +4,7 @@ import type { Tokenizer } from "../../engine/tokenizer.ts";
 import { readBody } from "../body.ts";
 import type { AppEnv, ServerContext } from "../context.ts";
 import type { TokenLogprob } from "../generation.ts";
+import { routeDocs } from "../openapi.ts";
 import {
   choiceInput,
   collectChoice,
@@ -46,7 +47,7 @@ function completionLogprobs(tokenizer: Tokenizer, items: TokenLogprob[], startOf
 }
 
 export function completionRoutes(app: Hono<AppEnv>, ctx: ServerContext): void {
-  app.post("/v1/completions", async (c) => {
+  app.post("/v1/completions", routeDocs.completions, async (c) => {
     const body = await readBody(c.req.raw, CompletionRequestSchema, ctx.maxBodyBytes);
     const target = await resolveTarget(ctx, body.model, body.lora_model, c.get("principal"));
     const record = c.get("record");

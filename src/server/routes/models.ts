@@ -6,6 +6,7 @@ import { floatDTypeName } from "../../formats/dtypes.ts";
 import type { AdapterListing } from "../../lora/registry.ts";
 import type { Principal } from "../auth.ts";
 import type { AppEnv, ServerContext } from "../context.ts";
+import { routeDocs } from "../openapi.ts";
 import { reply } from "../wire.ts";
 
 /** An adapter as /v1/models and /v1/lora/adapters describe it (`stats`: the engine's, read once per listing). */
@@ -63,14 +64,14 @@ export function modelRoutes(app: Hono<AppEnv>, ctx: ServerContext): void {
   /** The adapters `principal` may use (a tenant's key sees only its own). */
   const visible = (principal: Principal | null) =>
     (ctx.registry?.list() ?? []).filter((l) => !principal?.adapters || principal.adapters.has(l.name));
-  app.get("/v1/models", (c) => {
+  app.get("/v1/models", routeDocs.models, (c) => {
     const stats = ctx.engine.stats();
     return reply(c.req.raw, {
       object: "list",
       data: [base(), ...visible(c.get("principal")).map((l) => adapterModel(l, stats))],
     });
   });
-  app.get("/v1/models/:id{.+}", (c) => {
+  app.get("/v1/models/:id{.+}", routeDocs.model, (c) => {
     const id = c.req.param("id");
     if (ctx.servedNames.includes(id)) return reply(c.req.raw, { ...base(), id });
     const listing = visible(c.get("principal")).find((a) => a.name === id);

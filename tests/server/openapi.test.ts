@@ -1,0 +1,81 @@
+/** The OpenAPI document: generated from the schemas, committed without drift, complete. */
+import { expect, test } from "bun:test";
+import { readFileSync } from "node:fs";
+import { currentDocument, OPENAPI_PATH } from "../../scripts/openapi.ts";
+
+type Doc = {
+  openapi: string;
+  paths: Record<
+    string,
+    Record<
+      string,
+      {
+        operationId?: string;
+        requestBody?: {
+          content: Record<string, { schema: { properties: Record<string, unknown> }; example?: unknown }>;
+        };
+        responses: Record<string, unknown>;
+      }
+    >
+  >;
+};
+
+test("openapi/openapi.json is what the schemas generate (run `npm run openapi` after changing them)", async () => {
+  const committed = JSON.parse(readFileSync(OPENAPI_PATH, "utf8"));
+  expect(committed).toEqual(JSON.parse(JSON.stringify(await currentDocument())));
+});
+
+test("every route is documented, with the extensions, examples and error responses", async () => {
+  const doc = (await currentDocument()) as unknown as Doc;
+  expect(doc.openapi).toBe("3.1.0");
+  const operations = Object.values(doc.paths).flatMap((p) => Object.values(p).map((o) => o.operationId));
+  expect(operations.sort()).toEqual(
+    [
+      "createChatCompletion",
+      "createCompletion",
+      "health",
+      "listAdapters",
+      "listModels",
+      "liveness",
+      "loadAdapter",
+      "readiness",
+      "retrieveAdapter",
+      "retrieveModel",
+      "unloadAdapter",
+      "validateAdapter",
+    ].sort(),
+  );
+  const chat = doc.paths["/v1/chat/completions"]?.post;
+  const fields = Object.keys(chat?.requestBody?.content["application/json"]?.schema.properties ?? {});
+  for (const f of [
+    "lora_model",
+    "load_lora_weights",
+    "lora_scale",
+    "return_token_ids",
+    "top_k",
+    "min_p",
+    "repetition_penalty",
+    "messages",
+    "stream_options",
+    "top_logprobs",
+  ]) {
+    expect(fields).toContain(f);
+  }
+  expect(chat?.requestBody?.content["application/json"]?.example).toMatchObject({
+    lora_model: "support-bot",
+  });
+  expect(Object.keys(chat?.responses ?? {}).sort()).toEqual([
+    "200",
+    "400",
+    "401",
+    "403",
+    "404",
+    "409",
+    "413",
+    "503",
+  ]);
+  expect(Object.keys(chat?.requestBody?.content ?? {}).sort()).toEqual([
+    "application/json",
+    "application/msgpack",
+  ]);
+});
