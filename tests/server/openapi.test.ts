@@ -79,3 +79,42 @@ test("every route is documented, with the extensions, examples and error respons
     "application/msgpack",
   ]);
 });
+
+test("openapi/client is what the document generates, and chats with an adapter end to end", async () => {
+  const { CLIENT_PATH, generateClient } = await import("../../scripts/openapi-client.ts");
+  const document = JSON.parse(readFileSync(OPENAPI_PATH, "utf8"));
+  expect(readFileSync(CLIENT_PATH, "utf8")).toBe(generateClient(document));
+
+  const { MultiloraClient, ApiError } = await import("../../openapi/client/index.ts");
+  const { startTestServer } = await import("../helpers/server.ts");
+  const t = await startTestServer();
+  try {
+    const client = new MultiloraClient({ baseUrl: t.server.url });
+    const chat = await client.createChatCompletion({
+      model: "llama",
+      lora_model: "demo-all",
+      messages: [{ role: "user", content: "Hello" }],
+      max_tokens: 4,
+      temperature: 0,
+      return_token_ids: true,
+    });
+    expect(chat.object).toBe("chat.completion");
+    expect(chat.choices[0]?.token_ids?.length).toBe(chat.usage.completion_tokens);
+    const direct = await t.client.chat.completions.create({
+      model: "demo-all",
+      messages: [{ role: "user", content: "Hello" }],
+      max_tokens: 4,
+      temperature: 0,
+    });
+    expect(chat.choices[0]?.message.content).toBe(direct.choices[0]?.message.content as string);
+    const models = await client.listModels();
+    expect(models.data.map((m) => m.id)).toContain("demo-all");
+    const adapter = await client.retrieveAdapter("demo-all");
+    expect(adapter.state).toBe("cached");
+    const err = await client.createCompletion({ model: "nope", prompt: [1] }).catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(ApiError);
+    expect((err as InstanceType<typeof ApiError>).status).toBe(404);
+  } finally {
+    await t.close();
+  }
+});
