@@ -70,7 +70,10 @@ export function typeOf(s: JsonSchema, indent = ""): string {
 
 const pascal = (id: string) => id.charAt(0).toUpperCase() + id.slice(1);
 
-export function generateClient(document: { info: { version: string }; paths: Record<string, Record<string, Operation>> }): string {
+export function generateClient(document: {
+  info: { version: string };
+  paths: Record<string, Record<string, Operation>>;
+}): string {
   const types: string[] = [];
   const methods: string[] = [];
   for (const [path, item] of Object.entries(document.paths)) {
@@ -78,8 +81,13 @@ export function generateClient(document: { info: { version: string }; paths: Rec
       const name = pascal(op.operationId);
       const requestSchema = op.requestBody?.content["application/json"]?.schema;
       const okSchema = op.responses["200"]?.content?.["application/json"]?.schema;
-      if (requestSchema) types.push(`/** The body of ${op.operationId}. */\nexport type ${name}Request = ${typeOf(requestSchema)};`);
-      types.push(`/** The answer of ${op.operationId}. */\nexport type ${name}Response = ${okSchema ? typeOf(okSchema) : "unknown"};`);
+      if (requestSchema)
+        types.push(
+          `/** The body of ${op.operationId}. */\nexport type ${name}Request = ${typeOf(requestSchema)};`,
+        );
+      types.push(
+        `/** The answer of ${op.operationId}. */\nexport type ${name}Response = ${okSchema ? typeOf(okSchema) : "unknown"};`,
+      );
       const params = [...path.matchAll(/\{(\w+)\}/g)].map((m) => m[1] as string);
       const args = [...params.map((p) => `${p}: string`), ...(requestSchema ? [`body: ${name}Request`] : [])];
       const url = `\`${path.replace(/\{(\w+)\}/g, (_m, p) => `\${encodeURIComponent(${p})}`)}\``;
