@@ -5,6 +5,7 @@
 import { type Pointer, ptr } from "bun:ffi";
 import { MultiloraError } from "../errors.ts";
 import type { FloatDType } from "../formats/dtypes.ts";
+import { workerUrl } from "../worker-url.ts";
 import type { Checkpoint } from "./checkpoint.ts";
 import {
   type Engine,
@@ -25,6 +26,7 @@ import {
   MLR_DTYPE,
   MLR_FINISH,
   MLR_STATUS,
+  nativeLibraryPath,
   nativeSymbols,
   REQUEST,
   STATS,
@@ -117,6 +119,7 @@ class EventStream implements AsyncIterable<TokenEvent> {
 
 export class CpuEngine implements Engine {
   private readonly streams = new Map<bigint, EventStream>();
+  private pumpError: string | undefined;
   private readonly lib = nativeSymbols();
   private closed = false;
 
@@ -131,6 +134,13 @@ export class CpuEngine implements Engine {
   ) {
     pump.onmessage = (event: MessageEvent<{ responses?: RawResponse[]; stopped?: boolean }>) => {
       for (const r of event.data.responses ?? []) this.deliver(r);
+    };
+    // Without its pump no response would ever arrive: fail what is waiting, loudly, rather than hang.
+    pump.onerror = (event) => {
+      this.pumpError = `the engine's response pump failed: ${event.message}`;
+      console.error(this.pumpError);
+      for (const stream of this.streams.values()) stream.fail(new EngineError("INTERNAL", this.pumpError));
+      this.streams.clear();
     };
   }
 
@@ -217,8 +227,8 @@ export class CpuEngine implements Engine {
       loraDtype: DTYPE_BY_CODE[caps.get("lora_dtype")] ?? "F32",
     };
     const stopFlag = new Int32Array(new SharedArrayBuffer(4));
-    const pump = new Worker(new URL("./response-pump.ts", import.meta.url).href);
-    pump.postMessage({ engine: handle, stop: stopFlag });
+    const pump = new Worker(workerUrl("engine/response-pump.ts"));
+    pump.postMessage({ engine: handle, stop: stopFlag, library: nativeLibraryPath() });
     return new CpuEngine(handle, checkpoint, pump, stopFlag, capabilities, maxSeqLen);
   }
 
@@ -381,6 +391,7 @@ export class CpuEngine implements Engine {
   }
 
   private checkOpen(): void {
+    if (this.pumpError) throw new EngineError("INTERNAL", this.pumpError);
     if (this.closed)
       throw new MultiloraError("the engine is closed", {
         status: 503,

@@ -2,7 +2,8 @@
  * Worker thread that waits on the engine's responses (mlr_await_responses blocks here, never on the main
  * event loop) and posts them, decoded, to the engine object on the main thread.
  *
- * Protocol: the main thread posts { engine, stop } once (stop: a SharedArrayBuffer Int32Array flag);
+ * Protocol: the main thread posts { engine, stop, library } once (stop: a SharedArrayBuffer Int32Array flag;
+ * library: the native library's path);
  * the worker posts { responses } batches, and { stopped: true } after it sees the flag.
  */
 import { ptr } from "bun:ffi";
@@ -41,8 +42,9 @@ function decode(bytes: Uint8Array, i: number): RawResponse {
   };
 }
 
-self.onmessage = (event: MessageEvent<{ engine: number; stop: Int32Array }>) => {
-  const { engine, stop } = event.data;
+self.onmessage = (event: MessageEvent<{ engine: number; stop: Int32Array; library: string }>) => {
+  const { engine, stop, library } = event.data;
+  process.env.MULTILORA_LIB = library; // the very library the engine lives in (workers start with their own env)
   const lib = nativeSymbols();
   const buffer = new Uint8Array(RESPONSE.size * BATCH);
   const count = new Int32Array(1);

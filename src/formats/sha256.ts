@@ -4,6 +4,8 @@
  * whatever the caller does next (hashing a 170 MB adapter takes longer than reading and converting it).
  */
 
+import { workerUrl } from "../worker-url.ts";
+
 /** Below this size a worker costs more than it saves. */
 export const WORKER_THRESHOLD = 4 << 20;
 
@@ -32,7 +34,7 @@ export function sha256Hex(bytes: Uint8Array): string {
 }
 
 function workerStream(bytes: Uint8Array): Sha256Stream {
-  const worker = new Worker(new URL("./sha256-worker.ts", import.meta.url).href);
+  const worker = new Worker(workerUrl("formats/sha256-worker.ts"));
   const result = new Promise<string>((resolve, reject) => {
     worker.onmessage = (event: MessageEvent<string>) => resolve(event.data);
     worker.onerror = (event) => reject(new Error(`sha256 worker failed: ${event.message}`));

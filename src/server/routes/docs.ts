@@ -24,9 +24,11 @@ const PAGE = `<!doctype html>
 </html>
 `;
 
-/** Scalar's standalone bundle, read once on first use. */
+/** Scalar's standalone bundle, read once on first use (`MULTILORA_DOCS_SCRIPT`: the release binary's copy). */
 let script: Uint8Array | undefined;
 function scalarScript(): Uint8Array {
+  const embedded = process.env.MULTILORA_DOCS_SCRIPT;
+  if (!script && embedded) script = readFileSync(embedded);
   if (!script) {
     const require = createRequire(import.meta.url);
     // The package's exports do not list the bundle: find it beside its package.json.
