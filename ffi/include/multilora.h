@@ -128,6 +128,43 @@ void mlr_cpu_params_default(mlr_cpu_params *params);
  */
 int32_t mlr_cpu_create(const mlr_cpu_params *params, mlr_engine **engine, char *err, size_t err_len);
 
+/*
+ * The TensorRT-LLM backend: ffi/trtllm, a separate library (libmultilora-trtllm.so, CMake -DWITH_TRTLLM=ON)
+ * built only where TensorRT-LLM is installed. The TypeScript side reads the engine's config.json
+ * (src/formats/trtllm-engine-config.ts) and fills these fields; negative values mean "TensorRT-LLM's own
+ * default" (std::nullopt, or the constructor's default argument).
+ */
+typedef struct mlr_trtllm_params {
+    const char *engine_dir;      /* trtllm-build output (config.json, rank<N>.engine); borrowed for the call */
+    int32_t engine_dtype;        /* mlr_float_dtype of the engine (adapters must have it) */
+    int32_t max_lora_rank;       /* build_config.lora_config.max_lora_rank (0 = engine built without LoRA) */
+    int32_t num_layers;          /* for max_loras sizing */
+    int32_t num_lora_modules;    /* len(lora_target_modules) */
+    int32_t world_size;          /* tp_size x pp_size; > 1 runs the executor in orchestrator mode */
+    int32_t max_batch_size;      /* < 0 = the engine's */
+    int32_t max_num_tokens;      /* < 0 = the engine's */
+    int32_t gather_generation_logits; /* engine built with --gather_generation_logits: top-k logprobs work */
+    float kv_cache_free_gpu_mem_fraction; /* < 0 = TensorRT-LLM's default (0.9) */
+    int32_t kv_cache_reuse;      /* block reuse: 0 off, 1 on, < 0 = TensorRT-LLM's default */
+    int64_t lora_host_cache_bytes;  /* PeftCacheConfig hostCacheSize; < 0 = default (1 GiB) */
+    float lora_device_cache_percent; /* PeftCacheConfig deviceCachePercent; < 0 = default */
+    int32_t lora_optimal_adapter_size; /* < 0 = default (8) */
+    int32_t lora_max_adapter_size;     /* < 0 = default (64) */
+    int32_t max_loras;           /* > 0: numDeviceModuleLayer = max_lora_rank x layers x modules x max_loras */
+    const char *worker_path;     /* orchestrator worker executable; NULL = TensorRT-LLM's executorWorker */
+} mlr_trtllm_params;
+
+/* Builds the executor over engine_dir. Every exception is caught; err says what went wrong. */
+int32_t mlr_trtllm_create(const mlr_trtllm_params *params, mlr_engine **engine, char *err, size_t err_len);
+
+/*
+ * Maps an executor error text to an mlr_status ("LoRA task <id> not found in cache..." ->
+ * MLR_LORA_NOT_CACHED, "...Cache is full..." -> MLR_LORA_CACHE_FULL, LoRA validation texts ->
+ * MLR_LORA_INVALID, anything else -> MLR_INTERNAL). In libmultilora.so too (no TensorRT-LLM headers), so it
+ * is unit-tested everywhere.
+ */
+int32_t mlr_trtllm_error_status(const char *text);
+
 /* Stops the scheduler (running requests end without further responses) and frees everything. */
 void mlr_destroy(mlr_engine *engine);
 

@@ -36,6 +36,7 @@ const SYMBOLS = {
   mlr_stats_get: { args: [P, P, P, i32, P], returns: i32 },
   mlr_forward_logits: { args: [P, P, i32, u64, f32, P, P, u64], returns: i32 },
   mlr_layout: { args: [P, P], returns: i64 },
+  mlr_trtllm_error_status: { args: [P], returns: i32 },
 } as const;
 
 type Library = ReturnType<typeof dlopen<typeof SYMBOLS>>;
