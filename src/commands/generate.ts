@@ -5,16 +5,20 @@
  * --json, one line {"token_ids": [...], "logprobs": [...], "text": "..."} where logprobs[i] is the
  * log-probability of token_ids[i] (log-softmax of the raw logits). --prompt-ids are used as given (no BOS).
  */
+
+import { chooseBackend } from "../engine/backend.ts";
 import { loadCheckpoint } from "../engine/checkpoint.ts";
 import { CpuEngine } from "../engine/cpu-engine.ts";
 import { loadTokenizer, type Tokenizer } from "../engine/tokenizer.ts";
+import { TrtllmEngine } from "../engine/trtllm-engine.ts";
 import { readTrtllmLora } from "../lora/trtllm-adapter.ts";
 import { parseCommandArgs, UsageError } from "./args.ts";
 
 export const GENERATE_HELP = `Usage: multilora generate --model <dir> (--prompt <text> | --prompt-ids 1,2,3) [options]
 
 Options:
-      --model <dir>          a Hugging Face Llama/Mistral/Qwen2 folder (required)
+      --model <dir>          a Hugging Face Llama/Mistral/Qwen2 folder, or a trtllm-build engine dir (required)
+      --backend auto|cpu|trtllm  default auto: trtllm for an engine dir, cpu for a checkpoint
       --lora <file>          a LoRA adapter in TensorRT-LLM's format (multilora extract makes one)
       --lora-scale <x>       multiplies the adapter's contribution (default 1)
       --prompt <text>        text, tokenized with the model's tokenizer.json (special tokens added)
@@ -41,6 +45,7 @@ function number(name: string, value: string | undefined, fallback: number, integ
 export async function runGenerate(argv: string[]): Promise<number> {
   const { values, positionals } = parseCommandArgs(argv, {
     model: { type: "string" },
+    backend: { type: "string" },
     lora: { type: "string" },
     "lora-scale": { type: "string" },
     prompt: { type: "string" },
@@ -66,15 +71,21 @@ export async function runGenerate(argv: string[]): Promise<number> {
     throw new UsageError("give exactly one of --prompt <text> and --prompt-ids <ids>");
   }
   const ids = values["prompt-ids"]?.split(",").map((x) => number("prompt-ids", x.trim(), 0, true));
-  const checkpoint = loadCheckpoint(values.model);
+  const requested = values.backend ?? "auto";
+  if (requested !== "auto" && requested !== "cpu" && requested !== "trtllm")
+    throw new UsageError(`--backend ${requested}: expected auto, cpu or trtllm`);
+  const backend = chooseBackend(values.model, requested);
   const tokenizer = loadTokenizerIfAny(values.model, values.prompt !== undefined);
   const prompt = ids ?? (tokenizer as Tokenizer).encode(values.prompt as string, { addSpecialTokens: true });
   const lora = values.lora
     ? readTrtllmLora(values.lora, 1n, number("lora-scale", values["lora-scale"], 1)).lora
     : undefined;
-  const engine = CpuEngine.create(checkpoint, {
-    threads: values.threads === undefined ? undefined : number("threads", values.threads, 0, true),
-  });
+  const engine =
+    backend === "trtllm"
+      ? TrtllmEngine.create(values.model)
+      : CpuEngine.create(loadCheckpoint(values.model), {
+          threads: values.threads === undefined ? undefined : number("threads", values.threads, 0, true),
+        });
   try {
     const handle = engine.enqueue({
       prompt,

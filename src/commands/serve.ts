@@ -9,13 +9,17 @@ import { existsSync, mkdirSync } from "node:fs";
 import { homedir } from "node:os";
 import { basename, join, resolve } from "node:path";
 import * as v from "valibot";
+import { type Backend, chooseBackend } from "../engine/backend.ts";
 import { loadChatTemplate } from "../engine/chat-template.ts";
 import { loadCheckpoint } from "../engine/checkpoint.ts";
 import { CpuEngine } from "../engine/cpu-engine.ts";
 import { writeDemoModel } from "../engine/demo-model.ts";
+import type { NativeEngine } from "../engine/native-engine.ts";
 import { loadTokenizer } from "../engine/tokenizer.ts";
+import { TrtllmEngine } from "../engine/trtllm-engine.ts";
 import { MultiloraError } from "../errors.ts";
 import { parseWith, readJson } from "../formats/json-file.ts";
+import type { ModelDims } from "../formats/model-config.ts";
 import { AdapterCache } from "../lora/adapter-cache.ts";
 import { LoraRegistry } from "../lora/registry.ts";
 import { createApp } from "../server/app.ts";
@@ -51,6 +55,16 @@ export const ServeConfigSchema = v.object({
   "max-body-mb": v.optional(v.pipe(v.number(), v.gtValue(0)), 16),
   "cache-dir": v.optional(v.nullable(v.string()), null),
   backend: v.optional(v.picklist(["auto", "cpu", "trtllm"]), "auto"),
+  "kv-cache-free-gpu-mem-fraction": v.optional(
+    v.nullable(v.pipe(v.number(), v.gtValue(0), v.maxValue(1))),
+    null,
+  ),
+  "kv-cache-reuse": v.optional(v.nullable(v.picklist(["on", "off"])), null),
+  "lora-host-cache-mb": v.optional(v.pipe(v.number(), v.gtValue(0)), 1024),
+  "lora-device-cache-percent": v.optional(v.nullable(v.pipe(v.number(), v.gtValue(0), v.maxValue(1))), null),
+  "lora-optimal-adapter-size": v.optional(Positive, 8),
+  "lora-max-adapter-size": v.optional(Positive, 64),
+  "trtllm-worker": v.optional(v.nullable(v.string()), null),
   "api-key": v.optional(v.array(v.pipe(v.string(), v.minLength(8))), []),
   "api-keys-file": v.optional(v.nullable(v.string()), null),
   "admin-key": v.optional(v.nullable(v.pipe(v.string(), v.minLength(8))), null),
@@ -84,7 +98,15 @@ Options (defaults in brackets; --config file.json sets the same names):
       --request-timeout <s>      longest generation, then cut with finish_reason length [600; 0: none]
       --max-body-mb <n>          largest request body (413 beyond) [16]
       --cache-dir <dir>          converted PEFT adapters and the demo model [$XDG_CACHE_HOME/multilora]
-      --backend auto|cpu|trtllm  [auto: cpu here]
+      --backend auto|cpu|trtllm  [auto: trtllm for a trtllm-build engine dir, cpu for a checkpoint]
+    TensorRT-LLM only (each defaults to TensorRT-LLM's own; --max-batch and --max-loras apply too):
+      --kv-cache-free-gpu-mem-fraction <x>  GPU memory left after loading given to the KV cache [0.9]
+      --kv-cache-reuse on|off    reuse KV blocks across requests with a common prefix [TensorRT-LLM's]
+      --lora-host-cache-mb <n>   adapters kept in host memory [1024]
+      --lora-device-cache-percent <x>  fraction of free GPU memory for adapters [TensorRT-LLM's]
+      --lora-optimal-adapter-size <n>  [8]
+      --lora-max-adapter-size <n>      [64]
+      --trtllm-worker <path>     executorWorker for multi-GPU engines [TensorRT-LLM's]
       --api-key <key>            required on every route but health, docs and metrics (repeatable;
                                  or $MULTILORA_API_KEY) [none: open]
       --api-keys-file <json>     {"keys": [{"key", "name", "adapters": [...] | "*"}]}: per-tenant keys
@@ -121,6 +143,13 @@ export function serveConfig(argv: string[]): { config: ServeConfig; print: boole
     "max-body-mb": { type: "string" },
     "cache-dir": { type: "string" },
     backend: { type: "string" },
+    "kv-cache-free-gpu-mem-fraction": { type: "string" },
+    "kv-cache-reuse": { type: "string" },
+    "lora-host-cache-mb": { type: "string" },
+    "lora-device-cache-percent": { type: "string" },
+    "lora-optimal-adapter-size": { type: "string" },
+    "lora-max-adapter-size": { type: "string" },
+    "trtllm-worker": { type: "string" },
     "api-key": { type: "string", multiple: true },
     "api-keys-file": { type: "string" },
     "admin-key": { type: "string" },
@@ -146,6 +175,8 @@ export function serveConfig(argv: string[]): { config: ServeConfig; print: boole
     "host",
     "cache-dir",
     "backend",
+    "kv-cache-reuse",
+    "trtllm-worker",
     "api-keys-file",
     "admin-key",
     "protect-metrics",
@@ -182,17 +213,73 @@ export interface RunningServer {
   stop(): Promise<void>;
 }
 
+/** What the server needs to know of the model, whichever backend runs it. */
+interface ServedModel {
+  backend: Backend;
+  dims: ModelDims;
+  architecture: string;
+  dtype: string;
+  modelType: string;
+  baseModelName: string | undefined;
+}
+
+/** The engine for a model dir: TensorRT-LLM for an engine dir, the CPU engine for a checkpoint. */
+function openEngine(config: ServeConfig, modelDir: string): { engine: NativeEngine; model: ServedModel } {
+  const backend = chooseBackend(modelDir, config.backend);
+  if (backend === "trtllm") {
+    const engine = TrtllmEngine.create(modelDir, {
+      maxBatch: config["max-batch"],
+      kvCacheFreeGpuMemFraction: config["kv-cache-free-gpu-mem-fraction"] ?? undefined,
+      kvCacheReuse: config["kv-cache-reuse"] === null ? undefined : config["kv-cache-reuse"] === "on",
+      loraHostCacheBytes: config["lora-host-cache-mb"] * 1024 * 1024,
+      loraDeviceCachePercent: config["lora-device-cache-percent"] ?? undefined,
+      loraOptimalAdapterSize: config["lora-optimal-adapter-size"],
+      loraMaxAdapterSize: config["lora-max-adapter-size"],
+      maxLoras: config["max-loras"],
+      workerPath: config["trtllm-worker"] ?? undefined,
+    });
+    const m = engine.model;
+    return {
+      engine,
+      model: {
+        backend,
+        dims: m.dims,
+        architecture: m.architecture ?? "TensorRT-LLM engine",
+        dtype: m.engine?.dtypeName ?? "",
+        modelType: "",
+        baseModelName: undefined,
+      },
+    };
+  }
+  const checkpoint = loadCheckpoint(modelDir);
+  const engine = CpuEngine.create(checkpoint, {
+    maxBatch: config["max-batch"],
+    maxSeqLen: config["max-seq-len"] ?? undefined,
+    kvCacheBytes: config["kv-cache-mb"] ? config["kv-cache-mb"] * 1024 * 1024 : undefined,
+    threads: config.threads ?? undefined,
+    prefillChunk: config["prefill-chunk"],
+    maxLoraRank: config["max-lora-rank"],
+    loraCacheBytes: Math.floor(config["lora-cache-mb"] * 1024 * 1024),
+    maxLoras: config["max-loras"],
+  });
+  return {
+    engine,
+    model: {
+      backend,
+      dims: checkpoint.dims,
+      architecture: checkpoint.architecture,
+      dtype: checkpoint.dtype,
+      modelType: checkpoint.modelType,
+      baseModelName: checkpoint.hf._name_or_path,
+    },
+  };
+}
+
 /** Loads everything, checks it, warms up, and listens. */
 export async function startServer(
   config: ServeConfig,
   log: (line: string) => void = printErr,
 ): Promise<RunningServer> {
-  if (config.backend === "trtllm") {
-    throw new MultiloraError(
-      "the TensorRT-LLM backend is not built into this binary yet; use --backend cpu",
-      { code: "unsupported" },
-    );
-  }
   const cacheDir = resolve(config["cache-dir"] ?? defaultCacheDir());
   let modelDir = config["model-dir"];
   let loraDir = config["lora-dir"];
@@ -209,20 +296,10 @@ export async function startServer(
     throw new MultiloraError(`model dir ${modelDir} does not exist`, { code: "invalid_model" });
   mkdirSync(cacheDir, { recursive: true });
 
-  const checkpoint = loadCheckpoint(modelDir);
+  const { engine, model } = openEngine(config, modelDir);
   const tokenizer = loadTokenizer(modelDir);
   const chatTemplate = loadChatTemplate(modelDir);
   chatTemplate.checkTemplate();
-  const engine = CpuEngine.create(checkpoint, {
-    maxBatch: config["max-batch"],
-    maxSeqLen: config["max-seq-len"] ?? undefined,
-    kvCacheBytes: config["kv-cache-mb"] ? config["kv-cache-mb"] * 1024 * 1024 : undefined,
-    threads: config.threads ?? undefined,
-    prefillChunk: config["prefill-chunk"],
-    maxLoraRank: config["max-lora-rank"],
-    loraCacheBytes: Math.floor(config["lora-cache-mb"] * 1024 * 1024),
-    maxLoras: config["max-loras"],
-  });
   try {
     let registry: LoraRegistry | null = null;
     const observer = new Observer(createLogger(config["log-level"]), engine, () =>
@@ -233,11 +310,11 @@ export async function startServer(
           resolve(loraDir),
           cacheDir,
           {
-            dims: checkpoint.dims,
+            dims: model.dims,
             modelPath: join(modelDir, "config.json"),
             dtype: engine.capabilities.loraDtype,
             maxRank: engine.capabilities.maxLoraRank,
-            baseModelName: checkpoint.hf._name_or_path,
+            baseModelName: model.baseModelName,
           },
           undefined,
           (name, seconds) => observer.adapterLoaded(name, seconds),
@@ -246,7 +323,7 @@ export async function startServer(
     const served =
       config["served-model-name"].length > 0
         ? config["served-model-name"]
-        : [basename(modelDir), checkpoint.modelType].filter((n) => n.length > 0);
+        : [basename(modelDir), model.modelType].filter((n) => n.length > 0);
     let ready = false;
     const ctx: ServerContext = {
       engine,
@@ -352,7 +429,7 @@ export async function startServer(
     ready = true;
     const url = `http://${config.host === "0.0.0.0" ? "127.0.0.1" : config.host}:${server.port}`;
     log(
-      `multilora serving ${ctx.servedNames.join(", ")} (${checkpoint.architecture}, ${checkpoint.dtype}) on ${url}` +
+      `multilora serving ${ctx.servedNames.join(", ")} (${model.architecture}, ${model.dtype}, ${model.backend} backend) on ${url}` +
         (registry ? `, adapters from ${registry.dir}` : ", no LoRA dir"),
     );
     return {

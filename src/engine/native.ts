@@ -26,6 +26,7 @@ const SYMBOLS = {
   mlr_cpu_params_default: { args: [P], returns: FFIType.void },
   mlr_request_default: { args: [P], returns: FFIType.void },
   mlr_cpu_create: { args: [P, P, P, u64], returns: i32 },
+  mlr_trtllm_create: { args: [P, P, P, u64], returns: i32 },
   mlr_destroy: { args: [P], returns: FFIType.void },
   mlr_enqueue: { args: [P, P, P, P, u64], returns: i32 },
   mlr_await_responses: { args: [P, P, i32, i32, P], returns: i32 },
@@ -40,30 +41,42 @@ const SYMBOLS = {
 } as const;
 
 type Library = ReturnType<typeof dlopen<typeof SYMBOLS>>;
+/** The ABI's functions, as either library (CPU engine or TensorRT-LLM shim) exports them. */
+export type NativeSymbols = Library["symbols"];
 
+/** The CPU engine's library (`MULTILORA_LIB` overrides). */
 export function nativeLibraryPath(): string {
   return process.env.MULTILORA_LIB ?? fileURLToPath(new URL("../../build/libmultilora.so", import.meta.url));
 }
 
-let loaded: { lib: Library } | { error: string } | undefined;
+/** The TensorRT-LLM shim's library (`MULTILORA_TRTLLM_LIB` overrides; built by CMake, ffi/trtllm). */
+export function trtllmLibraryPath(): string {
+  return (
+    process.env.MULTILORA_TRTLLM_LIB ??
+    fileURLToPath(new URL("../../build/libmultilora-trtllm.so", import.meta.url))
+  );
+}
 
-function load(): { lib: Library } | { error: string } {
-  if (!loaded) {
-    const path = nativeLibraryPath();
+const loaded = new Map<string, { lib: Library } | { error: string }>();
+
+function load(path: string): { lib: Library } | { error: string } {
+  let l = loaded.get(path);
+  if (!l) {
     try {
       if (!existsSync(path))
         throw new Error(`${path} does not exist (build it with \`make -C ffi\` or \`npm ci\`)`);
-      loaded = { lib: dlopen(path, SYMBOLS) };
+      l = { lib: dlopen(path, SYMBOLS) };
     } catch (e) {
-      loaded = { error: (e as Error).message };
+      l = { error: (e as Error).message };
     }
+    loaded.set(path, l);
   }
-  return loaded;
+  return l;
 }
 
-/** The library's symbols; throws a clear error when it cannot be loaded. */
-export function nativeSymbols(): Library["symbols"] {
-  const l = load();
+/** A library's symbols (the CPU engine's by default); throws a clear error when it cannot be loaded. */
+export function nativeSymbols(path: string = nativeLibraryPath()): NativeSymbols {
+  const l = load(path);
   if (!("lib" in l)) {
     throw new MultiloraError(`the native engine library cannot be loaded: ${l.error}`, {
       status: 500,
@@ -76,7 +89,7 @@ export function nativeSymbols(): Library["symbols"] {
 
 /** "loaded from <path>", or why the library could not be loaded. */
 export function nativeLibraryStatus(): string {
-  const l = load();
+  const l = load(nativeLibraryPath());
   return "lib" in l ? `loaded from ${nativeLibraryPath()}` : l.error;
 }
 
@@ -88,7 +101,7 @@ export type CastFloats = typeof castFloats;
  * natively; the returned function reports that by returning -1.
  */
 export function nativeCastFloats(): CastFloats | undefined {
-  const l = load();
+  const l = load(nativeLibraryPath());
   if (!("lib" in l)) return undefined;
   const cast = l.lib.symbols.mlr_cast_floats;
   return (src, from, count, scale, dtype, out) => {
@@ -229,6 +242,27 @@ export const CPU_PARAMS = new StructLayout("mlr_cpu_params", [
   ["lora_dtype", "i32"],
 ]);
 
+/** Mirrors `mlr_trtllm_params` (negative numbers: TensorRT-LLM's own default). */
+export const TRTLLM_PARAMS = new StructLayout("mlr_trtllm_params", [
+  ["engine_dir", "ptr"],
+  ["engine_dtype", "i32"],
+  ["max_lora_rank", "i32"],
+  ["num_layers", "i32"],
+  ["num_lora_modules", "i32"],
+  ["world_size", "i32"],
+  ["max_batch_size", "i32"],
+  ["max_num_tokens", "i32"],
+  ["gather_generation_logits", "i32"],
+  ["kv_cache_free_gpu_mem_fraction", "f32"],
+  ["kv_cache_reuse", "i32"],
+  ["lora_host_cache_bytes", "i64"],
+  ["lora_device_cache_percent", "f32"],
+  ["lora_optimal_adapter_size", "i32"],
+  ["lora_max_adapter_size", "i32"],
+  ["max_loras", "i32"],
+  ["worker_path", "ptr"],
+]);
+
 export const REQUEST = new StructLayout("mlr_request", [
   ["prompt", "ptr"],
   ["prompt_len", "i32"],
@@ -310,6 +344,7 @@ export const ABI_STRUCTS: readonly StructLayout[] = [
   TENSOR,
   MODEL_CONFIG,
   CPU_PARAMS,
+  TRTLLM_PARAMS,
   REQUEST,
   RESPONSE,
   CAPABILITIES,

@@ -76,8 +76,20 @@ export const TrtllmEngineConfigSchema = v.looseObject({
     num_key_value_heads: v.nullish(Count),
     head_size: v.nullish(Count),
     head_dim: v.nullish(Count),
+    vocab_size: v.optional(Count),
+    mapping: v.optional(
+      v.looseObject({
+        world_size: v.optional(Count),
+        tp_size: v.optional(Count),
+        pp_size: v.optional(Count),
+      }),
+    ),
   }),
   build_config: v.looseObject({
+    max_batch_size: v.optional(Count),
+    max_seq_len: v.optional(Count),
+    max_num_tokens: v.optional(Count),
+    gather_generation_logits: v.optional(v.boolean()),
     plugin_config: v.optional(v.looseObject({ lora_plugin: v.nullish(v.union([v.string(), v.boolean()])) })),
     lora_config: v.optional(
       v.looseObject({
@@ -101,6 +113,18 @@ export interface EngineLoraLimits {
   targetModules: string[];
 }
 
+/** What running a TensorRT-LLM engine needs from its config.json. */
+export interface TrtllmEngineLimits {
+  maxBatchSize: number | undefined;
+  maxSeqLen: number | undefined;
+  maxNumTokens: number | undefined;
+  vocabSize: number | undefined;
+  /** tp_size x pp_size: GPUs (ranks) the engine runs on. */
+  worldSize: number;
+  /** Built with --gather_generation_logits: the backend can give top-k logprobs. */
+  gatherGenerationLogits: boolean;
+}
+
 export interface BaseModel {
   /** The config.json that was read. */
   path: string;
@@ -108,7 +132,7 @@ export interface BaseModel {
   architecture: string | undefined;
   dims: ModelDims;
   /** Set for TensorRT-LLM engines. */
-  engine?: EngineLoraLimits;
+  engine?: EngineLoraLimits & TrtllmEngineLimits;
 }
 
 /** Reads `<dir>/config.json` (or `dir` itself when it is the file) and recognises its kind. */
@@ -118,8 +142,9 @@ export function readBaseModel(dirOrFile: string): BaseModel {
   if (typeof json === "object" && json !== null && "pretrained_config" in json && "build_config" in json) {
     const c = parseWith(TrtllmEngineConfigSchema, json, `${path} (TensorRT-LLM engine config)`);
     const p = c.pretrained_config;
-    const lora = c.build_config.lora_config;
-    const plugin = c.build_config.plugin_config?.lora_plugin;
+    const b = c.build_config;
+    const lora = b.lora_config;
+    const plugin = b.plugin_config?.lora_plugin;
     return {
       path,
       kind: "trtllm-engine",
@@ -138,6 +163,12 @@ export function readBaseModel(dirOrFile: string): BaseModel {
         loraPlugin: plugin !== undefined && plugin !== null && plugin !== false && plugin !== "disable",
         maxLoraRank: lora?.max_lora_rank ?? 0,
         targetModules: lora?.lora_target_modules ?? [],
+        maxBatchSize: b.max_batch_size,
+        maxSeqLen: b.max_seq_len,
+        maxNumTokens: b.max_num_tokens,
+        vocabSize: p.vocab_size,
+        worldSize: p.mapping?.world_size ?? (p.mapping?.tp_size ?? 1) * (p.mapping?.pp_size ?? 1),
+        gatherGenerationLogits: b.gather_generation_logits ?? false,
       },
     };
   }
