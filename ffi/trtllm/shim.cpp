@@ -234,17 +234,7 @@ void mlr_destroy(mlr_engine *e) {
 /* ============================================================================================== */
 /* requests */
 
-void mlr_request_default(mlr_request *r) {
-    /* must stay identical to ffi/cpu/engine.c's */
-    std::memset(r, 0, sizeof *r);
-    r->max_new_tokens = 16;
-    r->temperature = 1.0f;
-    r->top_p = 1.0f;
-    r->repetition_penalty = 1.0f;
-    r->top_logprobs = -1;
-    r->lora_config_width = 3;
-    r->lora_scale = 1.0f;
-}
+/* mlr_request_default: ffi/common/request_default.c */
 
 int32_t mlr_enqueue(mlr_engine *e, const mlr_request *q, uint64_t *request_id, char *err, size_t err_len) {
     clear_text(err, err_len);
