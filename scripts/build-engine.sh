@@ -110,7 +110,7 @@ if ((${#loras[@]} > 0)); then
 fi
 run "${build[@]}"
 
-for file in tokenizer.json tokenizer_config.json generation_config.json; do
+for file in tokenizer.json tokenizer_config.json chat_template.jinja generation_config.json; do
   if [[ -f "$model/$file" ]]; then run cp "$model/$file" "$output/"; fi
 done
 

@@ -211,7 +211,15 @@ int32_t lora_cache_acquire(lora_cache *c, const model *m, uint64_t task_id, cons
         errbuf_add(err, err_len, "out of memory storing LoRA task %" PRIu64, task_id);
         return MLR_OUT_OF_MEMORY;
     }
-    if (a->bytes > c->capacity || !make_room(c, a->bytes)) {
+    if (a->bytes > c->capacity) { /* would never fit: waiting for room cannot help */
+        errbuf_add(err, err_len,
+                   "LoRA task %" PRIu64 " needs %lld bytes, more than the whole adapter cache holds (%lld bytes): "
+                   "raise the adapter cache capacity",
+                   task_id, (long long)a->bytes, (long long)c->capacity);
+        adapter_free(a);
+        return MLR_LORA_INVALID;
+    }
+    if (!make_room(c, a->bytes)) {
         errbuf_add(err, err_len,
                    "LoRA cache is full: task %" PRIu64 " needs %lld bytes; %lld of %lld used by %d adapters, none of them evictable",
                    task_id, (long long)a->bytes, (long long)c->used, (long long)c->capacity, c->n_tasks);

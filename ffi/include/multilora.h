@@ -50,7 +50,7 @@ typedef enum mlr_status {
     MLR_INVALID_ARGUMENT = 1, /* the request or parameter is wrong; the text says which */
     MLR_LORA_NOT_CACHED = 2,  /* a task id without weights whose adapter is not in the cache */
     MLR_LORA_CACHE_FULL = 3,  /* no room: every cached adapter is active or pinned */
-    MLR_LORA_INVALID = 4,     /* the adapter does not fit the model; the text lists every problem */
+    MLR_LORA_INVALID = 4,     /* the adapter does not fit the model (or could never fit the cache); the text lists every problem */
     MLR_CANCELLED = 5,
     MLR_UNSUPPORTED = 6,      /* this backend cannot do it (see mlr_capabilities) */
     MLR_INTERNAL = 7,         /* a bug */

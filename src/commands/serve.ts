@@ -39,7 +39,7 @@ export const ServeConfigSchema = v.object({
   host: v.optional(v.string(), "0.0.0.0"),
   port: v.optional(v.pipe(v.number(), v.integer(), v.minValue(0), v.maxValue(65535)), 3000),
   "served-model-name": v.optional(v.array(v.string()), []),
-  "max-batch": v.optional(Positive, 8),
+  "max-batch": v.optional(v.nullable(Positive), null),
   "max-seq-len": v.optional(v.nullable(Positive), null),
   "kv-cache-mb": v.optional(v.nullable(Positive), null),
   threads: v.optional(v.nullable(Positive), null),
@@ -83,7 +83,7 @@ Options (defaults in brackets; --config file.json sets the same names):
       --host <addr>              [0.0.0.0]
       --port <n>                 [$PORT, else 3000]
       --served-model-name <name> names the base model answers to (repeatable) [folder name, model_type]
-      --max-batch <n>            sequences decoded together [8]
+      --max-batch <n>            sequences decoded together [8; TensorRT-LLM: the engine's max_batch_size]
       --max-seq-len <n>          prompt + completion tokens [min(4096, the model's)]
       --kv-cache-mb <n>          KV cache budget [max-batch full sequences]
       --threads <n>              compute threads [every core]
@@ -228,7 +228,7 @@ function openEngine(config: ServeConfig, modelDir: string): { engine: NativeEngi
   const backend = chooseBackend(modelDir, config.backend);
   if (backend === "trtllm") {
     const engine = TrtllmEngine.create(modelDir, {
-      maxBatch: config["max-batch"],
+      maxBatch: config["max-batch"] ?? undefined,
       kvCacheFreeGpuMemFraction: config["kv-cache-free-gpu-mem-fraction"] ?? undefined,
       kvCacheReuse: config["kv-cache-reuse"] === null ? undefined : config["kv-cache-reuse"] === "on",
       loraHostCacheBytes: config["lora-host-cache-mb"] * 1024 * 1024,
@@ -246,14 +246,14 @@ function openEngine(config: ServeConfig, modelDir: string): { engine: NativeEngi
         dims: m.dims,
         architecture: m.architecture ?? "TensorRT-LLM engine",
         dtype: m.engine?.dtypeName ?? "",
-        modelType: "",
+        modelType: (m.architecture ?? "").replace(/ForCausalLM$/, "").toLowerCase(), // "llama", as on the CPU
         baseModelName: undefined,
       },
     };
   }
   const checkpoint = loadCheckpoint(modelDir);
   const engine = CpuEngine.create(checkpoint, {
-    maxBatch: config["max-batch"],
+    maxBatch: config["max-batch"] ?? undefined,
     maxSeqLen: config["max-seq-len"] ?? undefined,
     kvCacheBytes: config["kv-cache-mb"] ? config["kv-cache-mb"] * 1024 * 1024 : undefined,
     threads: config.threads ?? undefined,

@@ -229,8 +229,12 @@ export class Observer {
     this.loadSeconds.observe({ adapter: name }, seconds);
   }
 
-  /** Adapters we saw in the engine's cache that are gone now (and not released on purpose) were evicted. */
+  /**
+   * Adapters we saw in the engine's cache that are gone now (and not released on purpose) were evicted.
+   * Only where the engine lists its cached tasks (not TensorRT-LLM's executor): elsewhere nothing is counted.
+   */
   noticeEvictions(): void {
+    if (!this.engine.capabilities.loraTaskListing) return;
     const cached = new Set(this.engine.stats().tasks.map((t) => t.taskId));
     for (const [taskId, name] of this.cachedTasks) {
       if (!cached.has(taskId)) {

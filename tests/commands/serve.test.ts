@@ -87,6 +87,31 @@ test("pinning past the cap (capacity minus one max-size adapter) is a 409", asyn
   }
 });
 
+test("an adapter larger than the whole cache is refused at once (400), not left waiting for room", async () => {
+  // demo-all in the engine is bigger than a 0.02 MiB (20,971-byte) cache; demo-attention (14,336) fits.
+  const t = await startTestServer({ "lora-cache-mb": 0.02, "queue-timeout": 30 });
+  try {
+    const started = Date.now();
+    const r = await post(`${t.server.url}/v1/completions`, {
+      model: "demo-all",
+      prompt: [1, 2],
+      max_tokens: 2,
+    });
+    expect(Date.now() - started).toBeLessThan(5000);
+    expect(r.status).toBe(400);
+    expect(r.body.error).toMatchObject({ code: "lora_invalid" });
+    expect(String(r.body.error.message)).toContain("more than the whole adapter cache holds (20971 bytes)");
+    const small = await post(`${t.server.url}/v1/completions`, {
+      model: "demo-attention",
+      prompt: [1, 2],
+      max_tokens: 2,
+    });
+    expect(small.status).toBe(200);
+  } finally {
+    await t.close();
+  }
+});
+
 test("admission limits: --request-timeout cuts a generation, --max-queue answers 503, --max-body-mb 413", async () => {
   const t = await startTestServer({
     "request-timeout": 0.3,
