@@ -19,7 +19,7 @@ import { loadTokenizer } from "../engine/tokenizer.ts";
 import { TrtllmEngine } from "../engine/trtllm-engine.ts";
 import { MultiloraError } from "../errors.ts";
 import { parseWith, readJson } from "../formats/json-file.ts";
-import type { ModelDims } from "../formats/model-config.ts";
+import type { BaseModel, ModelDims } from "../formats/model-config.ts";
 import { AdapterCache } from "../lora/adapter-cache.ts";
 import { LoraRegistry } from "../lora/registry.ts";
 import { createApp } from "../server/app.ts";
@@ -221,6 +221,8 @@ interface ServedModel {
   dtype: string;
   modelType: string;
   baseModelName: string | undefined;
+  /** A TensorRT-LLM engine's config, which adapters are checked against before they are sent. */
+  engineConfig?: BaseModel;
 }
 
 /** The engine for a model dir: TensorRT-LLM for an engine dir, the CPU engine for a checkpoint. */
@@ -248,6 +250,7 @@ function openEngine(config: ServeConfig, modelDir: string): { engine: NativeEngi
         dtype: m.engine?.dtypeName ?? "",
         modelType: (m.architecture ?? "").replace(/ForCausalLM$/, "").toLowerCase(), // "llama", as on the CPU
         baseModelName: undefined,
+        engineConfig: m,
       },
     };
   }
@@ -315,6 +318,7 @@ export async function startServer(
             dtype: engine.capabilities.loraDtype,
             maxRank: engine.capabilities.maxLoraRank,
             baseModelName: model.baseModelName,
+            engine: model.engineConfig,
           },
           undefined,
           (name, seconds) => observer.adapterLoaded(name, seconds),

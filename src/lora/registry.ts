@@ -25,7 +25,7 @@ import type { LoraRef } from "../engine/engine.ts";
 import { listProblems, MultiloraError } from "../errors.ts";
 import { type FloatDType, floatDTypeName } from "../formats/dtypes.ts";
 import type { ModuleName } from "../formats/lora-modules.ts";
-import type { ModelDims } from "../formats/model-config.ts";
+import type { BaseModel, ModelDims } from "../formats/model-config.ts";
 import { parseSafetensors, readFileHashed } from "../formats/safetensors-reader.ts";
 import { sha256Hex } from "../formats/sha256.ts";
 import { convertPeftAdapter } from "./convert.ts";
@@ -42,6 +42,8 @@ export interface AdapterRequirements {
   maxRank: number;
   /** The served model's Hugging Face name, to warn when an adapter was trained on another. */
   baseModelName?: string;
+  /** A TensorRT-LLM engine's config: its LoRA plugin, lora_target_modules, max_lora_rank and dtype are checked too. */
+  engine?: BaseModel;
 }
 
 /** One content version of an adapter, loaded and validated. */
@@ -291,20 +293,24 @@ export class LoraRegistry {
   /** The engine's checks, before anything is sent: every problem in one 400. */
   private check(name: string, adapter: ReturnType<typeof parseTrtllmAdapter>): void {
     const r = this.requirements;
-    const problems = checkAgainstBase(
-      adapter.rows,
-      { path: r.modelPath, kind: "huggingface", architecture: undefined, dims: r.dims },
-      adapter.dtype,
-      adapter.rowLength,
-    );
-    if (adapter.dtype !== r.dtype) {
-      problems.unshift(
-        `the weights are ${floatDTypeName(adapter.dtype)} but this engine needs ${floatDTypeName(r.dtype)} (multilora extract -t ${floatDTypeName(r.dtype)})`,
-      );
+    const base = r.engine ?? {
+      path: r.modelPath,
+      kind: "huggingface",
+      architecture: undefined,
+      dims: r.dims,
+    };
+    const problems = checkAgainstBase(adapter.rows, base, adapter.dtype, adapter.rowLength);
+    if (!base.engine) {
+      // An engine config brings its own dtype and rank checks; the CPU engine's come from its settings.
+      if (adapter.dtype !== r.dtype) {
+        problems.unshift(
+          `the weights are ${floatDTypeName(adapter.dtype)} but this engine needs ${floatDTypeName(r.dtype)} (multilora extract -t ${floatDTypeName(r.dtype)})`,
+        );
+      }
+      const over = adapter.rows.filter((row) => row.rank > r.maxRank);
+      if (over.length > 0)
+        problems.push(`rank ${Math.max(...over.map((o) => o.rank))} exceeds max_lora_rank ${r.maxRank}`);
     }
-    const over = adapter.rows.filter((row) => row.rank > r.maxRank);
-    if (over.length > 0)
-      problems.push(`rank ${Math.max(...over.map((o) => o.rank))} exceeds max_lora_rank ${r.maxRank}`);
     if (problems.length > 0) {
       throw new MultiloraError(listProblems(`adapter "${name}" does not fit the served model:`, problems), {
         code: "invalid_lora",
