@@ -7,16 +7,23 @@ import { MultiloraError } from "../errors.ts";
 import { invalidBody } from "./errors.ts";
 import { decodeMsgpack, isMsgpack } from "./wire.ts";
 
+/** `optional`: an empty body reads as `{}` (routes whose every field has a default, e.g. an adapter load). */
 export async function readBody<const S extends v.GenericSchema>(
   request: Request,
   schema: S,
   maxBytes: number,
+  options: { optional?: boolean } = {},
 ): Promise<v.InferOutput<S>> {
   const declared = Number(request.headers.get("content-length") ?? "0");
   if (declared > maxBytes) throw tooLarge(declared, maxBytes);
   const bytes = new Uint8Array(await request.arrayBuffer());
   if (bytes.length > maxBytes) throw tooLarge(bytes.length, maxBytes);
-  const body = isMsgpack(request.headers.get("content-type")) ? parseMsgpack(bytes) : parseJson(bytes);
+  const body =
+    bytes.length === 0 && options.optional
+      ? {}
+      : isMsgpack(request.headers.get("content-type"))
+        ? parseMsgpack(bytes)
+        : parseJson(bytes);
   if (typeof body !== "object" || body === null || Array.isArray(body) || body instanceof Uint8Array) {
     throw new MultiloraError("the request body must be an object (a JSON object or a MessagePack map)", {
       code: "invalid_json",

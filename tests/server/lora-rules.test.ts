@@ -189,6 +189,15 @@ describe("admin routes", () => {
     expect(await state("demo-attention")).toBe("on_disk");
   });
 
+  test("load takes no body at all (every field has a default); a body that is not JSON is still a 400", async () => {
+    const bare = await fetch(url("/v1/lora/adapters/demo-all/load"), { method: "POST" });
+    expect(bare.status).toBe(200);
+    expect(await bare.json()).toMatchObject({ name: "demo-all", state: "cached" });
+    const broken = await fetch(url("/v1/lora/adapters/demo-all/load"), { method: "POST", body: "{pin" });
+    expect(broken.status).toBe(400);
+    expect(((await broken.json()) as { error: { code: string } }).error.code).toBe("invalid_json");
+  });
+
   test("the admin routes answer loopback clients only", async () => {
     const { createApp } = await import("../../src/server/app.ts");
     const app = createApp(t.server.ctx);

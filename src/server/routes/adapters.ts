@@ -53,7 +53,7 @@ export function adapterRoutes(app: Hono<AppEnv>, ctx: ServerContext): void {
 
   app.post("/v1/lora/adapters/:name/load", routeDocs.load, async (c) => {
     const registry = registryOf(ctx);
-    const { pin } = await readBody(c.req.raw, LoadAdapterRequestSchema, ctx.maxBodyBytes);
+    const { pin } = await readBody(c.req.raw, LoadAdapterRequestSchema, ctx.maxBodyBytes, { optional: true });
     if (pin && !ctx.engine.capabilities.loraPin) {
       throw new MultiloraError("this backend cannot pin adapters (TensorRT-LLM's executor has no pin call)", {
         status: 501,
