@@ -76,7 +76,7 @@ export class AdapterCache {
       let lora: GenerateRequest["lora"];
       if (adapter) {
         const send = mode === "always" || forceWeights || (mode === "auto" && !this.isCached(adapter.taskId));
-        lora = send ? { ...adapter.lora, scale } : { taskId: adapter.taskId, scale };
+        lora = send ? { ...(await adapter.weights()), scale } : { taskId: adapter.taskId, scale };
       }
       const handle = this.engine.enqueue({ ...request, lora });
       const events = handle.events[Symbol.asyncIterator]();

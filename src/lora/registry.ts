@@ -55,8 +55,11 @@ export interface AdapterVersion {
   taskId: bigint;
   sha256: string;
   fingerprint: string;
-  /** The engine request's LoRA part (weights in memory we own). */
-  lora: LoraRef;
+  /**
+   * The engine request's LoRA part (weights in memory we own): the registry's host copy, or read again
+   * from disk when that copy was dropped to stay under the host-memory cap (a 409 if the file changed).
+   */
+  weights(): Promise<LoraRef>;
   dtype: FloatDType;
   bytes: number;
   rows: number;
@@ -84,6 +87,11 @@ export class LoraRegistry {
   private nextTaskId = 1n;
   /** How many times an adapter file was read and validated (concurrent first uses share one). */
   loads = 0;
+  /** How many times dropped weights were read again from disk. */
+  rereads = 0;
+  /** Host copies of adapter weights by task id, least recently used first, with their file sizes. */
+  private readonly hostCopies = new Map<bigint, { lora: LoraRef; bytes: number }>();
+  private hostBytes = 0;
   private readonly realDir: string;
 
   constructor(
@@ -96,6 +104,8 @@ export class LoraRegistry {
     readonly cacheMaxBytes = 4 * 1024 ** 3,
     /** Told of every adapter version read from disk, and how long reading, hashing and validating took. */
     private readonly onLoad: (name: string, seconds: number) => void = () => {},
+    /** Most bytes of adapter weights kept in host memory (to resend after an engine eviction). */
+    readonly hostMaxBytes = 4 * 1024 ** 3,
   ) {
     try {
       this.realDir = realpathSync(dir);
@@ -257,7 +267,7 @@ export class LoraRegistry {
       taskId = this.nextTaskId++;
       this.idsBySha.set(sha256, taskId);
     }
-    const config = adapter.file.view("config") as Int32Array;
+    this.keepHostCopy(taskId, loraRefOf(taskId, adapter), read.bytes.length);
     const version: AdapterVersion = {
       name,
       format,
@@ -265,17 +275,7 @@ export class LoraRegistry {
       taskId,
       sha256,
       fingerprint,
-      lora: {
-        taskId,
-        weights: {
-          bytes: adapter.file.rawBytes("weights"),
-          dtype: adapter.dtype,
-          rows: adapter.rows.length,
-          rowLength: adapter.rowLength,
-        },
-        config,
-        configWidth: config.length / adapter.rows.length === 4 ? 4 : 3,
-      },
+      weights: () => this.weightsOf(version),
       dtype: adapter.dtype,
       bytes: read.bytes.length,
       rows: adapter.rows.length,
@@ -319,6 +319,45 @@ export class LoraRegistry {
     }
   }
 
+  /** The weights of `v`: the host copy, else read again (and checked to be the same content). */
+  private async weightsOf(v: AdapterVersion): Promise<LoraRef> {
+    const copy = this.hostCopies.get(v.taskId);
+    if (copy) {
+      this.hostCopies.delete(v.taskId); // most recently used last
+      this.hostCopies.set(v.taskId, copy);
+      return copy.lora;
+    }
+    this.rereads++;
+    let file = v.path;
+    if (v.format === "peft" && !existsSync(file))
+      file = await this.convertPeft(v.name, this.locate(v.name).path);
+    const read = readFileHashed(file);
+    const adapter = parseTrtllmAdapter(parseSafetensors(read.bytes, file));
+    if ((await read.sha256) !== v.sha256) {
+      throw new MultiloraError(
+        `adapter "${v.name}" changed on disk while this request was starting; send the request again to use the new version`,
+        { status: 409, code: "lora_changed", param: "lora_model" },
+      );
+    }
+    const lora = loraRefOf(v.taskId, adapter);
+    this.keepHostCopy(v.taskId, lora, read.bytes.length);
+    return lora;
+  }
+
+  /** Keeps a host copy, dropping the least recently used others beyond `hostMaxBytes` (the newest stays). */
+  private keepHostCopy(taskId: bigint, lora: LoraRef, bytes: number): void {
+    const old = this.hostCopies.get(taskId);
+    if (old) this.hostBytes -= old.bytes;
+    this.hostCopies.delete(taskId);
+    this.hostCopies.set(taskId, { lora, bytes });
+    this.hostBytes += bytes;
+    for (const [id, copy] of this.hostCopies) {
+      if (this.hostBytes <= this.hostMaxBytes || id === taskId) break;
+      this.hostCopies.delete(id);
+      this.hostBytes -= copy.bytes;
+    }
+  }
+
   /** Converts a PEFT folder once per content; the result lives in the cache dir under its content hash. */
   private async convertPeft(name: string, dir: string): Promise<string> {
     const peft = readPeftAdapter(dir);
@@ -346,6 +385,22 @@ export class LoraRegistry {
     }
     return output;
   }
+}
+
+/** The engine request's LoRA part over a parsed adapter's tensors (views into its owned bytes). */
+function loraRefOf(taskId: bigint, adapter: ReturnType<typeof parseTrtllmAdapter>): LoraRef {
+  const config = adapter.file.view("config") as Int32Array;
+  return {
+    taskId,
+    weights: {
+      bytes: adapter.file.rawBytes("weights"),
+      dtype: adapter.dtype,
+      rows: adapter.rows.length,
+      rowLength: adapter.rowLength,
+    },
+    config,
+    configWidth: config.length / adapter.rows.length === 4 ? 4 : 3,
+  };
 }
 
 /** Removes the least recently used converted adapters until the folder holds at most `maxBytes`. */

@@ -112,6 +112,39 @@ test("an adapter larger than the whole cache is refused at once (400), not left 
   }
 });
 
+test("--adapter-memory-mb: adapters whose host copy was dropped are read again when the engine evicted them, and answer the same", async () => {
+  // A 47,185-byte engine cache holds demo-all (38,912 bytes) or demo-attention (14,336), not both; a
+  // 1 KiB host cap keeps only the newest copy. Alternating forces an eviction and a re-read each time.
+  const t = await startTestServer({ "lora-cache-mb": 0.045, "adapter-memory-mb": 1 / 1024 });
+  try {
+    const run = async (model: string) => {
+      const r = await post(`${t.server.url}/v1/completions`, {
+        model,
+        prompt: [3, 4, 5],
+        max_tokens: 6,
+        temperature: 0,
+        logprobs: 0,
+        return_token_ids: true,
+      });
+      expect(r.status).toBe(200);
+      const choice = (r.body.choices as { token_ids: number[]; logprobs: { token_logprobs: number[] } }[])[0];
+      return { ids: choice?.token_ids, logprobs: choice?.logprobs.token_logprobs };
+    };
+    const all = await run("demo-all");
+    const attention = await run("demo-attention");
+    expect(attention.logprobs).not.toEqual(all.logprobs);
+    for (let round = 0; round < 2; round++) {
+      expect(await run("demo-all")).toEqual(all);
+      expect(await run("demo-attention")).toEqual(attention);
+    }
+    const registry = t.server.ctx.registry;
+    expect(registry?.rereads).toBe(4);
+    expect(t.server.ctx.engine.stats().loraEvictions).toBeGreaterThanOrEqual(5);
+  } finally {
+    await t.close();
+  }
+});
+
 test("admission limits: --request-timeout cuts a generation, --max-queue answers 503, --max-body-mb 413", async () => {
   const t = await startTestServer({
     "request-timeout": 0.3,
