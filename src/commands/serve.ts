@@ -48,6 +48,7 @@ export const ServeConfigSchema = v.object({
   "max-loras": v.optional(v.pipe(v.number(), v.integer(), v.minValue(0)), 0),
   "lora-cache-mb": v.optional(v.pipe(v.number(), v.gtValue(0)), 256),
   "adapter-memory-mb": v.optional(v.pipe(v.number(), v.gtValue(0)), 4096),
+  "converted-cache-mb": v.optional(v.pipe(v.number(), v.gtValue(0)), 4096),
   preload: v.optional(v.array(v.string()), []),
   pin: v.optional(v.array(v.string()), []),
   "max-queue": v.optional(Positive, 256),
@@ -94,6 +95,7 @@ Options (defaults in brackets; --config file.json sets the same names):
       --lora-cache-mb <n>        adapter cache capacity [256]
       --adapter-memory-mb <n>    host copies of adapter files kept to resend after an eviction; beyond,
                                  the least recently used are read again from disk when needed [4096]
+      --converted-cache-mb <n>   PEFT folders converted into the cache dir; least recently used removed [4096]
       --preload a,b              adapters loaded at start-up
       --pin a,b                  adapters loaded and pinned at start-up
       --max-queue <n>            requests waiting or running before 503 [256]
@@ -139,6 +141,7 @@ export function serveConfig(argv: string[]): { config: ServeConfig; print: boole
     "max-loras": { type: "string" },
     "lora-cache-mb": { type: "string" },
     "adapter-memory-mb": { type: "string" },
+    "converted-cache-mb": { type: "string" },
     preload: { type: "string", multiple: true },
     pin: { type: "string", multiple: true },
     "max-queue": { type: "string" },
@@ -324,7 +327,7 @@ export async function startServer(
             baseModelName: model.baseModelName,
             engine: model.engineConfig,
           },
-          undefined,
+          Math.floor(config["converted-cache-mb"] * 1024 * 1024),
           (name, seconds) => observer.adapterLoaded(name, seconds),
           Math.floor(config["adapter-memory-mb"] * 1024 * 1024),
         )

@@ -1,7 +1,7 @@
 /** `multilora serve`'s settings and start-up, and the pin cap through the admin route. */
 import { describe, expect, test } from "bun:test";
 import { spawnSync } from "node:child_process";
-import { copyFileSync, mkdtempSync, writeFileSync } from "node:fs";
+import { copyFileSync, mkdtempSync, readdirSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { serveConfig } from "../../src/commands/serve.ts";
@@ -140,6 +140,30 @@ test("--adapter-memory-mb: adapters whose host copy was dropped are read again w
     const registry = t.server.ctx.registry;
     expect(registry?.rereads).toBe(4);
     expect(t.server.ctx.engine.stats().loraEvictions).toBeGreaterThanOrEqual(5);
+  } finally {
+    await t.close();
+  }
+});
+
+test("--converted-cache-mb caps the PEFT conversions kept in the cache dir (least recently used removed)", async () => {
+  const { writePeftAdapter, ALL_SEVEN } = await import("../helpers/peft.ts");
+  const dims = { hidden: 64, intermediate: 192, layers: 4, heads: 4, kvHeads: 2, headDim: 16 };
+  // Each converted rank-4 all-module adapter is tens of KiB: a 0.05 MiB cap keeps one.
+  const t = await startTestServer({ "converted-cache-mb": 0.05 });
+  try {
+    for (const [name, seed] of [
+      ["first", 1],
+      ["second", 2],
+    ] as const) {
+      writePeftAdapter(join(t.loraDir, name), { dims, modules: ALL_SEVEN, rank: 4, alpha: 8, seed });
+      const r = await post(`${t.server.url}/v1/completions`, { model: name, prompt: [1, 2], max_tokens: 2 });
+      expect(r.status).toBe(200);
+    }
+    const converted = readdirSync(join(t.work, "cache", "peft")).filter((f) => f.endsWith(".safetensors"));
+    expect(converted).toHaveLength(1);
+    expect(join(t.work, "cache", "peft", converted[0] as string)).toBe(
+      t.server.ctx.registry?.loaded("second")?.path ?? "second was not loaded",
+    );
   } finally {
     await t.close();
   }
