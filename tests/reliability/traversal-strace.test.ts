@@ -9,15 +9,10 @@ import { mkdirSync, mkdtempSync, readFileSync, rmSync, statSync, symlinkSync, wr
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { writeDemoModel } from "../../src/engine/demo-model.ts";
+import { haveDebianTool } from "../helpers/debian-tool.ts";
 
 const ROOT = join(import.meta.dir, "../..");
-const haveStrace = spawnSync("strace", ["-V"]).status === 0;
-if (!haveStrace) {
-  if (process.env.MULTILORA_CI) throw new Error("strace is missing in CI: .ci/run should have installed it");
-  console.warn(
-    "notice: strace is not installed (apt-get install strace); the file-access test of adapter names is skipped",
-  );
-}
+const haveStrace = haveDebianTool("strace", "-V", "the file-access test of adapter names");
 
 const work = mkdtempSync(join(tmpdir(), "multilora-strace-"));
 afterAll(() => rmSync(work, { recursive: true, force: true }));

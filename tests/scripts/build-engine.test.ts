@@ -8,6 +8,7 @@ import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { writeDemoModel } from "../../src/engine/demo-model.ts";
+import { haveDebianTool } from "../helpers/debian-tool.ts";
 import { writePeftAdapter } from "../helpers/peft.ts";
 
 const ROOT = join(import.meta.dir, "../..");
@@ -16,14 +17,7 @@ const RUN = join(ROOT, "docker/run.sh");
 const work = mkdtempSync(join(tmpdir(), "multilora-build-engine-"));
 afterAll(() => rmSync(work, { recursive: true, force: true }));
 
-const haveShellcheck = spawnSync("shellcheck", ["--version"]).status === 0;
-if (!haveShellcheck) {
-  if (process.env.MULTILORA_CI)
-    throw new Error("shellcheck is missing in CI: .ci/run should have installed it");
-  console.warn(
-    "notice: shellcheck is not installed; the shellcheck test is skipped (apt-get install shellcheck)",
-  );
-}
+const haveShellcheck = haveDebianTool("shellcheck", "--version", "the shellcheck test");
 
 function bash(script: string, args: string[]) {
   return spawnSync("bash", [script, ...args], { encoding: "utf8" });

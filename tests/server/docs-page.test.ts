@@ -4,20 +4,13 @@
  * is absent outside CI (.ci/run installs it).
  */
 import { afterAll, beforeAll, expect, test } from "bun:test";
-import { spawnSync } from "node:child_process";
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { haveDebianTool } from "../helpers/debian-tool.ts";
 import { startTestServer, type TestServer } from "../helpers/server.ts";
 
-const haveChromium = spawnSync("chromium", ["--version"]).status === 0;
-if (!haveChromium) {
-  if (process.env.MULTILORA_CI)
-    throw new Error("chromium is missing in CI: .ci/run should have installed it");
-  console.warn(
-    "notice: chromium is not installed (apt-get install chromium); the /docs page test is skipped",
-  );
-}
+const haveChromium = haveDebianTool("chromium", "--version", "the /docs page test");
 
 let t: TestServer | undefined;
 beforeAll(async () => {
