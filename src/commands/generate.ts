@@ -6,11 +6,8 @@
  * log-probability of token_ids[i] (log-softmax of the raw logits). --prompt-ids are used as given (no BOS).
  */
 
-import { chooseBackend } from "../engine/backend.ts";
-import { loadCheckpoint } from "../engine/checkpoint.ts";
-import { CpuEngine } from "../engine/cpu-engine.ts";
+import { openEngine } from "../engine/backend.ts";
 import { loadTokenizer, type Tokenizer } from "../engine/tokenizer.ts";
-import { TrtllmEngine } from "../engine/trtllm-engine.ts";
 import { readTrtllmLora } from "../lora/trtllm-adapter.ts";
 import { parseCommandArgs, UsageError } from "./args.ts";
 
@@ -74,18 +71,14 @@ export async function runGenerate(argv: string[]): Promise<number> {
   const requested = values.backend ?? "auto";
   if (requested !== "auto" && requested !== "cpu" && requested !== "trtllm")
     throw new UsageError(`--backend ${requested}: expected auto, cpu or trtllm`);
-  const backend = chooseBackend(values.model, requested);
   const tokenizer = loadTokenizerIfAny(values.model, values.prompt !== undefined);
   const prompt = ids ?? (tokenizer as Tokenizer).encode(values.prompt as string, { addSpecialTokens: true });
   const lora = values.lora
     ? readTrtllmLora(values.lora, 1n, number("lora-scale", values["lora-scale"], 1)).lora
     : undefined;
-  const engine =
-    backend === "trtllm"
-      ? TrtllmEngine.create(values.model)
-      : CpuEngine.create(loadCheckpoint(values.model), {
-          threads: values.threads === undefined ? undefined : number("threads", values.threads, 0, true),
-        });
+  const { engine } = openEngine(values.model, requested, {
+    cpu: { threads: values.threads === undefined ? undefined : number("threads", values.threads, 0, true) },
+  });
   try {
     const handle = engine.enqueue({
       prompt,

@@ -9,17 +9,12 @@ import { existsSync, mkdirSync } from "node:fs";
 import { homedir } from "node:os";
 import { basename, join, resolve } from "node:path";
 import * as v from "valibot";
-import { type Backend, chooseBackend } from "../engine/backend.ts";
+import { type OpenedModel, openEngine } from "../engine/backend.ts";
 import { loadChatTemplate } from "../engine/chat-template.ts";
-import { loadCheckpoint } from "../engine/checkpoint.ts";
-import { CpuEngine } from "../engine/cpu-engine.ts";
 import { writeDemoModel } from "../engine/demo-model.ts";
-import type { NativeEngine } from "../engine/native-engine.ts";
 import { loadTokenizer } from "../engine/tokenizer.ts";
-import { TrtllmEngine } from "../engine/trtllm-engine.ts";
 import { MultiloraError } from "../errors.ts";
 import { parseWith, readJson } from "../formats/json-file.ts";
-import type { BaseModel, ModelDims } from "../formats/model-config.ts";
 import { AdapterCache } from "../lora/adapter-cache.ts";
 import { LoraRegistry } from "../lora/registry.ts";
 import { createApp } from "../server/app.ts";
@@ -220,23 +215,20 @@ export interface RunningServer {
   stop(): Promise<void>;
 }
 
-/** What the server needs to know of the model, whichever backend runs it. */
-interface ServedModel {
-  backend: Backend;
-  dims: ModelDims;
-  architecture: string;
-  dtype: string;
-  modelType: string;
-  baseModelName: string | undefined;
-  /** A TensorRT-LLM engine's config, which adapters are checked against before they are sent. */
-  engineConfig?: BaseModel;
-}
-
-/** The engine for a model dir: TensorRT-LLM for an engine dir, the CPU engine for a checkpoint. */
-function openEngine(config: ServeConfig, modelDir: string): { engine: NativeEngine; model: ServedModel } {
-  const backend = chooseBackend(modelDir, config.backend);
-  if (backend === "trtllm") {
-    const engine = TrtllmEngine.create(modelDir, {
+/** The engine for the model dir, on the backend its kind or --backend picks, sized by the settings. */
+function openServedEngine(config: ServeConfig, modelDir: string): OpenedModel {
+  return openEngine(modelDir, config.backend, {
+    cpu: {
+      maxBatch: config["max-batch"] ?? undefined,
+      maxSeqLen: config["max-seq-len"] ?? undefined,
+      kvCacheBytes: config["kv-cache-mb"] ? config["kv-cache-mb"] * 1024 * 1024 : undefined,
+      threads: config.threads ?? undefined,
+      prefillChunk: config["prefill-chunk"],
+      maxLoraRank: config["max-lora-rank"],
+      loraCacheBytes: Math.floor(config["lora-cache-mb"] * 1024 * 1024),
+      maxLoras: config["max-loras"],
+    },
+    trtllm: {
       maxBatch: config["max-batch"] ?? undefined,
       kvCacheFreeGpuMemFraction: config["kv-cache-free-gpu-mem-fraction"] ?? undefined,
       kvCacheReuse: config["kv-cache-reuse"] === null ? undefined : config["kv-cache-reuse"] === "on",
@@ -246,43 +238,8 @@ function openEngine(config: ServeConfig, modelDir: string): { engine: NativeEngi
       loraMaxAdapterSize: config["lora-max-adapter-size"],
       maxLoras: config["max-loras"],
       workerPath: config["trtllm-worker"] ?? undefined,
-    });
-    const m = engine.model;
-    return {
-      engine,
-      model: {
-        backend,
-        dims: m.dims,
-        architecture: m.architecture ?? "TensorRT-LLM engine",
-        dtype: m.engine?.dtypeName ?? "",
-        modelType: (m.architecture ?? "").replace(/ForCausalLM$/, "").toLowerCase(), // "llama", as on the CPU
-        baseModelName: undefined,
-        engineConfig: m,
-      },
-    };
-  }
-  const checkpoint = loadCheckpoint(modelDir);
-  const engine = CpuEngine.create(checkpoint, {
-    maxBatch: config["max-batch"] ?? undefined,
-    maxSeqLen: config["max-seq-len"] ?? undefined,
-    kvCacheBytes: config["kv-cache-mb"] ? config["kv-cache-mb"] * 1024 * 1024 : undefined,
-    threads: config.threads ?? undefined,
-    prefillChunk: config["prefill-chunk"],
-    maxLoraRank: config["max-lora-rank"],
-    loraCacheBytes: Math.floor(config["lora-cache-mb"] * 1024 * 1024),
-    maxLoras: config["max-loras"],
-  });
-  return {
-    engine,
-    model: {
-      backend,
-      dims: checkpoint.dims,
-      architecture: checkpoint.architecture,
-      dtype: checkpoint.dtype,
-      modelType: checkpoint.modelType,
-      baseModelName: checkpoint.hf._name_or_path,
     },
-  };
+  });
 }
 
 /** Loads everything, checks it, warms up, and listens. */
@@ -306,7 +263,8 @@ export async function startServer(
     throw new MultiloraError(`model dir ${modelDir} does not exist`, { code: "invalid_model" });
   mkdirSync(cacheDir, { recursive: true });
 
-  const { engine, model } = openEngine(config, modelDir);
+  const model = openServedEngine(config, modelDir);
+  const engine = model.engine;
   const tokenizer = loadTokenizer(modelDir);
   const chatTemplate = loadChatTemplate(modelDir);
   chatTemplate.checkTemplate();

@@ -1,12 +1,31 @@
 /**
- * Which engine runs a model dir: TensorRT-LLM for a `trtllm-build` engine dir (config.json with
- * `build_config`), the CPU engine for a Hugging Face checkpoint. `--backend` overrides, and a mismatch is
- * refused with the reason rather than failing later inside an engine.
+ * Which engine runs a model dir, and opening it: TensorRT-LLM for a `trtllm-build` engine dir (config.json
+ * with `build_config`), the CPU engine for a Hugging Face checkpoint. `--backend` overrides, and a mismatch
+ * is refused with the reason rather than failing later inside an engine.
  */
 import { MultiloraError } from "../errors.ts";
-import { isTrtllmEngineDir } from "./trtllm-engine.ts";
+import type { BaseModel, ModelDims } from "../formats/model-config.ts";
+import { loadCheckpoint } from "./checkpoint.ts";
+import { CpuEngine, type CpuEngineOptions } from "./cpu-engine.ts";
+import type { NativeEngine } from "./native-engine.ts";
+import { isTrtllmEngineDir, TrtllmEngine, type TrtllmEngineOptions } from "./trtllm-engine.ts";
 
 export type Backend = "cpu" | "trtllm";
+
+/** What is known of the model, whichever backend runs it. */
+export interface OpenedModel {
+  engine: NativeEngine;
+  backend: Backend;
+  dims: ModelDims;
+  architecture: string;
+  dtype: string;
+  /** `llama`, `qwen2`, ...: a name the model also answers to. */
+  modelType: string;
+  /** The Hugging Face name the checkpoint was made from, when known. */
+  baseModelName: string | undefined;
+  /** A TensorRT-LLM engine's config, which adapters are checked against before they are sent. */
+  engineConfig?: BaseModel;
+}
 
 export function chooseBackend(modelDir: string, requested: Backend | "auto"): Backend {
   const isEngine = isTrtllmEngineDir(modelDir);
@@ -22,4 +41,37 @@ export function chooseBackend(modelDir: string, requested: Backend | "auto"): Ba
       { code: "invalid_model" },
     );
   return requested;
+}
+
+/** Opens the model dir on the chosen backend, with that backend's options. */
+export function openEngine(
+  modelDir: string,
+  requested: Backend | "auto",
+  options: { cpu?: CpuEngineOptions; trtllm?: TrtllmEngineOptions } = {},
+): OpenedModel {
+  const backend = chooseBackend(modelDir, requested);
+  if (backend === "trtllm") {
+    const engine = TrtllmEngine.create(modelDir, options.trtllm);
+    const m = engine.model;
+    return {
+      engine,
+      backend,
+      dims: m.dims,
+      architecture: m.architecture ?? "TensorRT-LLM engine",
+      dtype: m.engine?.dtypeName ?? "",
+      modelType: (m.architecture ?? "").replace(/ForCausalLM$/, "").toLowerCase(), // "llama", as on the CPU
+      baseModelName: undefined,
+      engineConfig: m,
+    };
+  }
+  const checkpoint = loadCheckpoint(modelDir);
+  return {
+    engine: CpuEngine.create(checkpoint, options.cpu),
+    backend,
+    dims: checkpoint.dims,
+    architecture: checkpoint.architecture,
+    dtype: checkpoint.dtype,
+    modelType: checkpoint.modelType,
+    baseModelName: checkpoint.hf._name_or_path,
+  };
 }
