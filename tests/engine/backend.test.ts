@@ -8,7 +8,7 @@ import { spawnSync } from "node:child_process";
 import { mkdtempSync, readdirSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { chooseBackend } from "../../src/engine/backend.ts";
+import { chooseBackend, openEngine } from "../../src/engine/backend.ts";
 import { writeDemoModel } from "../../src/engine/demo-model.ts";
 import { TrtllmEngine } from "../../src/engine/trtllm-engine.ts";
 import { readBaseModel } from "../../src/formats/model-config.ts";
@@ -66,6 +66,19 @@ describe("choosing the backend", () => {
     expect(chooseBackend(demo, "auto")).toBe("cpu");
     expect(chooseBackend(demo, "cpu")).toBe("cpu");
     expect(chooseBackend(ENGINE, "trtllm")).toBe("trtllm");
+  });
+
+  test("openEngine opens a checkpoint on the CPU engine and says what it opened", async () => {
+    const opened = openEngine(demo, "auto", { cpu: { threads: 1, maxBatch: 2 } });
+    try {
+      expect(opened.backend).toBe("cpu");
+      expect(opened.modelType).toBe("llama");
+      expect(opened.dims).toEqual(readBaseModel(demo).dims);
+      expect(opened.engineConfig).toBeUndefined();
+      expect(opened.engine.capabilities.loraPin).toBe(true);
+    } finally {
+      await opened.engine.close();
+    }
   });
 
   test("a forced backend that cannot run the dir is refused with the reason", () => {
