@@ -20,33 +20,16 @@ import { parseArgs } from "node:util";
 import { loadCheckpoint } from "../src/engine/checkpoint.ts";
 import { CpuEngine } from "../src/engine/cpu-engine.ts";
 import type { LoraRef, RequestHandle } from "../src/engine/engine.ts";
-import { rng, writeLlamaCheckpoint } from "../src/engine/random-checkpoint.ts";
-import { castFloats } from "../src/formats/dtypes.ts";
-import { MODULE_IDS, type ModuleName, moduleShape } from "../src/formats/lora-modules.ts";
+import { writeLlamaCheckpoint } from "../src/engine/random-checkpoint.ts";
+import { randomAdapter, SMOLLM2_360M } from "./shapes.ts";
 
 const { values } = parseArgs({
   options: { threads: { type: "string" }, tokens: { type: "string", default: "48" } },
 });
 const threads = values.threads ? Number(values.threads) : availableParallelism();
 const decodeTokens = Number(values.tokens);
-const DIMS = {
-  hidden: 960,
-  intermediate: 2560,
-  layers: 32,
-  heads: 15,
-  kvHeads: 5,
-  headDim: 64,
-  vocab: 49152,
-};
-const SEVEN: ModuleName[] = [
-  "attn_q",
-  "attn_k",
-  "attn_v",
-  "attn_dense",
-  "mlp_h_to_4h",
-  "mlp_gate",
-  "mlp_4h_to_h",
-];
+/** The SmolLM2-360M shape the other benchmarks use too. */
+const DIMS = SMOLLM2_360M;
 
 /** Bytes one decode step reads: every matrix (the tied embedding once, as lm_head), norms, in BF16. */
 function weightBytesPerToken(): number {
@@ -89,27 +72,13 @@ async function memoryBandwidth(): Promise<number> {
   return best;
 }
 
-/** A random rank-16 adapter on all seven modules, in TensorRT-LLM's layout, BF16. */
-function randomAdapter(taskId: bigint, rank: number): LoraRef {
-  const random = rng(Number(taskId));
-  const rows: { module: ModuleName; layer: number; length: number }[] = [];
-  for (let layer = 0; layer < DIMS.layers; layer++) {
-    for (const module of SEVEN) {
-      const s = moduleShape(module, DIMS);
-      if (s) rows.push({ module, layer, length: rank * (s.in + s.out) });
-    }
-  }
-  const rowLength = Math.max(...rows.map((r) => r.length));
-  const values = new Float32Array(rows.length * rowLength);
-  rows.forEach((r, i) => {
-    for (let k = 0; k < r.length; k++) values[i * rowLength + k] = (random() - 0.5) * 0.02;
-  });
-  const bytes = new Uint8Array(values.length * 2);
-  castFloats({ dtype: "F32", data: values }, 0, values.length, 1, "BF16", bytes);
+/** A random adapter (rank `rank`, all seven modules, BF16) as an engine request's LoRA part. */
+function adapterRef(taskId: bigint, rank: number): LoraRef {
+  const a = randomAdapter(DIMS, rank, Number(taskId));
   return {
     taskId,
-    weights: { bytes, dtype: "BF16", rows: rows.length, rowLength },
-    config: new Int32Array(rows.flatMap((r) => [MODULE_IDS[r.module], r.layer, rank])),
+    weights: { bytes: a.weights, dtype: "BF16", rows: a.rows, rowLength: a.rowLength },
+    config: a.config,
   };
 }
 
@@ -156,7 +125,7 @@ try {
   const roofline = decode / (bandwidth / perToken);
 
   // (2) batch 16 with 16 adapters against batch 16 without
-  const adapters = Array.from({ length: 16 }, (_, i) => randomAdapter(BigInt(i + 1), 16));
+  const adapters = Array.from({ length: 16 }, (_, i) => adapterRef(BigInt(i + 1), 16));
   await Promise.all(
     adapters.map((lora) => decodeRate([engine.enqueue({ prompt, maxNewTokens: 1, temperature: 0, lora })])),
   );

@@ -39,22 +39,18 @@ export function writeSmolShapedModel(dir: string): void {
   writeFileSync(join(dir, "tokenizer_config.json"), JSON.stringify(demoTokenizerConfig()));
 }
 
-/** Writes a random rank-`rank` adapter on all seven modules of `dims` (BF16, TensorRT-LLM format). */
-export function writeRandomAdapter(
-  path: string,
-  dims:
-    | typeof SMOLLM2_360M
-    | {
-        hidden: number;
-        intermediate: number;
-        layers: number;
-        heads: number;
-        kvHeads: number;
-        headDim: number;
-      },
-  rank: number,
-  seed: number,
-): number {
+/** The dimensions a LoRA adapter's shapes depend on. */
+export interface AdapterDims {
+  hidden: number;
+  intermediate: number;
+  layers: number;
+  heads: number;
+  kvHeads: number;
+  headDim: number;
+}
+
+/** A random rank-`rank` adapter on all seven modules of `dims`, in TensorRT-LLM's layout (BF16). */
+export function randomAdapter(dims: AdapterDims, rank: number, seed: number) {
   const random = rng(seed);
   const rows: { module: ModuleName; layer: number; length: number }[] = [];
   for (let layer = 0; layer < dims.layers; layer++) {
@@ -70,16 +66,18 @@ export function writeRandomAdapter(
   });
   const weights = new Uint8Array(values.length * 2);
   castFloats({ dtype: "F32", data: values }, 0, values.length, 1, "BF16", weights);
+  const config = new Int32Array(rows.flatMap((r) => [MODULE_IDS[r.module], r.layer, rank]));
+  return { weights, rows: rows.length, rowLength, config };
+}
+
+/** Writes `randomAdapter` as a TensorRT-LLM LoRA file; returns the weights' bytes. */
+export function writeRandomAdapter(path: string, dims: AdapterDims, rank: number, seed: number): number {
+  const a = randomAdapter(dims, rank, seed);
   writeSafetensors(path, [
-    { name: "weights", dtype: "BF16", shape: [rows.length, rowLength], data: weights },
-    {
-      name: "config",
-      dtype: "I32",
-      shape: [rows.length, 3],
-      data: new Int32Array(rows.flatMap((r) => [MODULE_IDS[r.module], r.layer, rank])),
-    },
+    { name: "weights", dtype: "BF16", shape: [a.rows, a.rowLength], data: a.weights },
+    { name: "config", dtype: "I32", shape: [a.rows, 3], data: a.config },
   ]);
-  return weights.length;
+  return a.weights.length;
 }
 
 export function median(xs: number[]): number {

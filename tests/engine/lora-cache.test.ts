@@ -101,8 +101,9 @@ test("the cache follows put, hit, LRU eviction, not cached, pin, pin cap, active
   // Pinned bytes are capped at the capacity minus one max-size adapter: one adapter here.
   expect(() => e.loraPin(4n, true)).toThrow(/at most \d+ may be pinned/);
 
-  // An active task is never evicted: with 2 pinned and 4 running, there is no room for 5.
-  const long = e.enqueue({ prompt: [1, 2, 3], maxNewTokens: 40, temperature: 0, lora: idOnly(4n) });
+  // An active task is never evicted: with 2 pinned and 4 running, there is no room for 5. (The running
+  // requests are long, and cancelled, so that they are still running however late this thread looks.)
+  const long = e.enqueue({ prompt: [1, 2, 3], maxNewTokens: 2000, temperature: 0, lora: idOnly(4n) });
   const first = await long.events[Symbol.asyncIterator]().next();
   expect(first.done).toBe(false);
   expect(table()).toEqual(["2 pinned", "4 active 1"]);
@@ -124,7 +125,7 @@ test("the cache follows put, hit, LRU eviction, not cached, pin, pin cap, active
   // Release: at once when idle; when active, as soon as its last request ends.
   e.loraRelease(5n);
   expect(table()).toEqual(["2 pinned"]);
-  const busy = e.enqueue({ prompt: [1, 2, 3], maxNewTokens: 40, temperature: 0, lora: idOnly(2n) });
+  const busy = e.enqueue({ prompt: [1, 2, 3], maxNewTokens: 2000, temperature: 0, lora: idOnly(2n) });
   await busy.events[Symbol.asyncIterator]().next();
   e.loraRelease(2n);
   expect(table()).toEqual(["2 active 1 releasing"]);
