@@ -140,10 +140,16 @@ try {
         }),
       ),
     );
-  // Runs alternate, and each LoRA run is compared with the base run just before it: the ratio is the
-  // median of those pairs (this machine's speed drifts between runs more than LoRA costs).
+  // Runs alternate base, LoRA, base, ..., base, and each LoRA run is compared with the mean of the base
+  // runs just before and after it (which cancels a steady drift of this machine's speed, larger between
+  // runs than what LoRA costs): the ratio is the median of those three comparisons.
+  const bases = [await batch(false)];
   const pairs: { base: number; lora: number }[] = [];
-  for (let round = 0; round < 3; round++) pairs.push({ base: await batch(false), lora: await batch(true) });
+  for (let round = 0; round < 3; round++) {
+    const lora = await batch(true);
+    bases.push(await batch(false));
+    pairs.push({ base: ((bases[round] as number) + (bases[round + 1] as number)) / 2, lora });
+  }
   pairs.sort((a, b) => a.lora / a.base - b.lora / b.base);
   const middle = pairs[1] as { base: number; lora: number };
   const baseRate = middle.base;
