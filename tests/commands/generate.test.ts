@@ -104,38 +104,12 @@ describe("multilora generate", () => {
 
   test("--lora runs the adapter: the tokens equal the engine's with that adapter", async () => {
     const adapter = join(demo, "lora/demo-all.safetensors");
-    const r = run([
-      "generate",
-      "--model",
-      demo,
-      "--prompt-ids",
-      "5,6,7",
-      "--max-tokens",
-      "8",
-      "--temperature",
-      "0",
-      "--json",
-      "--ignore-eos",
-      "--lora",
-      adapter,
-    ]);
+    const greedy = ["generate", "--model", demo, "--prompt-ids", "5,6,7", "--max-tokens", "8"];
+    greedy.push("--temperature", "0", "--json", "--ignore-eos");
+    const r = run([...greedy, "--lora", adapter]);
     expect(r.status).toBe(0);
     const out = JSON.parse(r.stdout) as { token_ids: number[] };
-    const base = JSON.parse(
-      run([
-        "generate",
-        "--model",
-        demo,
-        "--prompt-ids",
-        "5,6,7",
-        "--max-tokens",
-        "8",
-        "--temperature",
-        "0",
-        "--json",
-        "--ignore-eos",
-      ]).stdout,
-    );
+    const base = JSON.parse(run(greedy).stdout);
     const engine = openEngine(demo);
     try {
       const expected = await collect(
