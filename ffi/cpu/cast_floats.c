@@ -5,6 +5,7 @@
  */
 #include <string.h>
 
+#include "../common/dtype_size.h"
 #include "dtype.h"
 #include "multilora.h"
 
@@ -51,8 +52,6 @@ static uint64_t encode_block(const float *values, size_t n, int32_t dtype, unsig
     memcpy(dst, h, n * 2);
     return bad;
 }
-
-static size_t dtype_size(int32_t dtype) { return dtype == MLR_DTYPE_F32 ? 4 : 2; }
 
 uint64_t mlr_cast_floats(const void *src, int32_t src_dtype, uint64_t n, float scale, void *dst,
                          int32_t dst_dtype) {

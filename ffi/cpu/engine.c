@@ -6,6 +6,11 @@
  * Locking: `mu` guards the queue, the running set's flags, the LoRA cache, responses and counters;
  * `compute_mu` serialises forward passes (the scheduler's steps and mlr_forward_logits). The scheduler
  * never holds `mu` during a forward pass, so enqueue, cancel and await never wait for one.
+ *
+ * Memory: everything a step needs is allocated at create (the step plan, the finished flags, the sampler's
+ * and the forward pass's buffers, the first response queue), so a step allocates only the forward pass's
+ * per-task work buffers; when one of those fails, the step's requests end with MLR_OUT_OF_MEMORY. Room for
+ * a round's responses is reserved before the round, so no response is ever lost (see response_room).
  */
 #include <errno.h>
 #include <inttypes.h>
@@ -15,7 +20,9 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "errbuf.h"
+#include "../common/dtype_size.h"
+#include "../common/errbuf.h"
+#include "../common/request_check.h"
 #include "forward.h"
 #include "kernels.h"
 #include "lora_cache.h"
@@ -44,6 +51,14 @@ typedef struct request {
     struct request *next;    /* queue link */
 } request;
 
+/* One step: its tokens, and where each logits row and slot stands. Allocated once, at create. */
+typedef struct step_plan {
+    batch_entry *batch;      /* [max_tokens] */
+    int32_t *slot_of_row;    /* [max_batch]: which running slot each logits row belongs to */
+    int32_t *in_step;        /* [max_batch]: 1 when the running slot has tokens in the step */
+    int32_t *done;           /* [max_batch]: 1 when the running slot finished in the step */
+} step_plan;
+
 struct mlr_engine {
     mlr_cpu_params params;
     model m;
@@ -52,8 +67,8 @@ struct mlr_engine {
     lora_cache loras;
     forward_scratch scratch;
     float *logits;           /* [max_batch, vocab] */
-    float *sample_scratch;   /* [2 * vocab] */
-    int32_t *index_scratch;  /* [vocab] */
+    sampler_scratch sampling;
+    step_plan plan;          /* the scheduler thread's */
 
     pthread_t scheduler;
     pthread_mutex_t mu;
@@ -68,7 +83,7 @@ struct mlr_engine {
     uint64_t next_id;
     int64_t kv_used, kv_capacity;
 
-    mlr_response *responses; /* a growable array; [resp_head, resp_count) are pending */
+    mlr_response *responses; /* a growable array; [resp_head, resp_head + resp_count) are pending */
     int32_t resp_head, resp_count, resp_cap;
 
     int64_t steps, tokens_generated;
@@ -93,17 +108,30 @@ void mlr_cpu_params_default(mlr_cpu_params *p) {
 /* ============================================================================================== */
 /* responses */
 
+/*
+ * Makes room for n more pending responses, growing the queue when it must. Returns 1, or 0 when the queue
+ * is too full and cannot grow (out of memory): the caller then produces nothing and the scheduler waits
+ * for mlr_await_responses to drain the queue (which always makes room: the queue starts larger than one
+ * round needs). Every producer reserves first, so push_response never fails. Caller holds mu.
+ */
+static int response_room(mlr_engine *e, int32_t n) {
+    if (e->resp_cap - e->resp_count >= n) return 1;
+    const int64_t want = (int64_t)e->resp_count + n;
+    int64_t cap = 2 * (int64_t)e->resp_cap;
+    if (cap < want) cap = want;
+    if (cap > INT32_MAX / 2) return 0;
+    mlr_response *grown = realloc(e->responses, (size_t)cap * sizeof *grown);
+    if (!grown) return 0;
+    e->responses = grown;
+    e->resp_cap = (int32_t)cap;
+    return 1;
+}
+
+/* Appends a response into room reserved with response_room. Caller holds mu. */
 static void push_response(mlr_engine *e, const mlr_response *r) {
-    if (e->resp_head > 0 && e->resp_head + e->resp_count == e->resp_cap) {
+    if (e->resp_head + e->resp_count == e->resp_cap) { /* room is at the front: move the pending ones down */
         memmove(e->responses, e->responses + e->resp_head, (size_t)e->resp_count * sizeof *r);
         e->resp_head = 0;
-    }
-    if (e->resp_head + e->resp_count == e->resp_cap) {
-        int32_t cap = e->resp_cap ? 2 * e->resp_cap : 64;
-        mlr_response *grown = realloc(e->responses, (size_t)cap * sizeof *grown);
-        if (!grown) return; /* out of memory: the response is lost; the request still ends */
-        e->responses = grown;
-        e->resp_cap = cap;
     }
     e->responses[e->resp_head + e->resp_count++] = *r;
 }
@@ -144,9 +172,11 @@ static int32_t find_id(const int32_t *ids, int32_t n, int32_t token) {
 }
 
 /* Moves queued requests into free slots while the KV budget allows, resolving their adapters.
- * Requests are admitted in order: one that must wait for KV room holds back those behind it. */
+ * Requests are admitted in order: one that must wait for KV room holds back those behind it. Each may be
+ * answered (refused, cancelled) at once: admitting stops while the response queue lacks room for that
+ * beside the step's max_batch responses. */
 static void admit(mlr_engine *e) {
-    while (e->queue_head && e->n_running < e->params.max_batch) {
+    while (e->queue_head && e->n_running < e->params.max_batch && response_room(e, e->params.max_batch + 1)) {
         request *r = e->queue_head;
         const int32_t capacity = r->p.prompt_len + r->p.max_new_tokens;
         const int64_t need = seq_kv_bytes(&e->m, capacity);
@@ -184,6 +214,7 @@ static void admit(mlr_engine *e) {
         if (!seq_kv_alloc(&r->kv, &e->m, capacity) ||
             !sampler_state_init(&r->sampler, e->m.cfg.vocab_size, r->p.seed, r->tokens, r->p.prompt_len)) {
             if (r->lora) lora_cache_release_use(&e->loras, r->lora, e->steps);
+            r->lora = NULL;
             respond_error(e, r->id, MLR_OUT_OF_MEMORY, MLR_FINISH_ERROR, "out of memory for the KV cache");
             request_free(r);
             continue;
@@ -197,19 +228,32 @@ static void admit(mlr_engine *e) {
 /* ============================================================================================== */
 /* the scheduler */
 
-typedef struct step_plan {
-    batch_entry *batch;      /* [max_tokens] */
-    int32_t *slot_of_row;    /* [max_batch]: which running slot each logits row belongs to */
-} step_plan;
+static int plan_alloc(step_plan *plan, int32_t max_tokens, int32_t max_batch) {
+    plan->batch = malloc((size_t)max_tokens * sizeof(batch_entry));
+    plan->slot_of_row = malloc((size_t)max_batch * sizeof(int32_t));
+    plan->in_step = malloc((size_t)max_batch * sizeof(int32_t));
+    plan->done = malloc((size_t)max_batch * sizeof(int32_t));
+    return plan->batch && plan->slot_of_row && plan->in_step && plan->done;
+}
+
+static void plan_free(step_plan *plan) {
+    free(plan->batch);
+    free(plan->slot_of_row);
+    free(plan->in_step);
+    free(plan->done);
+    *plan = (step_plan){0};
+}
 
 /* Builds one step: a decode token for every sequence past its prompt, then prompt chunks in slot order
  * within the prefill budget. Returns the token count; *rows = logits rows. Caller holds mu. */
 static int32_t plan_step(mlr_engine *e, step_plan *plan, int32_t *rows) {
     int32_t n = 0, budget = e->params.prefill_chunk;
     *rows = 0;
+    memset(plan->in_step, 0, (size_t)e->n_running * sizeof(int32_t));
     for (int32_t s = 0; s < e->n_running; s++) {
         request *r = e->running[s];
         if (r->n_cached < r->p.prompt_len) continue;
+        plan->in_step[s] = 1;
         plan->slot_of_row[*rows] = s;
         plan->batch[n++] = (batch_entry){r->tokens[r->n_cached], r->n_cached, &r->kv, r->lora, r->p.lora_scale, (*rows)++};
     }
@@ -218,6 +262,7 @@ static int32_t plan_step(mlr_engine *e, step_plan *plan, int32_t *rows) {
         const int32_t left = r->p.prompt_len - r->n_cached;
         if (left <= 0) continue;
         const int32_t take = left < budget ? left : budget;
+        plan->in_step[s] = 1;
         for (int32_t i = 0; i < take; i++) {
             const int32_t pos = r->n_cached + i;
             const int last = pos == r->p.prompt_len - 1;
@@ -229,7 +274,8 @@ static int32_t plan_step(mlr_engine *e, step_plan *plan, int32_t *rows) {
     return n;
 }
 
-/* After a step: advance every sequence, sample where logits came back, answer, end finished ones. */
+/* After a step: advance every sequence, sample where logits came back, answer, end finished ones.
+ * Caller holds mu and reserved room for max_batch responses. */
 static void complete_step(mlr_engine *e, const step_plan *plan, int32_t n, int32_t rows) {
     for (int32_t t = 0; t < n; t++) { /* count the stored positions */
         for (int32_t s = 0; s < e->n_running; s++) {
@@ -239,7 +285,8 @@ static void complete_step(mlr_engine *e, const step_plan *plan, int32_t n, int32
             }
         }
     }
-    int32_t *done = calloc((size_t)e->params.max_batch, sizeof(int32_t));
+    int32_t *done = plan->done;
+    memset(done, 0, (size_t)e->n_running * sizeof(int32_t));
     for (int32_t row = 0; row < rows; row++) {
         const int32_t s = plan->slot_of_row[row];
         request *r = e->running[s];
@@ -248,7 +295,7 @@ static void complete_step(mlr_engine *e, const step_plan *plan, int32_t n, int32
                                    r->p.repetition_penalty, r->p.frequency_penalty, r->p.presence_penalty};
         mlr_response resp = {.request_id = r->id, .status = MLR_OK};
         const int32_t token = sampler_pick(&sp, &r->sampler, e->logits + (int64_t)row * e->m.cfg.vocab_size,
-                                           e->m.cfg.vocab_size, r->p.top_logprobs, e->sample_scratch, e->index_scratch, &resp);
+                                           e->m.cfg.vocab_size, r->p.top_logprobs, &e->sampling, &resp);
         sampler_state_record(&r->sampler, token);
         r->tokens[r->n_tokens++] = token;
         r->n_generated++;
@@ -257,15 +304,28 @@ static void complete_step(mlr_engine *e, const step_plan *plan, int32_t n, int32
         else if (find_id(r->stop_ids, r->p.n_stop_ids, token)) resp.finish_reason = MLR_FINISH_STOP_ID;
         else if (r->n_generated >= r->p.max_new_tokens) resp.finish_reason = MLR_FINISH_LENGTH;
         push_response(e, &resp);
-        if (resp.finish_reason != MLR_FINISH_NONE && done) done[s] = 1;
+        if (resp.finish_reason != MLR_FINISH_NONE) done[s] = 1;
     }
     /* End finished sequences (from the highest slot down: finish_running moves the last slot). */
     for (int32_t s = e->n_running - 1; s >= 0; s--)
-        if (done && done[s]) finish_running(e, s);
-    free(done);
+        if (done[s]) finish_running(e, s);
 }
 
-/* Cancelled sequences leave before the next step. Caller holds mu. */
+/* After a step that failed (status: why, MLR_OUT_OF_MEMORY): every request with tokens in it ends with an
+ * error response, its slot and KV freed; its K/V and logits from this step are not valid. Requests not in
+ * the step are untouched; cancelled ones are answered CANCELLED by drop_cancelled. Caller holds mu and
+ * reserved room for max_batch responses. */
+static void fail_step(mlr_engine *e, const step_plan *plan, int32_t status) {
+    for (int32_t s = e->n_running - 1; s >= 0; s--) { /* highest slot down, as in complete_step */
+        if (!plan->in_step[s] || e->running[s]->cancelled) continue;
+        respond_error(e, e->running[s]->id, status, MLR_FINISH_ERROR,
+                      "out of memory in a forward step: the request ended (its earlier tokens stand)");
+        finish_running(e, s);
+    }
+}
+
+/* Cancelled sequences leave before the next step. Caller holds mu and reserved room for max_batch
+ * responses. */
 static void drop_cancelled(mlr_engine *e) {
     for (int32_t s = e->n_running - 1; s >= 0; s--) {
         if (!e->running[s]->cancelled) continue;
@@ -276,10 +336,16 @@ static void drop_cancelled(mlr_engine *e) {
 
 static void *scheduler_main(void *arg) {
     mlr_engine *e = arg;
-    step_plan plan = {malloc((size_t)e->scratch.max_tokens * sizeof(batch_entry)),
-                      malloc((size_t)e->params.max_batch * sizeof(int32_t))};
+    step_plan *plan = &e->plan;
     pthread_mutex_lock(&e->mu);
     while (!e->shutdown) {
+        /* Room for this round's responses: the cancels' (max_batch) and the step's (max_batch); admit
+         * reserves its own. No room and no memory to grow: wait for mlr_await_responses to drain. */
+        if (!response_room(e, 2 * e->params.max_batch)) {
+            pthread_cond_broadcast(&e->answered);
+            pthread_cond_wait(&e->work, &e->mu);
+            continue;
+        }
         drop_cancelled(e);
         admit(e);
         if (e->n_running == 0) {
@@ -288,20 +354,19 @@ static void *scheduler_main(void *arg) {
             continue;
         }
         int32_t rows = 0;
-        const int32_t n = plan.batch && plan.slot_of_row ? plan_step(e, &plan, &rows) : 0;
+        const int32_t n = plan_step(e, plan, &rows);
         pthread_mutex_unlock(&e->mu);
         pthread_mutex_lock(&e->compute_mu);
         forward_ctx ctx = {&e->m, &e->k, &e->pool, &e->scratch};
-        forward(&ctx, plan.batch, n, e->logits);
+        const int32_t status = forward(&ctx, plan->batch, n, e->logits);
         pthread_mutex_unlock(&e->compute_mu);
         pthread_mutex_lock(&e->mu);
         e->steps++;
-        complete_step(e, &plan, n, rows);
+        if (status == MLR_OK) complete_step(e, plan, n, rows);
+        else fail_step(e, plan, status);
         pthread_cond_broadcast(&e->answered);
     }
     pthread_mutex_unlock(&e->mu);
-    free(plan.batch);
-    free(plan.slot_of_row);
     return NULL;
 }
 
@@ -344,12 +409,15 @@ int32_t mlr_cpu_create(const mlr_cpu_params *params, mlr_engine **out, char *err
     kernels_select(&e->k);
     lora_cache_init(&e->loras, &e->m, p->lora_cache_bytes, p->max_loras, p->max_lora_rank, p->lora_dtype);
     const int32_t vocab = e->m.cfg.vocab_size;
+    const int32_t max_tokens = p->max_batch + p->prefill_chunk;
     e->running = calloc((size_t)p->max_batch, sizeof(request *));
     e->logits = malloc((size_t)p->max_batch * (size_t)vocab * sizeof(float));
-    e->sample_scratch = malloc(2 * (size_t)vocab * sizeof(float));
-    e->index_scratch = malloc((size_t)vocab * sizeof(int32_t));
-    int ok = e->running && e->logits && e->sample_scratch && e->index_scratch &&
-             forward_scratch_alloc(&e->scratch, &e->m, p->max_batch + p->prefill_chunk, p->max_lora_rank);
+    /* The response queue starts with room for a round (cancels, step, answered admits) and more. */
+    e->resp_cap = 2 * p->max_batch + 64;
+    e->responses = malloc((size_t)e->resp_cap * sizeof(mlr_response));
+    int ok = e->running && e->logits && e->responses && sampler_scratch_alloc(&e->sampling, vocab);
+    ok = ok && plan_alloc(&e->plan, max_tokens, p->max_batch);
+    ok = ok && forward_scratch_alloc(&e->scratch, &e->m, max_tokens, p->max_lora_rank);
     ok = ok && thread_pool_init(&e->pool, p->threads) == 0;
     pthread_mutex_init(&e->mu, NULL);
     pthread_mutex_init(&e->compute_mu, NULL);
@@ -362,10 +430,11 @@ int32_t mlr_cpu_create(const mlr_cpu_params *params, mlr_engine **out, char *err
     if (!ok) {
         errbuf_add(err, err_len, "out of memory or threads while creating the engine");
         forward_scratch_free(&e->scratch);
+        plan_free(&e->plan);
+        sampler_scratch_free(&e->sampling);
         free(e->running);
         free(e->logits);
-        free(e->sample_scratch);
-        free(e->index_scratch);
+        free(e->responses);
         lora_cache_free(&e->loras);
         model_free(&e->m);
         free(e);
@@ -393,10 +462,10 @@ void mlr_destroy(mlr_engine *e) {
     forward_scratch_free(&e->scratch);
     lora_cache_free(&e->loras);
     model_free(&e->m);
+    plan_free(&e->plan);
+    sampler_scratch_free(&e->sampling);
     free(e->running);
     free(e->logits);
-    free(e->sample_scratch);
-    free(e->index_scratch);
     free(e->responses);
     pthread_mutex_destroy(&e->mu);
     pthread_mutex_destroy(&e->compute_mu);
@@ -414,41 +483,8 @@ static int32_t *copy_ints(const int32_t *src, int64_t n) {
 
 int32_t mlr_enqueue(mlr_engine *e, const mlr_request *q, uint64_t *request_id, char *err, size_t err_len) {
     if (err && err_len) err[0] = '\0';
-    const int32_t vocab = e->m.cfg.vocab_size;
-    int problems = 0;
-#define CHECK(cond, ...)                           \
-    if (!(cond)) {                                 \
-        errbuf_add(err, err_len, __VA_ARGS__);     \
-        problems++;                                \
-    }
-    CHECK(q->prompt && q->prompt_len > 0, "the prompt is empty");
-    CHECK(q->max_new_tokens > 0, "max_new_tokens must be at least 1 (got %d)", q->max_new_tokens);
-    CHECK((int64_t)q->prompt_len + q->max_new_tokens <= e->params.max_seq_len,
-          "prompt (%d tokens) + max_new_tokens (%d) exceeds max_seq_len %d", q->prompt_len, q->max_new_tokens,
-          e->params.max_seq_len);
-    for (int32_t i = 0; q->prompt && i < q->prompt_len; i++) {
-        if (q->prompt[i] < 0 || q->prompt[i] >= vocab) {
-            CHECK(0, "prompt token %d at position %d is outside the vocabulary (0..%d)", q->prompt[i], i, vocab - 1);
-            break;
-        }
-    }
-    CHECK(q->temperature >= 0, "temperature must not be negative");
-    CHECK(q->top_p > 0 && q->top_p <= 1, "top_p must be in (0, 1]");
-    CHECK(q->min_p >= 0 && q->min_p <= 1, "min_p must be in [0, 1]");
-    CHECK(q->top_k >= 0, "top_k must not be negative");
-    CHECK(q->repetition_penalty > 0, "repetition_penalty must be positive");
-    CHECK(q->top_logprobs >= -1 && q->top_logprobs <= MLR_MAX_TOP_LOGPROBS, "top_logprobs must be in -1..%d",
-          MLR_MAX_TOP_LOGPROBS);
-    CHECK(q->n_end_ids >= 0 && q->n_stop_ids >= 0 && (q->n_end_ids == 0 || q->end_ids) && (q->n_stop_ids == 0 || q->stop_ids),
-          "end_ids / stop_ids are inconsistent");
-    if (q->lora_weights) {
-        CHECK(q->lora_config && q->lora_rows > 0 && q->lora_row_len > 0 &&
-                  (q->lora_weights_dtype >= MLR_DTYPE_F32 && q->lora_weights_dtype <= MLR_DTYPE_BF16),
-              "LoRA weights need a config, rows, row length and a float dtype");
-        CHECK(q->lora_task_id != 0, "LoRA weights need a task id other than 0");
-    }
-#undef CHECK
-    if (problems > 0) return MLR_INVALID_ARGUMENT;
+    const mlr_request_limits limits = {e->m.cfg.vocab_size, e->params.max_seq_len};
+    if (mlr_request_check(q, &limits, err, err_len) > 0) return MLR_INVALID_ARGUMENT;
 
     request *r = calloc(1, sizeof *r);
     if (!r) return MLR_OUT_OF_MEMORY;
@@ -458,7 +494,7 @@ int32_t mlr_enqueue(mlr_engine *e, const mlr_request *q, uint64_t *request_id, c
     r->stop_ids = copy_ints(q->stop_ids, q->n_stop_ids);
     int ok = r->tokens && (q->n_end_ids == 0 || r->end_ids) && (q->n_stop_ids == 0 || r->stop_ids);
     if (ok && q->lora_weights) {
-        const size_t bytes = (size_t)q->lora_rows * (size_t)q->lora_row_len * (q->lora_weights_dtype == MLR_DTYPE_F32 ? 4 : 2);
+        const size_t bytes = (size_t)q->lora_rows * (size_t)q->lora_row_len * (size_t)dtype_size(q->lora_weights_dtype);
         r->lora_weights = malloc(bytes);
         r->lora_config = copy_ints(q->lora_config, q->lora_rows * q->lora_config_width);
         ok = r->lora_weights && r->lora_config;
@@ -506,6 +542,7 @@ int32_t mlr_await_responses(mlr_engine *e, mlr_response *out, int32_t capacity, 
     e->resp_head += n;
     e->resp_count -= n;
     if (e->resp_count == 0) e->resp_head = 0;
+    if (n > 0) pthread_cond_signal(&e->work); /* a scheduler waiting for queue room may go on */
     *n_out = n;
     pthread_mutex_unlock(&e->mu);
     return MLR_OK;
@@ -558,6 +595,7 @@ static int by_last_use_desc(const void *a, const void *b) {
 }
 
 int32_t mlr_stats_get(mlr_engine *e, mlr_stats *out, mlr_lora_task_stats *tasks, int32_t capacity, int32_t *n_tasks) {
+    int32_t status = MLR_OK;
     pthread_mutex_lock(&e->mu);
     int32_t queued = 0;
     for (request *r = e->queue_head; r; r = r->next) queued++;
@@ -588,11 +626,13 @@ int32_t mlr_stats_get(mlr_engine *e, mlr_stats *out, mlr_lora_task_stats *tasks,
             n = c->n_tasks < capacity ? c->n_tasks : capacity;
             memcpy(tasks, all, (size_t)n * sizeof *all);
             free(all);
+        } else {
+            status = MLR_OUT_OF_MEMORY; /* *out is filled; the task listing is not */
         }
     }
     if (n_tasks) *n_tasks = n;
     pthread_mutex_unlock(&e->mu);
-    return MLR_OK;
+    return status;
 }
 
 int32_t mlr_forward_logits(mlr_engine *e, const int32_t *tokens, int32_t n, uint64_t task_id, float lora_scale,
@@ -621,11 +661,14 @@ int32_t mlr_forward_logits(mlr_engine *e, const int32_t *tokens, int32_t n, uint
     if (batch && chunk_logits && seq_kv_alloc(&kv, &e->m, n)) {
         pthread_mutex_lock(&e->compute_mu);
         forward_ctx ctx = {&e->m, &e->k, &e->pool, &e->scratch};
-        for (int32_t start = 0; start < n; start += chunk) {
+        for (int32_t start = 0; start < n && status == MLR_OK; start += chunk) {
             const int32_t m = n - start < chunk ? n - start : chunk;
             for (int32_t i = 0; i < m; i++) batch[i] = (batch_entry){tokens[start + i], start + i, &kv, lora, lora_scale, i};
-            forward(&ctx, batch, m, chunk_logits);
-            memcpy(logits + (int64_t)start * e->m.cfg.vocab_size, chunk_logits, (size_t)m * (size_t)e->m.cfg.vocab_size * sizeof(float));
+            status = forward(&ctx, batch, m, chunk_logits);
+            if (status == MLR_OK)
+                memcpy(logits + (int64_t)start * e->m.cfg.vocab_size, chunk_logits, (size_t)m * (size_t)e->m.cfg.vocab_size * sizeof(float));
+            else
+                errbuf_add(err, err_len, "out of memory in the forward pass (positions %d..%d)", start, start + m - 1);
         }
         pthread_mutex_unlock(&e->compute_mu);
     } else {
@@ -641,4 +684,10 @@ int32_t mlr_forward_logits(mlr_engine *e, const int32_t *tokens, int32_t n, uint
         pthread_mutex_unlock(&e->mu);
     }
     return status;
+}
+
+int32_t mlr_cpu_test_fail_allocs(mlr_engine *e, int32_t n) {
+    if (n < 0) return MLR_INVALID_ARGUMENT;
+    forward_scratch_fail_next(&e->scratch, n);
+    return MLR_OK;
 }

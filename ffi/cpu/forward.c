@@ -4,6 +4,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "../common/dtype_size.h"
+
 int64_t seq_kv_bytes(const model *m, int32_t capacity) {
     return 2 * (int64_t)m->cfg.num_layers * capacity * m->kv_dim * (int64_t)sizeof(float);
 }
@@ -47,6 +49,17 @@ int forward_scratch_alloc(forward_scratch *s, const model *m, int32_t max_tokens
     return 1;
 }
 
+void *forward_task_alloc(forward_scratch *s, size_t bytes) {
+    int32_t left = __atomic_load_n(&s->fail_allocs, __ATOMIC_RELAXED);
+    while (left > 0) { /* the test hook: take one failure */
+        if (__atomic_compare_exchange_n(&s->fail_allocs, &left, left - 1, 0, __ATOMIC_RELAXED, __ATOMIC_RELAXED))
+            return NULL;
+    }
+    return malloc(bytes);
+}
+
+void forward_scratch_fail_next(forward_scratch *s, int32_t n) { __atomic_store_n(&s->fail_allocs, n, __ATOMIC_RELAXED); }
+
 void forward_scratch_free(forward_scratch *s) {
     free(s->x);
     free(s->xn);
@@ -79,15 +92,19 @@ typedef struct lora_job {
     int64_t in;
     const lora_target *targets;
     int n_targets;
+    int failed;        /* a task could not allocate its buffer; atomic */
 } lora_job;
 
 static void lora_tokens(void *arg, int64_t begin, int64_t end) {
-    const lora_job *j = arg;
+    lora_job *j = arg;
     const model *m = j->ctx->m;
     int64_t out = 0;
     for (int i = 0; i < j->n_targets; i++) out += j->targets[i].rows;
-    float *delta = malloc((size_t)out * sizeof(float)); /* B (A x[t]) */
-    if (!delta) return;
+    float *delta = forward_task_alloc(j->ctx->scratch, (size_t)out * sizeof(float)); /* B (A x[t]) */
+    if (!delta) {
+        __atomic_store_n(&j->failed, 1, __ATOMIC_RELAXED);
+        return;
+    }
     for (int64_t t = begin; t < end; t++) {
         const lora_adapter *a = j->batch[t].lora;
         if (!a) continue;
@@ -95,7 +112,7 @@ static void lora_tokens(void *arg, int64_t begin, int64_t end) {
         if (row->rank == 0) continue;
         const dot_fn dot = j->ctx->k->dot[a->dtype];
         const axpy_fn axpy = j->ctx->k->axpy[a->dtype];
-        const int64_t elem = a->dtype == MLR_DTYPE_F32 ? 4 : 2;
+        const int64_t elem = dtype_size(a->dtype);
         float *mid = j->ctx->scratch->lora_mid + t * j->ctx->scratch->max_rank; /* [rank] = A x[t] */
         for (int32_t r = 0; r < row->rank; r++)
             mid[r] = dot(j->x + t * j->in, (const unsigned char *)row->a + (int64_t)r * j->in * elem, j->in);
@@ -113,11 +130,13 @@ static void lora_tokens(void *arg, int64_t begin, int64_t end) {
     free(delta);
 }
 
-static void apply_lora(const forward_ctx *ctx, const batch_entry *batch, int32_t n, int any_lora, int32_t module,
-                       int32_t layer, const float *x, int64_t in, const lora_target *targets, int n_targets) {
-    if (!any_lora) return;
-    lora_job job = {ctx, batch, module, layer, x, in, targets, n_targets};
+/* Returns 1, or 0 when a task ran out of memory (the outputs are then incomplete). */
+static int apply_lora(const forward_ctx *ctx, const batch_entry *batch, int32_t n, int any_lora, int32_t module,
+                      int32_t layer, const float *x, int64_t in, const lora_target *targets, int n_targets) {
+    if (!any_lora) return 1;
+    lora_job job = {ctx, batch, module, layer, x, in, targets, n_targets, 0};
     thread_pool_run(ctx->pool, n, 1, lora_tokens, &job);
+    return !__atomic_load_n(&job.failed, __ATOMIC_RELAXED);
 }
 
 /* ---------------------------------------------------------------------------------------------- */
@@ -127,10 +146,11 @@ typedef struct attention_job {
     const forward_ctx *ctx;
     const batch_entry *batch;
     int32_t layer;
+    int failed;        /* a task could not allocate its scores; atomic */
 } attention_job;
 
 static void attention_heads(void *arg, int64_t begin, int64_t end) {
-    const attention_job *j = arg;
+    attention_job *j = arg;
     const model *m = j->ctx->m;
     const int32_t heads = m->cfg.num_heads, hd = m->cfg.head_dim, kv_dim = m->kv_dim;
     const int32_t group = heads / m->cfg.num_kv_heads;
@@ -145,9 +165,12 @@ static void attention_heads(void *arg, int64_t begin, int64_t end) {
         const int32_t n_keys = e->pos + 1;
         if (n_keys > scores_cap) {
             free(scores);
-            scores = malloc((size_t)n_keys * sizeof(float));
+            scores = forward_task_alloc(j->ctx->scratch, (size_t)n_keys * sizeof(float));
             scores_cap = scores ? n_keys : 0;
-            if (!scores) return; /* out of memory: leaves this head's output as it was */
+            if (!scores) {
+                __atomic_store_n(&j->failed, 1, __ATOMIC_RELAXED);
+                return;
+            }
         }
         const float *q = j->ctx->scratch->q + t * m->q_dim + (int64_t)h * hd;
         const size_t layer_off = (size_t)j->layer * (size_t)e->kv->capacity * (size_t)kv_dim;
@@ -183,14 +206,14 @@ static void rope(const model *m, float *x, int32_t n_heads, int32_t pos) {
 
 /* ---------------------------------------------------------------------------------------------- */
 
-int forward(const forward_ctx *ctx, const batch_entry *batch, int32_t n, float *logits) {
+int32_t forward(const forward_ctx *ctx, const batch_entry *batch, int32_t n, float *logits) {
     const model *m = ctx->m;
     const kernels *k = ctx->k;
     forward_scratch *s = ctx->scratch;
     const int64_t h = m->cfg.hidden_size, inter = m->cfg.intermediate_size;
     const int64_t q_dim = m->q_dim, kv_dim = m->kv_dim;
     const float eps = m->cfg.rms_norm_eps;
-    const int64_t embed_row = h * (m->embed.dtype == MLR_DTYPE_F32 ? 4 : 2);
+    const int64_t embed_row = h * dtype_size(m->embed.dtype);
     int any_lora = 0;
     for (int32_t t = 0; t < n; t++) any_lora |= batch[t].lora != NULL;
 
@@ -207,10 +230,11 @@ int forward(const forward_ctx *ctx, const batch_entry *batch, int32_t n, float *
         matmul(k, ctx->pool, s->k, s->xn, w->k.data, w->k.dtype, w->k_bias.data, n, h, kv_dim);
         matmul(k, ctx->pool, s->v, s->xn, w->v.data, w->v.dtype, w->v_bias.data, n, h, kv_dim);
         const lora_target qkv[3] = {{s->q, q_dim, q_dim}, {s->k, kv_dim, kv_dim}, {s->v, kv_dim, kv_dim}};
-        apply_lora(ctx, batch, n, any_lora, 0, l, s->xn, h, qkv, 3);
-        apply_lora(ctx, batch, n, any_lora, 1, l, s->xn, h, &qkv[0], 1);
-        apply_lora(ctx, batch, n, any_lora, 2, l, s->xn, h, &qkv[1], 1);
-        apply_lora(ctx, batch, n, any_lora, 3, l, s->xn, h, &qkv[2], 1);
+        if (!apply_lora(ctx, batch, n, any_lora, MLR_LORA_ATTN_QKV, l, s->xn, h, qkv, 3) ||
+            !apply_lora(ctx, batch, n, any_lora, MLR_LORA_ATTN_Q, l, s->xn, h, &qkv[0], 1) ||
+            !apply_lora(ctx, batch, n, any_lora, MLR_LORA_ATTN_K, l, s->xn, h, &qkv[1], 1) ||
+            !apply_lora(ctx, batch, n, any_lora, MLR_LORA_ATTN_V, l, s->xn, h, &qkv[2], 1))
+            return MLR_OUT_OF_MEMORY;
         for (int32_t t = 0; t < n; t++) {
             rope(m, s->q + t * q_dim, m->cfg.num_heads, batch[t].pos);
             rope(m, s->k + t * kv_dim, m->cfg.num_kv_heads, batch[t].pos);
@@ -218,11 +242,13 @@ int forward(const forward_ctx *ctx, const batch_entry *batch, int32_t n, float *
             memcpy(batch[t].kv->k + at, s->k + t * kv_dim, (size_t)kv_dim * sizeof(float));
             memcpy(batch[t].kv->v + at, s->v + t * kv_dim, (size_t)kv_dim * sizeof(float));
         }
-        attention_job aj = {ctx, batch, l};
+        attention_job aj = {ctx, batch, l, 0};
         thread_pool_run(ctx->pool, (int64_t)n * m->cfg.num_heads, 1, attention_heads, &aj);
+        if (__atomic_load_n(&aj.failed, __ATOMIC_RELAXED)) return MLR_OUT_OF_MEMORY;
         matmul(k, ctx->pool, s->o, s->att, w->o.data, w->o.dtype, NULL, n, q_dim, h);
         const lora_target dense = {s->o, h, h};
-        apply_lora(ctx, batch, n, any_lora, 4, l, s->att, q_dim, &dense, 1);
+        if (!apply_lora(ctx, batch, n, any_lora, MLR_LORA_ATTN_DENSE, l, s->att, q_dim, &dense, 1))
+            return MLR_OUT_OF_MEMORY;
         for (int64_t i = 0; i < (int64_t)n * h; i++) s->x[i] += s->o[i];
 
         /* MLP */
@@ -231,16 +257,18 @@ int forward(const forward_ctx *ctx, const batch_entry *batch, int32_t n, float *
         matmul(k, ctx->pool, s->up, s->xn, w->up.data, w->up.dtype, NULL, n, h, inter);
         const lora_target gate = {s->gate, inter, inter}, up = {s->up, inter, inter};
         const lora_target up_gate[2] = {up, gate}; /* mlp_gate_up: B is [up; gate] */
-        apply_lora(ctx, batch, n, any_lora, 5, l, s->xn, h, &gate, 1);
-        apply_lora(ctx, batch, n, any_lora, 7, l, s->xn, h, &up, 1);
-        apply_lora(ctx, batch, n, any_lora, 18, l, s->xn, h, up_gate, 2);
+        if (!apply_lora(ctx, batch, n, any_lora, MLR_LORA_MLP_H_TO_4H, l, s->xn, h, &gate, 1) ||
+            !apply_lora(ctx, batch, n, any_lora, MLR_LORA_MLP_GATE, l, s->xn, h, &up, 1) ||
+            !apply_lora(ctx, batch, n, any_lora, MLR_LORA_MLP_GATE_UP, l, s->xn, h, up_gate, 2))
+            return MLR_OUT_OF_MEMORY;
         for (int64_t i = 0; i < (int64_t)n * inter; i++) {
             const float g = s->gate[i];
             s->gate[i] = g / (1.0f + expf(-g)) * s->up[i];
         }
         matmul(k, ctx->pool, s->o, s->gate, w->down.data, w->down.dtype, NULL, n, inter, h);
         const lora_target down = {s->o, h, h};
-        apply_lora(ctx, batch, n, any_lora, 6, l, s->gate, inter, &down, 1);
+        if (!apply_lora(ctx, batch, n, any_lora, MLR_LORA_MLP_4H_TO_H, l, s->gate, inter, &down, 1))
+            return MLR_OUT_OF_MEMORY;
         for (int64_t i = 0; i < (int64_t)n * h; i++) s->x[i] += s->o[i];
     }
 
@@ -252,5 +280,5 @@ int forward(const forward_ctx *ctx, const batch_entry *batch, int32_t n, float *
         rows++;
     }
     if (rows > 0) matmul(k, ctx->pool, logits, s->xn, m->lm_head.data, m->lm_head.dtype, NULL, rows, h, m->cfg.vocab_size);
-    return 0;
+    return MLR_OK;
 }

@@ -11,6 +11,7 @@
 #ifndef MLR_FORWARD_H
 #define MLR_FORWARD_H
 
+#include <stddef.h>
 #include <stdint.h>
 
 #include "kernels.h"
@@ -38,15 +39,23 @@ typedef struct batch_entry {
     int32_t logits_row;       /* row of the logits output (rows numbered 0, 1, ... in batch order), or -1 */
 } batch_entry;
 
-/* Work buffers for up to max_tokens tokens per step; owned. */
+/* Work buffers for up to max_tokens tokens per step, allocated once; owned. */
 typedef struct forward_scratch {
     int32_t max_tokens;
     int32_t max_rank;
     float *x, *xn, *q, *k, *v, *att, *o, *gate, *up, *lora_mid;
+    int32_t fail_allocs;     /* test hook: the next fail_allocs forward_task_alloc calls fail; atomic */
 } forward_scratch;
 
 int forward_scratch_alloc(forward_scratch *s, const model *m, int32_t max_tokens, int32_t max_rank);
 void forward_scratch_free(forward_scratch *s);
+
+/* A parallel task's own work buffer (attention scores, a LoRA delta), freed with free() by the task; NULL
+ * when out of memory, or when the test hook (forward_scratch_fail_next) says so. Any thread. */
+void *forward_task_alloc(forward_scratch *s, size_t bytes);
+
+/* Test hook behind mlr_cpu_test_fail_allocs: the next n forward_task_alloc calls fail (0 clears). */
+void forward_scratch_fail_next(forward_scratch *s, int32_t n);
 
 typedef struct forward_ctx {
     const model *m;
@@ -55,7 +64,12 @@ typedef struct forward_ctx {
     forward_scratch *scratch;
 } forward_ctx;
 
-/* Runs n tokens (n <= scratch->max_tokens); logits: [rows wanted, vocab]. Returns 0, or -1 out of memory. */
-int forward(const forward_ctx *ctx, const batch_entry *batch, int32_t n, float *logits);
+/*
+ * Runs n tokens (n <= scratch->max_tokens); logits: [rows wanted, vocab]. Returns MLR_OK, or
+ * MLR_OUT_OF_MEMORY when a task's work buffer could not be allocated: the pass stops there, the logits and
+ * the K/V written for this batch's positions are not valid, and the caller must end (or not use) the
+ * sequences of the batch. Nothing else is changed.
+ */
+int32_t forward(const forward_ctx *ctx, const batch_entry *batch, int32_t n, float *logits);
 
 #endif /* MLR_FORWARD_H */

@@ -4,6 +4,7 @@
 #include <immintrin.h>
 #include <math.h>
 
+#include "../common/dtype_size.h"
 #include "dtype.h"
 #include "multilora.h"
 
@@ -198,8 +199,6 @@ float weight_at(const void *w, int32_t dtype, int64_t i) {
     return dtype == MLR_DTYPE_BF16 ? f32_from_bits((uint32_t)h << 16) : f32_from_bits(f32_bits_from_f16(h));
 }
 
-static int64_t dtype_bytes(int32_t dtype) { return dtype == MLR_DTYPE_F32 ? 4 : 2; }
-
 typedef struct matmul_job {
     const kernels *k;
     float *y;
@@ -213,7 +212,7 @@ typedef struct matmul_job {
 static void matmul_rows(void *ctx, int64_t begin, int64_t end) {
     const matmul_job *j = ctx;
     const dot_fn dot = j->k->dot[j->w_dtype];
-    const int64_t row_bytes = j->n_in * dtype_bytes(j->w_dtype);
+    const int64_t row_bytes = j->n_in * dtype_size(j->w_dtype);
     for (int64_t o = begin; o < end; o++) {
         const void *row = j->w + o * row_bytes;
         const float b = j->bias ? weight_at(j->bias, j->w_dtype, o) : 0.0f;

@@ -102,6 +102,7 @@ static const layout_entry LAYOUT[] = {
     FIELD(mlr_response, status),
     FIELD(mlr_response, finish_reason),
     FIELD(mlr_response, token),
+    FIELD(mlr_response, has_logprob),
     FIELD(mlr_response, logprob),
     FIELD(mlr_response, n_top),
     FIELD(mlr_response, top_ids),

@@ -4,13 +4,30 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "dtype.h"
-#include "errbuf.h"
+#include "../common/dtype_size.h"
+#include "../common/errbuf.h"
 
-static const char *MODULE_NAMES[LORA_MODULES] = {
-    "attn_qkv",   "attn_q",     "attn_k",        "attn_v",        "attn_dense",   "mlp_h_to_4h", "mlp_4h_to_h",
-    "mlp_gate",   "cross_attn_qkv", "cross_attn_q", "cross_attn_k", "cross_attn_v", "cross_attn_dense",
-    "moe_h_to_4h", "moe_4h_to_h", "moe_gate",    "moe_router",    "mlp_router",   "mlp_gate_up",
+/* TensorRT-LLM's names of the module ids, as error texts use them. */
+static const char *MODULE_NAMES[MLR_LORA_MODULE_COUNT] = {
+    [MLR_LORA_ATTN_QKV] = "attn_qkv",
+    [MLR_LORA_ATTN_Q] = "attn_q",
+    [MLR_LORA_ATTN_K] = "attn_k",
+    [MLR_LORA_ATTN_V] = "attn_v",
+    [MLR_LORA_ATTN_DENSE] = "attn_dense",
+    [MLR_LORA_MLP_H_TO_4H] = "mlp_h_to_4h",
+    [MLR_LORA_MLP_4H_TO_H] = "mlp_4h_to_h",
+    [MLR_LORA_MLP_GATE] = "mlp_gate",
+    [MLR_LORA_CROSS_ATTN_QKV] = "cross_attn_qkv",
+    [MLR_LORA_CROSS_ATTN_Q] = "cross_attn_q",
+    [MLR_LORA_CROSS_ATTN_K] = "cross_attn_k",
+    [MLR_LORA_CROSS_ATTN_V] = "cross_attn_v",
+    [MLR_LORA_CROSS_ATTN_DENSE] = "cross_attn_dense",
+    [MLR_LORA_MOE_H_TO_4H] = "moe_h_to_4h",
+    [MLR_LORA_MOE_4H_TO_H] = "moe_4h_to_h",
+    [MLR_LORA_MOE_GATE] = "moe_gate",
+    [MLR_LORA_MOE_ROUTER] = "moe_router",
+    [MLR_LORA_MLP_ROUTER] = "mlp_router",
+    [MLR_LORA_MLP_GATE_UP] = "mlp_gate_up",
 };
 
 static int32_t num_layers(const lora_cache *c, const model *m) {
@@ -25,14 +42,15 @@ void lora_cache_init(lora_cache *c, const model *m, int64_t capacity, int32_t ma
     c->max_rank = max_rank;
     c->dtype = dtype;
     /* The largest adapter: max_rank on every module a Llama layer has (q, k, v, o, gate, up, down). */
-    const int ids[] = {1, 2, 3, 4, 5, 6, 7};
+    const int32_t ids[] = {MLR_LORA_ATTN_Q,      MLR_LORA_ATTN_K,      MLR_LORA_ATTN_V,   MLR_LORA_ATTN_DENSE,
+                           MLR_LORA_MLP_H_TO_4H, MLR_LORA_MLP_4H_TO_H, MLR_LORA_MLP_GATE};
     int64_t per_layer = 0;
     for (size_t i = 0; i < sizeof ids / sizeof ids[0]; i++) {
         int64_t in, out;
         model_lora_shape(m, ids[i], &in, &out);
         per_layer += (int64_t)max_rank * (in + out);
     }
-    c->max_adapter_bytes = per_layer * m->cfg.num_layers * (dtype == MLR_DTYPE_F32 ? 4 : 2);
+    c->max_adapter_bytes = per_layer * m->cfg.num_layers * dtype_size(dtype);
 }
 
 static void adapter_free(lora_adapter *a) {
@@ -66,8 +84,10 @@ static int32_t index_of(lora_cache *c, const lora_adapter *a) {
     return -1;
 }
 
-/* Every problem of the payload against the model, in err; returns how many. */
-static int validate(const lora_cache *c, const model *m, const lora_payload *p, char *err, size_t err_len) {
+/* Every problem of the payload against the model, in err; returns how many. seen: [MLR_LORA_MODULE_COUNT *
+ * num_layers] bytes, zeroed (which (module, layer) rows were met). */
+static int validate(const lora_cache *c, const model *m, const lora_payload *p, uint8_t *seen, char *err,
+                    size_t err_len) {
     int problems = 0;
 #define PROBLEM(...)                         \
     do {                                     \
@@ -80,12 +100,11 @@ static int validate(const lora_cache *c, const model *m, const lora_payload *p, 
     if (!p->weights || !p->config) PROBLEM("weights or config missing");
     if (problems > 0) return problems;
     const int32_t layers = num_layers(c, m);
-    uint8_t *seen = calloc((size_t)LORA_MODULES * (size_t)layers, 1);
     for (int64_t r = 0; r < p->rows; r++) {
         const int32_t *row = p->config + r * p->config_width;
         const int32_t module = row[0], layer = row[1], rank = row[2];
         int64_t in = 0, out = 0;
-        if (module < 0 || module >= LORA_MODULES) {
+        if (module < 0 || module >= MLR_LORA_MODULE_COUNT) {
             PROBLEM("row %lld: unknown module id %d", (long long)r, module);
             continue;
         }
@@ -98,13 +117,12 @@ static int validate(const lora_cache *c, const model *m, const lora_payload *p, 
         else if ((int64_t)rank * (in + out) > p->row_len)
             PROBLEM("row %lld: %s rank %d needs %lld values but rows hold %lld", (long long)r, MODULE_NAMES[module], rank, (long long)rank * (in + out), (long long)p->row_len);
         if (p->config_width == 4 && row[3] != 0) PROBLEM("row %lld: DoRA rows are not supported", (long long)r);
-        if (seen && layer >= 0 && layer < layers) {
+        if (layer >= 0 && layer < layers) {
             uint8_t *s = &seen[(size_t)module * (size_t)layers + (size_t)layer];
             if (*s) PROBLEM("row %lld: a second row for %s layer %d", (long long)r, MODULE_NAMES[module], layer);
             *s = 1;
         }
     }
-    free(seen);
 #undef PROBLEM
     return problems;
 }
@@ -138,7 +156,7 @@ static lora_adapter *build(const model *m, uint64_t task_id, const lora_payload 
     if (!a) return NULL;
     a->task_id = task_id;
     a->n_rows = (int32_t)p->rows;
-    a->rows = calloc((size_t)LORA_MODULES * (size_t)layers, sizeof(lora_row));
+    a->rows = calloc((size_t)MLR_LORA_MODULE_COUNT * (size_t)layers, sizeof(lora_row));
     int64_t floats = 0;
     for (int64_t r = 0; r < p->rows; r++) {
         const int32_t *row = p->config + r * p->config_width;
@@ -146,7 +164,7 @@ static lora_adapter *build(const model *m, uint64_t task_id, const lora_payload 
         model_lora_shape(m, row[0], &in, &out);
         floats += (int64_t)row[2] * (in + out);
     }
-    const int64_t elem = p->dtype == MLR_DTYPE_F32 ? 4 : 2;
+    const int64_t elem = dtype_size(p->dtype);
     a->dtype = p->dtype;
     a->data = malloc((size_t)(floats * elem));
     if (!a->rows || !a->data) {
@@ -205,7 +223,14 @@ int32_t lora_cache_acquire(lora_cache *c, const model *m, uint64_t task_id, cons
         errbuf_add(err, err_len, "LoRA task %" PRIu64 " not found in cache. Please send LoRA weights with request", task_id);
         return MLR_LORA_NOT_CACHED;
     }
-    if (validate(c, m, payload, err, err_len) > 0) return MLR_LORA_INVALID;
+    uint8_t *seen = calloc((size_t)MLR_LORA_MODULE_COUNT * (size_t)num_layers(c, m), 1);
+    if (!seen) {
+        errbuf_add(err, err_len, "out of memory validating LoRA task %" PRIu64, task_id);
+        return MLR_OUT_OF_MEMORY;
+    }
+    const int problems = validate(c, m, payload, seen, err, err_len);
+    free(seen);
+    if (problems > 0) return MLR_LORA_INVALID;
     a = build(m, task_id, payload);
     if (!a) {
         errbuf_add(err, err_len, "out of memory storing LoRA task %" PRIu64, task_id);

@@ -16,8 +16,6 @@
 
 #include "model.h"
 
-#define LORA_MODULES 19 /* module ids 0..18 */
-
 /* One (module, layer) of an adapter: y += scale * B (A x). Elements in the adapter's dtype. */
 typedef struct lora_row {
     int32_t rank;
@@ -31,7 +29,7 @@ typedef struct lora_adapter {
     int32_t n_rows;
     int32_t dtype;             /* mlr_float_dtype of the stored rows */
     unsigned char *data;       /* owned: every row's A then B transposed */
-    lora_row *rows;            /* [LORA_MODULES * num_layers], rank 0 = absent; owned */
+    lora_row *rows;            /* [MLR_LORA_MODULE_COUNT * num_layers], by module id then layer; rank 0 = absent; owned */
     int32_t active;            /* running requests using it */
     int32_t pinned;
     int32_t release_pending;
@@ -67,7 +65,7 @@ typedef struct lora_payload {
 /*
  * Looks up task_id for a request, storing the payload when the task is not cached (payload may be NULL:
  * then a miss is MLR_LORA_NOT_CACHED). On success *out is the adapter, already counted active.
- * err receives every problem for MLR_LORA_INVALID, or why the cache is full.
+ * err receives every problem for MLR_LORA_INVALID, or why the cache is full, or MLR_OUT_OF_MEMORY's cause.
  */
 int32_t lora_cache_acquire(lora_cache *c, const model *m, uint64_t task_id, const lora_payload *payload, int64_t now,
                            lora_adapter **out, char *err, size_t err_len);

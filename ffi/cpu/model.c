@@ -5,7 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "errbuf.h"
+#include "../common/errbuf.h"
 
 /* Finds `name` in the table and checks its shape; records a problem and returns a NULL weight otherwise. */
 static weight find(const mlr_tensor *tensors, int32_t n, const char *name, int64_t d0, int64_t d1, int required,
@@ -152,15 +152,15 @@ void model_free(model *m) {
 int32_t model_lora_shape(const model *m, int32_t module_id, int64_t *in, int64_t *out) {
     const int64_t h = m->cfg.hidden_size, inter = m->cfg.intermediate_size;
     switch (module_id) {
-    case 0: *in = h; *out = m->q_dim + 2 * m->kv_dim; return 1; /* attn_qkv */
-    case 1: *in = h; *out = m->q_dim; return 1;                 /* attn_q */
-    case 2:                                                     /* attn_k */
-    case 3: *in = h; *out = m->kv_dim; return 1;                /* attn_v */
-    case 4: *in = m->q_dim; *out = h; return 1;                 /* attn_dense */
-    case 5:                                                     /* mlp_h_to_4h (gate_proj) */
-    case 7: *in = h; *out = inter; return 1;                    /* mlp_gate (up_proj) */
-    case 6: *in = inter; *out = h; return 1;                    /* mlp_4h_to_h (down_proj) */
-    case 18: *in = h; *out = 2 * inter; return 1;               /* mlp_gate_up: [up; gate] */
+    case MLR_LORA_ATTN_QKV: *in = h; *out = m->q_dim + 2 * m->kv_dim; return 1;
+    case MLR_LORA_ATTN_Q: *in = h; *out = m->q_dim; return 1;
+    case MLR_LORA_ATTN_K:
+    case MLR_LORA_ATTN_V: *in = h; *out = m->kv_dim; return 1;
+    case MLR_LORA_ATTN_DENSE: *in = m->q_dim; *out = h; return 1;
+    case MLR_LORA_MLP_H_TO_4H: /* gate_proj */
+    case MLR_LORA_MLP_GATE: *in = h; *out = inter; return 1; /* up_proj */
+    case MLR_LORA_MLP_4H_TO_H: *in = inter; *out = h; return 1; /* down_proj */
+    case MLR_LORA_MLP_GATE_UP: *in = h; *out = 2 * inter; return 1; /* [up; gate] */
     default: return 0;
     }
 }

@@ -44,7 +44,8 @@ int32_t model_init(model *m, const mlr_model_config *cfg, const mlr_tensor *tens
                    size_t err_len);
 void model_free(model *m);
 
-/* Input and output width of a LoRA module id in this model; 0 when the model has no such module. */
+/* Input and output width of a LoRA module id (mlr_lora_module) in this model; 0 when the model has no such
+ * module. */
 int32_t model_lora_shape(const model *m, int32_t module_id, int64_t *in, int64_t *out);
 
 #endif /* MLR_MODEL_H */

@@ -48,27 +48,41 @@ static void log_softmax(const float *logits, int32_t n, float *out) {
     for (int32_t i = 0; i < n; i++) out[i] = (float)((double)logits[i] - lse);
 }
 
-typedef struct keyed {
+struct sampler_key {
     float key;
     int32_t id;
-} keyed;
+};
+
+int sampler_scratch_alloc(sampler_scratch *s, int32_t vocab) {
+    s->values = malloc(2 * (size_t)vocab * sizeof(float));
+    s->ids = malloc((size_t)vocab * sizeof(int32_t));
+    s->keys = malloc((size_t)vocab * sizeof(struct sampler_key));
+    if (!s->values || !s->ids || !s->keys) {
+        sampler_scratch_free(s);
+        return 0;
+    }
+    return 1;
+}
+
+void sampler_scratch_free(sampler_scratch *s) {
+    free(s->values);
+    free(s->ids);
+    free(s->keys);
+    *s = (sampler_scratch){0};
+}
 
 /* Descending key, ties by ascending id (deterministic). */
 static int by_key_desc(const void *a, const void *b) {
-    const keyed *x = a, *y = b;
+    const struct sampler_key *x = a, *y = b;
     if (x->key != y->key) return x->key > y->key ? -1 : 1;
     return x->id < y->id ? -1 : (x->id > y->id);
 }
 
-/* ids[0..n) sorted by descending keys[id]; 0 when out of memory. */
-static int sort_ids(const float *keys, int32_t n, int32_t *ids) {
-    keyed *pairs = malloc((size_t)n * sizeof *pairs);
-    if (!pairs) return 0;
-    for (int32_t i = 0; i < n; i++) pairs[i] = (keyed){keys[i], i};
+/* ids[0..n) sorted by descending keys[id]; pairs: [n] scratch. */
+static void sort_ids(const float *keys, int32_t n, int32_t *ids, struct sampler_key *pairs) {
+    for (int32_t i = 0; i < n; i++) pairs[i] = (struct sampler_key){keys[i], i};
     qsort(pairs, (size_t)n, sizeof *pairs, by_key_desc);
     for (int32_t i = 0; i < n; i++) ids[i] = pairs[i].id;
-    free(pairs);
-    return 1;
 }
 
 static int32_t argmax(const float *x, int32_t n) {
@@ -105,9 +119,9 @@ static int32_t top_ids(const float *keys, int32_t n, int32_t k, int32_t *ids) {
 }
 
 int32_t sampler_pick(const sampler_params *p, sampler_state *s, float *logits, int32_t vocab, int32_t top_logprobs,
-                     float *scratch, int32_t *index_scratch, mlr_response *response) {
-    float *logprobs = scratch;
-    float *probs = scratch + vocab;
+                     sampler_scratch *scratch, mlr_response *response) {
+    float *logprobs = scratch->values;
+    float *probs = scratch->values + vocab;
     if (top_logprobs >= 0) log_softmax(logits, vocab, logprobs);
 
     /* Penalties: repetition on prompt and output (divide positive logits, multiply negative ones),
@@ -127,13 +141,13 @@ int32_t sampler_pick(const sampler_params *p, sampler_state *s, float *logits, i
         for (int32_t i = 0; i < vocab; i++) probs[i] = logits[i] / p->temperature;
         /* Candidates: all tokens, or the top k, sorted by probability when a cut needs the order. */
         int32_t n = vocab;
-        int32_t *ids = index_scratch;
+        int32_t *ids = scratch->ids;
         const int need_order = p->top_k > 0 || p->top_p < 1.0f;
         if (p->top_k > 0 && p->top_k < vocab) {
             n = top_ids(probs, vocab, p->top_k, ids);
         } else {
             for (int32_t i = 0; i < vocab; i++) ids[i] = i;
-            if (need_order && !sort_ids(probs, vocab, ids)) n = top_ids(probs, vocab, 1, ids); /* no memory: greedy */
+            if (need_order) sort_ids(probs, vocab, ids, scratch->keys);
         }
         float max = probs[ids[0]];
         for (int32_t i = 1; i < n; i++) max = probs[ids[i]] > max ? probs[ids[i]] : max;
@@ -175,6 +189,7 @@ int32_t sampler_pick(const sampler_params *p, sampler_state *s, float *logits, i
     response->token = token;
     response->n_top = 0;
     response->logprob = 0;
+    response->has_logprob = top_logprobs >= 0;
     if (top_logprobs >= 0) {
         response->logprob = logprobs[token];
         int32_t k = top_logprobs > MLR_MAX_TOP_LOGPROBS ? MLR_MAX_TOP_LOGPROBS : top_logprobs;

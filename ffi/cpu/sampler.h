@@ -27,11 +27,24 @@ int sampler_state_init(sampler_state *s, int32_t vocab, uint64_t seed, const int
 void sampler_state_free(sampler_state *s);
 void sampler_state_record(sampler_state *s, int32_t token);
 
+/* Work buffers for picking one token over a vocabulary, allocated once (per engine) so that picking never
+ * allocates; owned. One pick at a time uses them. */
+typedef struct sampler_scratch {
+    float *values;          /* [2 * vocab]: log-probabilities, then transformed probabilities */
+    int32_t *ids;           /* [vocab] candidate ids */
+    struct sampler_key *keys; /* [vocab] (key, id) pairs for sorting */
+} sampler_scratch;
+
+/* Returns 1, or 0 out of memory (nothing to free then). */
+int sampler_scratch_alloc(sampler_scratch *s, int32_t vocab);
+void sampler_scratch_free(sampler_scratch *s);
+
 /*
- * Picks a token from logits[vocab] (modified in place) and fills the response's logprob fields
- * (top_logprobs: -1 none, else how many alternatives). scratch: [2 * vocab] floats, [vocab] ints.
+ * Picks a token from logits[vocab] (modified in place) and fills the response's token and logprob fields:
+ * top_logprobs -1 = none (has_logprob 0), else the chosen token's logprob and that many alternatives
+ * (has_logprob 1). Never allocates.
  */
 int32_t sampler_pick(const sampler_params *p, sampler_state *s, float *logits, int32_t vocab, int32_t top_logprobs,
-                     float *scratch, int32_t *index_scratch, mlr_response *response);
+                     sampler_scratch *scratch, mlr_response *response);
 
 #endif /* MLR_SAMPLER_H */

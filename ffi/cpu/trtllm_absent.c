@@ -2,7 +2,7 @@
  * mlr_trtllm_create in the CPU library: the TensorRT-LLM backend is a separate library
  * (libmultilora-trtllm.so, ffi/trtllm), so both libraries export one symbol set and bind the same way.
  */
-#include "errbuf.h"
+#include "../common/errbuf.h"
 #include "multilora.h"
 
 int32_t mlr_trtllm_create(const mlr_trtllm_params *params, mlr_engine **engine, char *err, size_t err_len) {

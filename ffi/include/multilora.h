@@ -10,7 +10,8 @@
  *   - every pointer parameter says who owns it and for how long ("borrowed for the call" = the callee
  *     copies what it keeps before returning);
  *   - LoRA cache and validation errors arrive only as responses, never from mlr_enqueue, on every backend;
- *   - mlr_layout() exports sizeof / offsetof of every struct here, so the TypeScript side can check its view.
+ *   - mlr_layout() exports sizeof / offsetof of every struct here, and mlr_enum_name() the constants of every
+ *     enum, so the TypeScript side can check its view (tests/engine/abi-layout.test.ts).
  */
 #ifndef MULTILORA_H
 #define MULTILORA_H
@@ -28,6 +29,35 @@ typedef enum mlr_float_dtype {
     MLR_DTYPE_F16 = 1,
     MLR_DTYPE_BF16 = 2,
 } mlr_float_dtype;
+
+/*
+ * LoRA module ids: the first column of an adapter's config rows (TensorRT-LLM's LoraModule::ModuleType,
+ * ARCHITECTURE.md section 2). Stable values, part of the ABI (src/formats/lora-modules.ts mirrors them).
+ * The CPU engine runs the Llama ones (attn_q/k/v/dense, mlp_h_to_4h/4h_to_h/gate, attn_qkv, mlp_gate_up).
+ */
+typedef enum mlr_lora_module {
+    MLR_LORA_ATTN_QKV = 0,        /* fused q, k, v: B's outputs are [q; k; v] */
+    MLR_LORA_ATTN_Q = 1,          /* q_proj */
+    MLR_LORA_ATTN_K = 2,          /* k_proj */
+    MLR_LORA_ATTN_V = 3,          /* v_proj */
+    MLR_LORA_ATTN_DENSE = 4,      /* o_proj */
+    MLR_LORA_MLP_H_TO_4H = 5,     /* gate_proj */
+    MLR_LORA_MLP_4H_TO_H = 6,     /* down_proj */
+    MLR_LORA_MLP_GATE = 7,        /* up_proj */
+    MLR_LORA_CROSS_ATTN_QKV = 8,
+    MLR_LORA_CROSS_ATTN_Q = 9,
+    MLR_LORA_CROSS_ATTN_K = 10,
+    MLR_LORA_CROSS_ATTN_V = 11,
+    MLR_LORA_CROSS_ATTN_DENSE = 12,
+    MLR_LORA_MOE_H_TO_4H = 13,
+    MLR_LORA_MOE_4H_TO_H = 14,
+    MLR_LORA_MOE_GATE = 15,
+    MLR_LORA_MOE_ROUTER = 16,
+    MLR_LORA_MLP_ROUTER = 17,
+    MLR_LORA_MLP_GATE_UP = 18,    /* fused gate_up_proj: B's outputs are [up; gate] */
+} mlr_lora_module;
+
+#define MLR_LORA_MODULE_COUNT 19 /* module ids are 0 .. MLR_LORA_MODULE_COUNT - 1 */
 
 /*
  * Converts n elements from src (dtype src_dtype) to dst (dtype dst_dtype), multiplying each by scale in
@@ -54,7 +84,7 @@ typedef enum mlr_status {
     MLR_CANCELLED = 5,
     MLR_UNSUPPORTED = 6,      /* this backend cannot do it (see mlr_capabilities) */
     MLR_INTERNAL = 7,         /* a bug */
-    MLR_OUT_OF_MEMORY = 8,
+    MLR_OUT_OF_MEMORY = 8,    /* an allocation failed; as a response: the request ended, the engine serves on */
     MLR_NOT_FOUND = 9,        /* unknown request id or task id */
 } mlr_status;
 
@@ -67,6 +97,16 @@ typedef enum mlr_finish {
     MLR_FINISH_CANCELLED = 4,
     MLR_FINISH_ERROR = 5,     /* status and error say why */
 } mlr_finish;
+
+/*
+ * The name of a constant of an ABI enum, so other languages' copies of the values can be checked against
+ * this header (tests/engine/abi-layout.test.ts checks src/engine/native.ts and src/formats/lora-modules.ts).
+ * enum_name: "mlr_status", "mlr_finish", "mlr_float_dtype" or "mlr_lora_module"; borrowed for the call.
+ * Returns the constant's name ("MLR_LORA_NOT_CACHED" for ("mlr_status", 2)), or NULL when value is not a
+ * constant of that enum or the enum is unknown. The string is static: never freed, valid while the
+ * library is loaded. In both libraries (ffi/common/enum_names.c).
+ */
+const char *mlr_enum_name(const char *enum_name, int32_t value);
 
 /* ============================================================================================== */
 /* Creating an engine                                                                               */
@@ -203,12 +243,20 @@ typedef struct mlr_request {
 void mlr_request_default(mlr_request *request);
 
 /* One generated token, or the end of a request. Log-probabilities are the log-softmax of the model's
- * logits before any sampling transform (temperature, penalties, top-k/p, min-p). */
+ * logits before any sampling transform (temperature, penalties, top-k/p, min-p).
+ * A failed forward step (out of memory) ends every request that had tokens in it with one response of
+ * status MLR_OUT_OF_MEMORY and finish_reason ERROR; tokens answered before it stand, their slots and KV are
+ * freed, and the engine goes on with the other requests and later ones. */
 typedef struct mlr_response {
     uint64_t request_id;
     int32_t status;              /* MLR_OK, or why the request failed (then finish_reason is ERROR) */
     int32_t finish_reason;       /* mlr_finish */
     int32_t token;               /* -1 when the response carries no token */
+    int32_t has_logprob;         /* 1: logprob (and n_top, top_*) are set: the request asked for logprobs
+                                  * (top_logprobs >= 0) and this response carries its token's (on the CPU
+                                  * engine, every token response of such a request). 0: no logprob (logprob
+                                  * is then 0 and means nothing; 0.0 itself is a valid logprob, that of a
+                                  * token of probability 1) */
     float logprob;
     int32_t n_top;
     int32_t top_ids[MLR_MAX_TOP_LOGPROBS];
@@ -226,6 +274,8 @@ int32_t mlr_enqueue(mlr_engine *engine, const mlr_request *request, uint64_t *re
 /*
  * Waits up to timeout_ms (0 = do not wait) for responses and copies up to capacity of them into out
  * (caller's buffer). *n_out receives the count. Blocks only the calling thread.
+ * No response is ever dropped: the CPU engine reserves queue room for a step's responses before it runs the
+ * step, and when the queue cannot grow (out of memory) it waits for this call to drain it first.
  */
 int32_t mlr_await_responses(mlr_engine *engine, mlr_response *out, int32_t capacity, int32_t timeout_ms,
                             int32_t *n_out);
@@ -284,7 +334,8 @@ typedef struct mlr_lora_task_stats {
     int64_t last_use;            /* step at which a request last used it (LRU order) */
 } mlr_lora_task_stats;
 
-/* Fills *out, and up to capacity task entries (most recently used first; *n_tasks = how many). */
+/* Fills *out, and up to capacity task entries (most recently used first; *n_tasks = how many).
+ * MLR_OUT_OF_MEMORY when the task listing could not be built (*out is filled, *n_tasks = 0). */
 int32_t mlr_stats_get(mlr_engine *engine, mlr_stats *out, mlr_lora_task_stats *tasks, int32_t capacity,
                       int32_t *n_tasks);
 
@@ -294,10 +345,21 @@ int32_t mlr_stats_get(mlr_engine *engine, mlr_stats *out, mlr_lora_task_stats *t
 /*
  * Runs the model over tokens[0..n) as one fresh sequence, with an adapter that is cached (task 0 = none),
  * and writes the logits of every position to logits (caller's buffer of n x vocab_size floats). Waits for
- * the current step to finish; does not disturb running requests.
+ * the current step to finish; does not disturb running requests. MLR_OUT_OF_MEMORY (err says so) when its
+ * buffers or a forward pass's scratch could not be allocated; logits are then not valid.
  */
 int32_t mlr_forward_logits(mlr_engine *engine, const int32_t *tokens, int32_t n, uint64_t lora_task_id,
                            float lora_scale, float *logits, char *err, size_t err_len);
+
+/*
+ * TEST ONLY (nothing in production calls it): makes the next n scratch allocations of this engine's
+ * forward passes fail as if memory were exhausted (n = 0 clears). Scratch allocations are the work buffers
+ * a forward pass takes per parallel task (attention scores, LoRA deltas), whether the pass is a scheduler
+ * step or mlr_forward_logits; so a failure ends the requests of that step (see mlr_response) or fails that
+ * mlr_forward_logits call. Per engine (a counter in the engine, no global state); safe to call from any
+ * thread. MLR_INVALID_ARGUMENT for n < 0; MLR_UNSUPPORTED on the TensorRT-LLM library.
+ */
+int32_t mlr_cpu_test_fail_allocs(mlr_engine *engine, int32_t n);
 
 /* ============================================================================================== */
 /* Layout check                                                                                     */

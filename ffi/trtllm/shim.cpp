@@ -33,6 +33,8 @@
 #include "tensorrt_llm/plugins/api/tllmPlugin.h"
 
 #include "multilora.h"
+#include "../common/dtype_size.h"     /* dtype_size */
+#include "../common/request_check.h"  /* mlr_request_check, shared with the CPU engine */
 
 namespace tle = tensorrt_llm::executor;
 
@@ -62,8 +64,6 @@ tle::DataType to_tle_dtype(int32_t dtype) {
     }
 }
 
-size_t dtype_size(int32_t dtype) { return dtype == MLR_DTYPE_F32 ? 4 : 2; }
-
 /* A CPU tensor owning a copy of [rows, cols] elements: the executor reads LoRA weights later, on its own
  * thread, after the caller's buffer may be gone (llgtrt does the same with Tensor::of(...).copyToCpu()). */
 tle::Tensor copied_tensor(tle::DataType dtype, void const *data, int64_t rows, int64_t cols, size_t elem_size) {
@@ -84,14 +84,18 @@ int32_t finish_of(tle::FinishReason reason) {
     return MLR_FINISH_NONE;
 }
 
-/* log-softmax of one logits row: the chosen token's value and the k most likely (ids, values). */
+/* log-softmax of one logits row: the chosen token's value (has_logprob set) and the k most likely (ids,
+ * values). */
 void row_logprobs(float const *row, int64_t vocab, int32_t token, int32_t k, mlr_response *out) {
     float max = -INFINITY;
     for (int64_t i = 0; i < vocab; i++) max = std::max(max, row[i]);
     double sum = 0;
     for (int64_t i = 0; i < vocab; i++) sum += std::exp(static_cast<double>(row[i] - max));
     float const log_z = max + static_cast<float>(std::log(sum));
-    if (token >= 0 && token < vocab) out->logprob = row[token] - log_z;
+    if (token >= 0 && token < vocab) {
+        out->logprob = row[token] - log_z;
+        out->has_logprob = 1;
+    }
     if (k <= 0) return;
     k = static_cast<int32_t>(std::min<int64_t>({k, vocab, MLR_MAX_TOP_LOGPROBS}));
     std::vector<int32_t> ids(static_cast<size_t>(vocab));
@@ -239,32 +243,13 @@ void mlr_destroy(mlr_engine *e) {
 int32_t mlr_enqueue(mlr_engine *e, const mlr_request *q, uint64_t *request_id, char *err, size_t err_len) {
     clear_text(err, err_len);
     try {
-        std::string problems;
-        auto check = [&problems](bool ok, std::string const &text) {
-            if (!ok) problems += (problems.empty() ? "" : "\n") + text;
-        };
-        check(q->prompt && q->prompt_len > 0, "the prompt is empty");
-        check(q->max_new_tokens > 0, "max_new_tokens must be at least 1");
-        check(q->temperature >= 0, "temperature must not be negative");
-        check(q->top_p > 0 && q->top_p <= 1, "top_p must be in (0, 1]");
-        check(q->min_p >= 0 && q->min_p <= 1, "min_p must be in [0, 1]");
-        check(q->top_k >= 0, "top_k must not be negative");
-        check(q->repetition_penalty > 0, "repetition_penalty must be positive");
-        check(q->top_logprobs >= -1 && q->top_logprobs <= MLR_MAX_TOP_LOGPROBS, "top_logprobs must be in -1..20");
-        check(q->n_end_ids >= 0 && q->n_stop_ids >= 0 && (q->n_end_ids == 0 || q->end_ids) &&
-                  (q->n_stop_ids == 0 || q->stop_ids),
-              "end_ids / stop_ids are inconsistent");
-        if (q->lora_weights) {
-            check(q->lora_config && q->lora_rows > 0 && q->lora_row_len > 0 &&
-                      (q->lora_config_width == 3 || q->lora_config_width == 4) &&
-                      q->lora_weights_dtype >= MLR_DTYPE_F32 && q->lora_weights_dtype <= MLR_DTYPE_BF16,
-                  "LoRA weights need a config of width 3 or 4, rows, row length and a float dtype");
-            check(q->lora_task_id != 0, "LoRA weights need a task id other than 0");
-        }
-        if (!problems.empty()) {
-            set_text(err, err_len, problems);
-            return MLR_INVALID_ARGUMENT;
-        }
+        /* The checks both backends make, with the same texts (ffi/common/request_check.c). The vocabulary
+         * and the sequence limit are the executor's to check (it answers with an error response). A LoRA
+         * config width other than 3 or 4 is LoRA content: the executor refuses it as a response ("Expected
+         * dim2 of lora_keys to have a size in [...]", MLR_LORA_INVALID by ffi/common/trtllm_errors.c), as
+         * the CPU engine's cache does. */
+        mlr_request_limits const limits{/*vocab_size=*/0, /*max_seq_len=*/0};
+        if (mlr_request_check(q, &limits, err, err_len) > 0) return MLR_INVALID_ARGUMENT;
         if (q->top_logprobs > 0 && !e->params.gather_generation_logits) {
             set_text(err, err_len, "top logprobs need an engine built with --gather_generation_logits");
             return MLR_UNSUPPORTED;
@@ -310,7 +295,7 @@ int32_t mlr_enqueue(mlr_engine *e, const mlr_request *q, uint64_t *request_id, c
             std::optional<tle::Tensor> weights, config;
             if (q->lora_weights) {
                 weights = copied_tensor(to_tle_dtype(q->lora_weights_dtype), q->lora_weights, q->lora_rows,
-                                        q->lora_row_len, dtype_size(q->lora_weights_dtype));
+                                        q->lora_row_len, static_cast<size_t>(dtype_size(q->lora_weights_dtype)));
                 config = copied_tensor(tle::DataType::kINT32, q->lora_config, q->lora_rows, q->lora_config_width,
                                        sizeof(int32_t));
             }
@@ -381,7 +366,10 @@ static void unpack(mlr_engine *e, tle::Response const &response) {
         r.request_id = id;
         r.status = MLR_OK;
         r.token = tokens[j];
-        if (logprobs && j < logprobs->size()) r.logprob = (*logprobs)[j];
+        if (logprobs && j < logprobs->size()) { /* asked for (returnLogProbs = top_logprobs >= 0) and given */
+            r.logprob = (*logprobs)[j];
+            r.has_logprob = 1;
+        }
         if (!logits.empty() && vocab > 0 && static_cast<int64_t>(j + 1) * vocab <= static_cast<int64_t>(logits.size()))
             row_logprobs(logits.data() + static_cast<int64_t>(j) * vocab, vocab, r.token, top_k, &r);
         r.finish_reason = j + 1 == tokens.size() ? finish : MLR_FINISH_NONE;
@@ -516,3 +504,5 @@ int32_t mlr_cpu_create(const mlr_cpu_params *, mlr_engine **engine, char *err, s
     set_text(err, err_len, "this is libmultilora-trtllm.so: the CPU engine is in libmultilora.so");
     return MLR_UNSUPPORTED;
 }
+
+int32_t mlr_cpu_test_fail_allocs(mlr_engine *, int32_t) { return MLR_UNSUPPORTED; }

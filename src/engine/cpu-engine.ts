@@ -43,14 +43,24 @@ export interface CpuEngineOptions {
 
 export class CpuEngine extends NativeEngine {
   private constructor(
-    lib: NativeSymbols,
+    private readonly symbols: NativeSymbols,
     library: string,
-    handle: Pointer,
+    private readonly engineHandle: Pointer,
     /** Kept referenced: the engine reads the weights from these mappings until close(). */
     readonly checkpoint: Checkpoint,
     maxSeqLen: number,
   ) {
-    super(lib, library, handle, maxSeqLen, checkpoint.config.vocabSize);
+    super(symbols, library, engineHandle, maxSeqLen, checkpoint.config.vocabSize);
+  }
+
+  /**
+   * Test only (`mlr_cpu_test_fail_allocs`): the next `n` scratch allocations of this engine's forward
+   * passes fail as if out of memory, so tests can see a failed step end its requests with OUT_OF_MEMORY
+   * and the engine serve on. 0 clears.
+   */
+  failNextScratchAllocations(n: number): void {
+    const status = this.symbols.mlr_cpu_test_fail_allocs(this.engineHandle, n);
+    if (status !== MLR_STATUS.OK) throw new Error(`mlr_cpu_test_fail_allocs(${n}) returned ${status}`);
   }
 
   /** Builds the engine over a mapped checkpoint and starts its response pump. */

@@ -10,13 +10,13 @@
  * When the library is absent (a checkout that skipped the build), the converter falls back to TypeScript;
  * `nativeLibraryStatus()` says why it did not load, and the engine refuses to start with that reason.
  */
-import { dlopen, FFIType, ptr } from "bun:ffi";
+import { CString, dlopen, FFIType, ptr } from "bun:ffi";
 import { existsSync } from "node:fs";
 import { fileURLToPath } from "node:url";
 import { MultiloraError } from "../errors.ts";
 import type { castFloats, FloatDType } from "../formats/dtypes.ts";
 
-/** Mirrors `mlr_float_dtype` in ffi/include/multilora.h. */
+/** Mirrors `mlr_float_dtype` in ffi/include/multilora.h (tests/engine/abi-layout.test.ts checks it). */
 export const MLR_DTYPE: Record<FloatDType, number> = { F32: 0, F16: 1, BF16: 2 };
 
 const { ptr: P, i32, u64, f32, i64 } = FFIType;
@@ -37,7 +37,9 @@ const SYMBOLS = {
   mlr_stats_get: { args: [P, P, P, i32, P], returns: i32 },
   mlr_forward_logits: { args: [P, P, i32, u64, f32, P, P, u64], returns: i32 },
   mlr_layout: { args: [P, P], returns: i64 },
+  mlr_enum_name: { args: [P, i32], returns: P },
   mlr_trtllm_error_status: { args: [P], returns: i32 },
+  mlr_cpu_test_fail_allocs: { args: [P, i32], returns: i32 },
 } as const;
 
 type Library = ReturnType<typeof dlopen<typeof SYMBOLS>>;
@@ -79,8 +81,6 @@ export function nativeSymbols(path: string = nativeLibraryPath()): NativeSymbols
   const l = load(path);
   if (!("lib" in l)) {
     throw new MultiloraError(`the native engine library cannot be loaded: ${l.error}`, {
-      status: 500,
-      type: "server_error",
       code: "native_library_missing",
     });
   }
@@ -114,7 +114,8 @@ export function nativeCastFloats(): CastFloats | undefined {
 }
 
 // ---------------------------------------------------------------------------------------------------
-// Status codes and enums (stable values of multilora.h)
+// Status codes and enums (stable values of multilora.h; tests/engine/abi-layout.test.ts checks every value
+// against the library's mlr_enum_name)
 
 export const MLR_STATUS = {
   OK: 0,
@@ -295,6 +296,7 @@ export const RESPONSE = new StructLayout("mlr_response", [
   ["status", "i32"],
   ["finish_reason", "i32"],
   ["token", "i32"],
+  ["has_logprob", "i32"],
   ["logprob", "f32"],
   ["n_top", "i32"],
   ["top_ids", { array: "i32", length: MLR_MAX_TOP_LOGPROBS }],
@@ -408,6 +410,16 @@ export class StructView {
     }
   }
 
+  /** The same bytes, viewed from `base` (element i of an array of these structs: base = i * size). */
+  at(base: number): StructView {
+    const view = Object.create(StructView.prototype) as { -readonly [K in keyof StructView]: StructView[K] };
+    view.layout = this.layout;
+    view.bytes = this.bytes;
+    view.base = base;
+    view.view = this.view;
+    return view as StructView;
+  }
+
   /** A nested struct field. */
   sub(field: string): StructView {
     const t = this.layout.types.get(field);
@@ -436,6 +448,17 @@ export class StructView {
     const end = chars.indexOf(0);
     return new TextDecoder().decode(end < 0 ? chars : chars.subarray(0, end));
   }
+}
+
+/**
+ * The library's name for a value of one of its enums (`mlr_status`, `mlr_finish`, `mlr_float_dtype`,
+ * `mlr_lora_module`), e.g. "MLR_LORA_NOT_CACHED"; undefined when the value is not one of the enum's.
+ */
+export function nativeEnumName(enumName: string, value: number): string | undefined {
+  const lib = nativeSymbols();
+  const name = new TextEncoder().encode(`${enumName}\0`);
+  const p = lib.mlr_enum_name(ptr(name), value);
+  return p ? new CString(p).toString() : undefined;
 }
 
 /** The library's own sizeof / offsetof (-1 when it does not know the name). */

@@ -17,6 +17,8 @@ export interface RawResponse {
   status: number;
   finishReason: number;
   token: number;
+  /** The response carries a logprob (the request asked for them): `logprob` may then be exactly 0. */
+  hasLogprob: boolean;
   logprob: number;
   top: { token: number; logprob: number }[];
   error: string;
@@ -36,6 +38,7 @@ function decode(bytes: Uint8Array, i: number): RawResponse {
     status: r.get("status"),
     finishReason: r.get("finish_reason"),
     token: r.get("token"),
+    hasLogprob: r.get("has_logprob") !== 0,
     logprob: r.get("logprob"),
     top,
     error: r.get("status") === 0 ? "" : r.text("error"),

@@ -24,7 +24,11 @@ beforeAll(() => {
   const sources = readdirSync(join(ROOT, "ffi/cpu"))
     .filter((f) => f.endsWith(".c") && f !== "trtllm_absent.c")
     .map((f) => join(ROOT, "ffi/cpu", f))
-    .concat(readdirSync(join(ROOT, "ffi/common")).map((f) => join(ROOT, "ffi/common", f)));
+    .concat(
+      readdirSync(join(ROOT, "ffi/common"))
+        .filter((f) => f.endsWith(".c"))
+        .map((f) => join(ROOT, "ffi/common", f)),
+    );
   const cc = spawnSync(
     "cc",
     ["-std=c11", "-D_POSIX_C_SOURCE=200809L", "-pthread", "-fPIC", "-shared", "-O0", "-Wall", "-Werror"]

@@ -259,6 +259,33 @@ describe("generation", () => {
     expect(stopId.finishReason).toBe("stop_id");
   });
 
+  test("a chosen token of probability 1 (logprob exactly 0) still carries its logprob on every event", async () => {
+    // Extreme weights: a final norm 2000 times larger spreads the logits so far apart that the most likely
+    // token's log-softmax is exactly 0.0 in float32 (the others' exp() vanish next to 1 in double).
+    const model = writeLlamaCheckpoint(fresh("model"), BASE);
+    const weights = new Map(model.weights);
+    const norm = weights.get("model.norm.weight") as Float32Array;
+    weights.set(
+      "model.norm.weight",
+      norm.map((w) => w * 2000),
+    );
+    const extreme = saveLlamaCheckpoint(fresh("extreme"), model.config, weights, "F32");
+    const engine = track(openEngine(extreme.dir));
+    for (const topLogprobs of [0, 2]) {
+      const out = await collect(
+        engine.enqueue({ prompt: PROMPT, maxNewTokens: 6, temperature: 0, topLogprobs }),
+      );
+      expect(out.tokens.length).toBe(6);
+      for (const event of out.events) {
+        expect(event.logprob).toBe(0); // present, and exactly 0: the case a "logprob !== 0" test dropped
+        expect(event.top?.length).toBe(topLogprobs);
+      }
+    }
+    // Without logprobs asked for, none are reported.
+    const plain = await collect(engine.enqueue({ prompt: PROMPT, maxNewTokens: 3, temperature: 0 }));
+    for (const event of plain.events) expect(event.logprob).toBeUndefined();
+  });
+
   test("penalties change the distribution: a huge repetition penalty forbids the prompt's tokens", async () => {
     const model = writeLlamaCheckpoint(fresh("model"), BASE);
     const engine = track(openEngine(model.dir));

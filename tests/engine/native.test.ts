@@ -106,7 +106,7 @@ test.skipIf(!haveSanitizers || process.env.MULTILORA_SANITIZED === "1")(
     expect(build.stderr).toBe("");
     expect(build.status).toBe(0);
     const files = [
-      ...["native", "cpu-engine", "lora-cache", "scheduling"].map((f) =>
+      ...["native", "abi-layout", "cpu-engine", "lora-cache", "scheduling", "step-failures"].map((f) =>
         join(import.meta.dir, `${f}.test.ts`),
       ),
       // A full server: HTTP, the adapter registry and cache, streaming and cancels over the sanitized engine.
@@ -128,7 +128,7 @@ test.skipIf(!haveSanitizers || process.env.MULTILORA_SANITIZED === "1")(
     const output = `${run.stdout}\n${run.stderr}`;
     expect(output).not.toMatch(/ERROR: AddressSanitizer|runtime error:/);
     expect(output).toMatch(/\n 0 fail\n/);
-    expect(output).toMatch(/Ran \d+ tests across 6 files/);
+    expect(output).toMatch(/Ran \d+ tests across 8 files/);
     expect(run.status).toBe(0);
   },
   300_000,
