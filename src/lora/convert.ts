@@ -14,7 +14,7 @@
  */
 
 import { nativeCastFloats } from "../engine/native.ts";
-import { listProblems, MultiloraError } from "../errors.ts";
+import { MultiloraError } from "../errors.ts";
 import {
   castFloats as castFloatsTs,
   countNonFinite,
@@ -27,6 +27,7 @@ import type { BaseModel } from "../formats/model-config.ts";
 import type { SafetensorsFile, TensorInfo } from "../formats/safetensors-reader.ts";
 import { SafetensorsWriter } from "../formats/safetensors-writer.ts";
 import { VERSION } from "../version.ts";
+import { adapterProblems } from "./invalid-adapter.ts";
 import { hasFatal, type LoraPair, type PeftAdapter } from "./peft-adapter.ts";
 import { checkAgainstBase } from "./validate.ts";
 
@@ -81,7 +82,7 @@ export async function convertPeftAdapter(
   if (options.base) {
     const problems = checkAgainstBase(pairs, options.base, dtype);
     if (problems.length > 0) {
-      throw new MultiloraError(listProblems(`${adapter.dir} does not fit ${options.base.path}:`, problems), {
+      throw adapterProblems(`${adapter.dir} does not fit ${options.base.path}:`, problems, {
         code: "invalid_adapter",
       });
     }
@@ -103,12 +104,9 @@ export async function convertPeftAdapter(
   try {
     const nonFinite = writeRows(adapter.file, pairs, dtype, rowBytes, writer, options.onProgress);
     if (nonFinite.length > 0) {
-      throw new MultiloraError(
-        listProblems(`${adapter.weightsPath} has values that cannot be converted:`, nonFinite),
-        {
-          code: "invalid_adapter",
-        },
-      );
+      throw adapterProblems(`${adapter.weightsPath} has values that cannot be converted:`, nonFinite, {
+        code: "invalid_adapter",
+      });
     }
     writer.write(new Uint8Array(config.buffer));
     const sourceSha256 = await adapter.sha256;
@@ -140,7 +138,7 @@ function checkUnsupported(adapter: PeftAdapter, skip: boolean, warn: (m: string)
     return;
   }
   const lines = found.map((u) => (u.skippable ? `${u.what} (--skip-unsupported skips it)` : u.what));
-  throw new MultiloraError(listProblems(`${adapter.dir} uses what TensorRT-LLM LoRA cannot carry:`, lines), {
+  throw adapterProblems(`${adapter.dir} uses what TensorRT-LLM LoRA cannot carry:`, lines, {
     code: "unsupported_adapter",
   });
 }

@@ -5,7 +5,7 @@
  */
 import { existsSync, statSync } from "node:fs";
 import { basename, join, resolve } from "node:path";
-import { listProblems, MultiloraError } from "../errors.ts";
+import { MultiloraError } from "../errors.ts";
 import type { FloatDType } from "../formats/dtypes.ts";
 import {
   HF_MODULES,
@@ -20,6 +20,7 @@ import {
   type SafetensorsFile,
   type TensorInfo,
 } from "../formats/safetensors-reader.ts";
+import { adapterProblems } from "./invalid-adapter.ts";
 import {
   configWarnings,
   layersToTransform,
@@ -130,9 +131,7 @@ export function readPeftAdapter(dir: string): PeftAdapter {
   const file = parseSafetensors(read.bytes, weightsPath);
   const { pairs, unsupported, problems } = pairTensors(file, config);
   if (problems.length > 0) {
-    throw new MultiloraError(listProblems(`${weightsPath} cannot be converted:`, problems), {
-      code: "invalid_adapter",
-    });
+    throw adapterProblems(`${weightsPath} cannot be converted:`, problems, { code: "invalid_adapter" });
   }
   return {
     dir,

@@ -5,10 +5,10 @@
  */
 
 import type { LoraRef } from "../engine/engine.ts";
-import { listProblems, MultiloraError } from "../errors.ts";
 import { countNonFinite, type FloatDType, type FloatSource } from "../formats/dtypes.ts";
 import { type ModuleName, moduleName } from "../formats/lora-modules.ts";
 import { readSafetensors, type SafetensorsFile } from "../formats/safetensors-reader.ts";
+import { type AdapterInvalidError, adapterProblems } from "./invalid-adapter.ts";
 
 export interface TrtllmRow {
   moduleId: number;
@@ -84,13 +84,10 @@ function dropLeadingOne(shape: readonly number[]): readonly number[] {
   return shape.length === 3 && shape[0] === 1 ? shape.slice(1) : shape;
 }
 
-function invalid(file: SafetensorsFile, problems: string[]): MultiloraError {
-  return new MultiloraError(
-    listProblems(`${file.path} is not a valid TensorRT-LLM LoRA adapter:`, problems),
-    {
-      code: "invalid_adapter",
-    },
-  );
+function invalid(file: SafetensorsFile, problems: string[]): AdapterInvalidError {
+  return adapterProblems(`${file.path} is not a valid TensorRT-LLM LoRA adapter:`, problems, {
+    code: "invalid_adapter",
+  });
 }
 
 /** Reads and checks a TensorRT-LLM LoRA file, and wraps it for an engine request under `taskId`. */
@@ -100,22 +97,21 @@ export function readTrtllmLora(
   scale?: number,
 ): { adapter: TrtllmAdapter; lora: LoraRef } {
   const adapter = parseTrtllmAdapter(readSafetensors(path));
-  const file = adapter.file;
-  const config = file.view("config") as Int32Array;
-  const width = config.length / adapter.rows.length;
+  return { adapter, lora: { ...loraRefOf(adapter, taskId), scale } };
+}
+
+/** The engine request's LoRA part over the adapter's tensors (views into its file's bytes, no copy). */
+export function loraRefOf(adapter: TrtllmAdapter, taskId: bigint): LoraRef {
+  const config = adapter.file.view("config") as Int32Array;
   return {
-    adapter,
-    lora: {
-      taskId,
-      weights: {
-        bytes: file.rawBytes("weights"),
-        dtype: adapter.dtype,
-        rows: adapter.rows.length,
-        rowLength: adapter.rowLength,
-      },
-      config,
-      configWidth: width === 4 ? 4 : 3,
-      scale,
+    taskId,
+    weights: {
+      bytes: adapter.file.rawBytes("weights"),
+      dtype: adapter.dtype,
+      rows: adapter.rows.length,
+      rowLength: adapter.rowLength,
     },
+    config,
+    configWidth: config.length / adapter.rows.length === 4 ? 4 : 3,
   };
 }

@@ -11,10 +11,13 @@ import {
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { DEMO_PRESETS, writeDemoModel } from "../../src/engine/demo-model.ts";
-import type { MultiloraError } from "../../src/errors.ts";
+import { listProblems, type MultiloraError } from "../../src/errors.ts";
 import { readBaseModel } from "../../src/formats/model-config.ts";
-import { LoraRegistry, trimCache } from "../../src/lora/registry.ts";
-import { writeEngineConfig } from "../helpers/peft.ts";
+import { writeSafetensors } from "../../src/formats/safetensors-writer.ts";
+import { trimCache } from "../../src/lora/converted-cache.ts";
+import { AdapterInvalidError } from "../../src/lora/invalid-adapter.ts";
+import { LoraRegistry } from "../../src/lora/registry.ts";
+import { writeEngineConfig, writePeftAdapter } from "../helpers/peft.ts";
 
 const work = mkdtempSync(join(tmpdir(), "multilora-registry-"));
 afterAll(() => rmSync(work, { recursive: true, force: true }));
@@ -39,7 +42,7 @@ test("against a TensorRT-LLM engine, adapters are checked for its lora_target_mo
   const registryFor = (name: string, lora: Parameters<typeof writeEngineConfig>[2]) => {
     const engine = readBaseModel(writeEngineConfig(join(work, name), dims, lora));
     const requirements = { dims, modelPath: engine.path, dtype: "BF16" as const, maxRank: 64, engine };
-    return new LoraRegistry(demo.loraDir, join(work, `${name}-cache`), requirements);
+    return new LoraRegistry({ dir: demo.loraDir, cacheDir: join(work, `${name}-cache`), requirements });
   };
 
   const attentionOnly = registryFor("engine-attn", {
@@ -74,41 +77,129 @@ test("host copies stay under the cap: a dropped one is read again from disk (sam
     maxRank: 64,
   };
   // A cap of one byte keeps only the newest copy.
-  const registry = new LoraRegistry(
-    demo.loraDir,
-    join(work, "host-cache"),
+  const registry = new LoraRegistry({
+    dir: demo.loraDir,
+    cacheDir: join(work, "host-cache"),
     requirements,
-    undefined,
-    undefined,
-    1,
-  );
+    hostMaxBytes: 1,
+  });
   const attention = await registry.get("demo-attention");
-  const first = await attention.weights();
+  const first = await registry.weights(attention);
   const original = Uint8Array.from(first.weights?.bytes ?? []);
   expect(original.length).toBeGreaterThan(0);
   expect(registry.rereads).toBe(0);
 
   await registry.get("demo-all"); // drops demo-attention's copy
-  const again = await attention.weights();
+  const again = await registry.weights(attention);
   expect(registry.rereads).toBe(1);
   expect(again.weights?.bytes).not.toBe(first.weights?.bytes); // a fresh copy...
   expect(Uint8Array.from(again.weights?.bytes ?? [])).toEqual(original); // ...of the same bytes
   expect(Array.from(again.config ?? [])).toEqual(Array.from(first.config ?? []));
   expect(again.taskId).toBe(attention.taskId);
-  await attention.weights(); // now the newest copy: no read
+  await registry.weights(attention); // now the newest copy: no read
   expect(registry.rereads).toBe(1);
 
-  await (await registry.get("demo-all")).weights(); // drops it again, then the file changes under it
+  await registry.weights(await registry.get("demo-all")); // drops it again, then the file changes under it
   const spare = writeDemoModel(join(work, "host-copies-spare"), { seed: 42 });
   copyFileSync(
     join(spare.loraDir, "demo-attention.safetensors"),
     join(demo.loraDir, "demo-attention.safetensors"),
   );
-  const changed = await attention.weights().then(
+  const changed = await registry.weights(attention).then(
     () => undefined,
     (e: MultiloraError) => e,
   );
-  expect(changed?.status).toBe(409);
   expect(changed?.code).toBe("lora_changed");
   expect(changed?.message).toContain('adapter "demo-attention" changed on disk');
+});
+
+test("a PEFT adapter's dropped weights are converted again when the converted file was trimmed too: same bytes, same task id", async () => {
+  const demo = writeDemoModel(join(work, "peft-copies"));
+  const { hidden, intermediate, layers, heads, kvHeads, headDim } = DEMO_PRESETS.tiny;
+  const dims = { hidden, intermediate, layers, heads, kvHeads, headDim };
+  writePeftAdapter(join(demo.loraDir, "peft"), { dims, modules: ["q_proj", "v_proj"], rank: 4 });
+  const cacheDir = join(work, "peft-copies-cache");
+  const registry = new LoraRegistry({
+    dir: demo.loraDir,
+    cacheDir,
+    requirements: { dims, modelPath: join(demo.dir, "config.json"), dtype: "BF16", maxRank: 64 },
+    hostMaxBytes: 1,
+  });
+  const peft = await registry.get("peft");
+  const original = Uint8Array.from((await registry.weights(peft)).weights?.bytes ?? []);
+  await registry.get("demo-all"); // drops the PEFT adapter's copy
+  rmSync(join(cacheDir, "peft"), { recursive: true });
+  const again = await registry.weights(peft);
+  expect(registry.rereads).toBe(1);
+  expect(again.taskId).toBe(peft.taskId);
+  expect(Uint8Array.from(again.weights?.bytes ?? [])).toEqual(original);
+  expect(readdirSync(join(cacheDir, "peft"))).toHaveLength(1);
+  registry.close();
+});
+
+test("an invalid adapter's error carries its problems, and validate() answers with them", async () => {
+  const demo = writeDemoModel(join(work, "problems"));
+  const { hidden, intermediate, layers, heads, kvHeads, headDim } = DEMO_PRESETS.tiny;
+  const dims = { hidden, intermediate, layers, heads, kvHeads, headDim };
+  const registry = new LoraRegistry({
+    dir: demo.loraDir,
+    cacheDir: join(work, "problems-cache"),
+    requirements: { dims, modelPath: join(demo.dir, "config.json"), dtype: "F16", maxRank: 4 },
+  });
+  const failure = (name: string) =>
+    registry.get(name).then(
+      () => undefined,
+      (e: unknown) => e,
+    );
+
+  // The served model's checks.
+  const misfit = await failure("demo-attention");
+  expect(misfit).toBeInstanceOf(AdapterInvalidError);
+  const problems = [
+    "the weights are bfloat16 but this engine needs float16 (multilora extract -t float16)",
+    "rank 8 exceeds max_lora_rank 4",
+  ];
+  expect(misfit).toMatchObject({ code: "invalid_lora", param: "lora_model", problems });
+  expect((misfit as Error).message).toBe(
+    listProblems('adapter "demo-attention" does not fit the served model:', problems),
+  );
+  expect(await registry.validate("demo-attention")).toEqual({ problems, warnings: [] });
+
+  // The TensorRT-LLM file's own checks.
+  const path = join(demo.loraDir, "no-config.safetensors");
+  writeSafetensors(path, [{ name: "weights", dtype: "F16", shape: [1, 4], data: new Uint8Array(8) }]);
+  expect(await failure("no-config")).toMatchObject({
+    code: "invalid_lora",
+    problems: ['no "config" tensor'],
+  });
+  expect(await registry.validate("no-config")).toEqual({ problems: ['no "config" tensor'], warnings: [] });
+
+  // A file that is not safetensors at all: its one problem is the reader's message.
+  writeFileSync(join(demo.loraDir, "garbage.safetensors"), "not a safetensors file");
+  const garbage = await failure("garbage");
+  expect(garbage).toBeInstanceOf(AdapterInvalidError);
+  expect((garbage as AdapterInvalidError).problems).toEqual([(garbage as Error).message]);
+  expect((await registry.validate("garbage")).problems).toEqual([(garbage as Error).message]);
+
+  // A PEFT folder that cannot be converted.
+  writePeftAdapter(join(demo.loraDir, "nan-peft"), {
+    dims,
+    modules: ["q_proj"],
+    rank: 2,
+    edit: (name, values) => {
+      if (name.includes("layers.1.")) values[0] = Number.NaN;
+    },
+  });
+  const nan = await failure("nan-peft");
+  expect(nan).toMatchObject({ code: "invalid_lora", param: "lora_model" });
+  const nanProblems = (nan as AdapterInvalidError).problems;
+  expect(nanProblems).toHaveLength(1);
+  expect(nanProblems[0]).toContain("NaN");
+  expect((nan as Error).message).toStartWith('adapter "nan-peft": ');
+  expect((await registry.validate("nan-peft")).problems).toEqual([...nanProblems]);
+
+  // A bad or unknown name is the request's error, not a problem of an adapter.
+  await expect(registry.validate("nope")).rejects.toMatchObject({ code: "lora_not_found" });
+  await expect(registry.validate("../x")).rejects.toMatchObject({ code: "invalid_lora_name" });
+  registry.close();
 });

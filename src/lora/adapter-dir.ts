@@ -1,0 +1,233 @@
+/**
+ * The LoRA dir: which names are adapters (`<dir>/<name>.safetensors`, TensorRT-LLM's format, or a PEFT
+ * folder `<dir>/<name>/` with an adapter_config.json), confined to the dir (no absolute paths, no `..`,
+ * no link that leads outside, checked before anything outside is looked at), and each adapter's
+ * fingerprint, to notice a changed file.
+ *
+ * The listing is kept in memory and scanned again only when something may have changed: a watcher on the
+ * dir marks it stale on any event, and each call checks the mtime of the dir and of every folder in it
+ * (a PEFT folder filled after it appeared changes its own mtime, not the dir's). The mtime check does not
+ * wait for the watcher, so a file written just before a request is already listed for it.
+ */
+import {
+  existsSync,
+  type FSWatcher,
+  lstatSync,
+  readdirSync,
+  readlinkSync,
+  realpathSync,
+  statSync,
+  watch,
+} from "node:fs";
+import { dirname, join, resolve, sep } from "node:path";
+import { MultiloraError } from "../errors.ts";
+
+export type AdapterFormat = "trtllm" | "peft";
+
+/** An adapter in the LoRA dir, by name. */
+export interface AdapterEntry {
+  name: string;
+  format: AdapterFormat;
+  /** Its file or folder, links followed (always inside the LoRA dir). */
+  path: string;
+}
+
+const NAME = /^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$/;
+
+/**
+ * A folder's mtime is trusted to show the next change only once it is this much older than the scan that
+ * read it: timestamps are coarse (the kernel's clock tick, or whole seconds on some filesystems), so a
+ * change just after a scan may leave the mtime as it was.
+ */
+const RACY_NS = 2_000_000_000n;
+
+interface Listing {
+  byName: Map<string, AdapterEntry>;
+  sorted: AdapterEntry[];
+  /** The mtime (ns) of the dir and of each folder in it, read before the scan looked inside. */
+  mtimes: Map<string, bigint>;
+  /** Wall-clock time (ns) when the scan began. */
+  scannedAt: bigint;
+}
+
+export class AdapterDir {
+  /** The dir's real path: every adapter's path is inside it. */
+  readonly realDir: string;
+  /** How many times the dir was scanned (listings in between came from memory). */
+  scans = 0;
+  private listing: Listing | null = null;
+  private watcher: FSWatcher | null = null;
+
+  constructor(readonly dir: string) {
+    try {
+      this.realDir = realpathSync(dir);
+      if (!statSync(this.realDir).isDirectory()) throw new Error("not a directory");
+    } catch (e) {
+      throw new MultiloraError(`LoRA dir ${dir} cannot be used: ${(e as Error).message}`, {
+        code: "invalid_lora_dir",
+      });
+    }
+    this.watcher = this.watch();
+  }
+
+  /** Every adapter in the dir, by name. */
+  list(): readonly AdapterEntry[] {
+    return this.current().sorted;
+  }
+
+  /** Whether `name` is an adapter in the dir (false for any name that is not one, valid or not). */
+  has(name: string): boolean {
+    return this.current().byName.has(name);
+  }
+
+  /** The file or folder for `name`, looked up now; 400 for a bad name, 404 when absent. */
+  locate(name: string): AdapterEntry {
+    if (!NAME.test(name) || name.includes("..")) {
+      throw new MultiloraError(
+        `invalid adapter name ${JSON.stringify(name)}: use letters, digits, '_', '-' and '.', without '/' or '..'`,
+        { code: "invalid_lora_name", param: "lora_model" },
+      );
+    }
+    const candidates: [AdapterFormat, string][] = [
+      ["trtllm", join(this.realDir, `${name}.safetensors`)],
+      ["peft", join(this.realDir, name)],
+    ];
+    for (const [format, path] of candidates) {
+      const target = this.confined(path);
+      if (target === "missing") continue;
+      if (target === "outside") {
+        throw new MultiloraError(`adapter "${name}" is a link that leads outside the LoRA dir`, {
+          code: "invalid_lora_name",
+          param: "lora_model",
+        });
+      }
+      if (format === "peft" && !isPeftFolder(target)) continue;
+      return { name, format, path: target };
+    }
+    throw new MultiloraError(`adapter "${name}" does not exist in the LoRA dir`, {
+      code: "lora_not_found",
+      param: "lora_model",
+    });
+  }
+
+  /** Stops watching the dir (listings still stay current, by the mtime check alone). */
+  close(): void {
+    this.watcher?.close();
+    this.watcher = null;
+  }
+
+  /** The listing in memory, scanned again when the watcher or an mtime says the dir may have changed. */
+  private current(): Listing {
+    const l = this.listing;
+    const unchanged =
+      l !== null &&
+      [...l.mtimes].every(([path, mtime]) => mtime < l.scannedAt - RACY_NS && mtimeOf(path) === mtime);
+    if (!unchanged) this.listing = this.scan();
+    return this.listing as Listing;
+  }
+
+  private scan(): Listing {
+    this.scans++;
+    const scannedAt = BigInt(Date.now()) * 1_000_000n;
+    const mtimes = new Map([[this.realDir, statSync(this.realDir, { bigint: true }).mtimeNs]]);
+    const byName = new Map<string, AdapterEntry>();
+    for (const entry of readdirSync(this.realDir)) {
+      const target = this.confined(join(this.realDir, entry));
+      if (target === "missing" || target === "outside") continue; // links that lead out are not adapters
+      if (entry.endsWith(".safetensors") && !entry.startsWith(".")) {
+        const name = entry.slice(0, -".safetensors".length);
+        if (NAME.test(name)) byName.set(name, { name, format: "trtllm", path: target });
+      } else if (NAME.test(entry)) {
+        const mtime = folderMtimeOf(target);
+        if (mtime === undefined) continue;
+        mtimes.set(target, mtime); // read before looking inside, so a later fill is seen as a change
+        if (!byName.has(entry) && isPeftFolder(target))
+          byName.set(entry, { name: entry, format: "peft", path: target });
+      }
+    }
+    const sorted = [...byName.values()].sort((a, b) => a.name.localeCompare(b.name));
+    return { byName, sorted, mtimes, scannedAt };
+  }
+
+  /** A watcher that marks the listing stale on any event; none where the system has no watch to give. */
+  private watch(): FSWatcher | null {
+    try {
+      const watcher = watch(this.realDir, { persistent: false }, () => {
+        this.listing = null;
+      });
+      watcher.on("error", () => {
+        this.listing = null;
+        this.close();
+      });
+      watcher.unref?.();
+      return watcher;
+    } catch {
+      return null; // e.g. out of inotify watches: the mtime check alone keeps listings current
+    }
+  }
+
+  /**
+   * Where `path` (an entry of the LoRA dir) leads, following links by reading them only: a link's target
+   * is checked as a path before anything there is looked at, so no file outside the dir is ever touched.
+   */
+  private confined(path: string): string | "missing" | "outside" {
+    let current = path;
+    for (let hops = 0; hops < 8; hops++) {
+      let link: string;
+      try {
+        if (!lstatSync(current).isSymbolicLink()) return current;
+        link = readlinkSync(current);
+      } catch {
+        return "missing";
+      }
+      current = resolve(dirname(current), link);
+      if (!current.startsWith(this.realDir + sep)) return "outside";
+    }
+    return "outside"; // a chain of links this long is not an adapter
+  }
+}
+
+/** (device, inode, size, mtime in ns) of the file that holds the weights, and of a PEFT config. */
+export function fingerprintOf(entry: Pick<AdapterEntry, "format" | "path">): string {
+  const files =
+    entry.format === "trtllm"
+      ? [entry.path]
+      : [join(entry.path, "adapter_model.safetensors"), join(entry.path, "adapter_config.json")];
+  return files
+    .map((f) => {
+      try {
+        const s = statSync(f, { bigint: true });
+        return `${s.dev}:${s.ino}:${s.size}:${s.mtimeNs}`;
+      } catch {
+        return "missing";
+      }
+    })
+    .join("|");
+}
+
+function isPeftFolder(path: string): boolean {
+  try {
+    return statSync(path).isDirectory() && existsSync(join(path, "adapter_config.json"));
+  } catch {
+    return false;
+  }
+}
+
+/** The mtime (ns) of `path` if it is a folder. */
+function folderMtimeOf(path: string): bigint | undefined {
+  try {
+    const s = statSync(path, { bigint: true });
+    return s.isDirectory() ? s.mtimeNs : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+/** The mtime (ns) of `path`, or -1 when it cannot be read (gone, so changed). */
+function mtimeOf(path: string): bigint {
+  try {
+    return statSync(path, { bigint: true }).mtimeNs;
+  } catch {
+    return -1n;
+  }
+}
