@@ -49,7 +49,7 @@ try {
     if (r.status !== 200) throw new Error(`${model}: ${r.status}`);
     return performance.now() - t;
   };
-  await request(server.ctx.servedNames[0] as string); // warm the base path
+  await request(server.ctx.core.servedNames[0] as string); // warm the base path
   const cold: number[] = [];
   const warm: number[] = [];
   const copy: number[] = [];

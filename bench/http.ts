@@ -43,11 +43,12 @@ try {
   );
   const ctx = server.ctx;
 
-  // Engine-only time of a request: through the adapter cache, as the server does, without HTTP.
+  // Engine-only time of a request: the engine's own events, without HTTP or the generation core.
   const engineRun = async () => {
     const t = performance.now();
-    const s = await ctx.adapters.start({ prompt: PROMPT, maxNewTokens: 16, temperature: 0 }, undefined);
-    for (let e = await s.rest.next(); !e.done; e = await s.rest.next()) {}
+    const handle = ctx.core.engine.enqueue({ prompt: PROMPT, maxNewTokens: 16, temperature: 0 });
+    for await (const _ of handle.events) {
+    }
     return performance.now() - t;
   };
   const httpRun = async () => {

@@ -73,9 +73,9 @@ try {
       return tokens / ((performance.now() - t) / 1000);
     };
     await run(); // warm: every adapter read into the registry once
-    const before = server.ctx.engine.stats().loraEvictions;
+    const before = server.ctx.core.engine.stats().loraEvictions;
     const tokensPerSecond = await run();
-    const evictions = server.ctx.engine.stats().loraEvictions - before;
+    const evictions = server.ctx.core.engine.stats().loraEvictions - before;
     await server.stop();
     return { tokensPerSecond, evictions };
   }

@@ -1,43 +1,90 @@
 /**
- * The one error class of multilora. Every layer throws it; the server turns it into OpenAI's error shape
- * (`{"error": {"message", "type", "param", "code"}}`) and the CLI prints its message.
+ * The one error class of multilora. Every layer throws it with a stable code; the server turns it into
+ * OpenAI's error shape (`{"error": {"message", "type", "param", "code"}}`), choosing the HTTP status and
+ * type from the code in one place (src/server/errors.ts), and the CLI prints its message.
  *
  * Messages are written for the person who must act on them: they name the file, the tensor or the field
  * and say what is wrong with it.
  */
-export type ErrorType =
-  | "invalid_request_error"
-  | "authentication_error"
-  | "permission_error"
-  | "not_found_error"
-  | "server_error"
-  | "overloaded_error"
-  | "not_implemented_error";
+
+/** Every code an error may carry: stable, part of the API (clients match on them). */
+export const ERROR_CODES = [
+  // the request
+  "invalid_request",
+  "invalid_json",
+  "invalid_msgpack",
+  "request_too_large",
+  "context_length_exceeded",
+  "unsupported_field",
+  "unsupported_content",
+  "no_chat_template",
+  "chat_template_error",
+  "invalid_argument",
+  "cancelled",
+  // models and adapters
+  "model_not_found",
+  "route_not_found",
+  "not_found",
+  "conflicting_adapter",
+  "invalid_lora_name",
+  "lora_not_found",
+  "invalid_lora",
+  "lora_invalid",
+  "lora_not_cached",
+  "lora_changed",
+  "pin_limit",
+  // auth
+  "invalid_api_key",
+  "admin_loopback_only",
+  "adapter_not_allowed",
+  // the server
+  "overloaded",
+  "queue_timeout",
+  "shutting_down",
+  "lora_cache_full",
+  "out_of_memory",
+  "engine_closed",
+  "unsupported",
+  "internal_error",
+  "internal",
+  "native_library_missing",
+  "backend_unavailable",
+  "invalid_chat_template",
+  // files, models and settings (the CLI, start-up, adapters read from disk)
+  "usage",
+  "invalid_config",
+  "invalid_model",
+  "invalid_lora_dir",
+  "invalid_adapter",
+  "invalid_adapter_config",
+  "unsupported_adapter",
+  "invalid_tensor",
+  "invalid_safetensors",
+  "invalid_tokenizer",
+  "invalid_demo_tokenizer",
+  "tokenizer_not_found",
+  "file_not_found",
+  "io_error",
+] as const;
+
+export type ErrorCode = (typeof ERROR_CODES)[number];
 
 export interface ErrorOptions {
-  /** HTTP status when this error reaches a client. Default 400. */
-  status?: number;
-  /** OpenAI error type. Default `invalid_request_error`. */
-  type?: ErrorType;
-  /** Machine-readable code, e.g. `invalid_safetensors`, `unsupported_adapter`. */
-  code?: string;
+  /** Machine-readable and stable, e.g. `invalid_safetensors`, `lora_not_cached`. */
+  code: ErrorCode;
   /** The request field at fault, when there is one. */
   param?: string;
   cause?: unknown;
 }
 
 export class MultiloraError extends Error {
-  readonly status: number;
-  readonly type: ErrorType;
-  readonly code: string | null;
+  readonly code: ErrorCode;
   readonly param: string | null;
 
-  constructor(message: string, options: ErrorOptions = {}) {
+  constructor(message: string, options: ErrorOptions) {
     super(message, { cause: options.cause });
     this.name = "MultiloraError";
-    this.status = options.status ?? 400;
-    this.type = options.type ?? "invalid_request_error";
-    this.code = options.code ?? null;
+    this.code = options.code;
     this.param = options.param ?? null;
   }
 }

@@ -1,5 +1,5 @@
 /**
- * Request bodies of the OpenAI-compatible API, as valibot schemas: the single source of the request types
+ * The OpenAI-compatible API's request and response bodies, as valibot schemas: the single source of the request types
  * and of their validation. Unknown fields are ignored (OpenAI's clients send extras), so every object is
  * loose. multilora's extensions: lora_model, load_lora_weights, lora_scale, top_k, min_p,
  * repetition_penalty, return_token_ids.

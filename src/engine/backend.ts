@@ -7,14 +7,14 @@ import { MultiloraError } from "../errors.ts";
 import type { BaseModel, ModelDims } from "../formats/model-config.ts";
 import { loadCheckpoint } from "./checkpoint.ts";
 import { CpuEngine, type CpuEngineOptions } from "./cpu-engine.ts";
-import type { NativeEngine } from "./native-engine.ts";
+import type { Engine } from "./engine.ts";
 import { isTrtllmEngineDir, TrtllmEngine, type TrtllmEngineOptions } from "./trtllm-engine.ts";
 
 export type Backend = "cpu" | "trtllm";
 
 /** What is known of the model, whichever backend runs it. */
 export interface OpenedModel {
-  engine: NativeEngine;
+  engine: Engine;
   backend: Backend;
   dims: ModelDims;
   architecture: string;

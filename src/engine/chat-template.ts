@@ -148,7 +148,7 @@ export class ChatTemplate {
       throw new MultiloraError(
         `${this.source}: the chat template fails on a sample conversation (user, assistant, user): ` +
           `${(cause as Error).message ?? String(cause)}`,
-        { code: "invalid_chat_template", status: 500, type: "server_error", cause },
+        { code: "invalid_chat_template", cause },
       );
     }
     const last = SAMPLE_CONVERSATION.at(-1)?.content as string;
@@ -156,7 +156,7 @@ export class ChatTemplate {
       throw new MultiloraError(
         `${this.source}: the chat template's output for a sample conversation does not contain the last ` +
           `message (${JSON.stringify(last)}); it rendered ${JSON.stringify(prompt.slice(0, 200))}`,
-        { code: "invalid_chat_template", status: 500, type: "server_error" },
+        { code: "invalid_chat_template" },
       );
     }
   }

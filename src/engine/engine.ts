@@ -3,7 +3,7 @@
  * through the same C ABI). Requests are enqueued and answered with a stream of token events; LoRA
  * adapters travel as integer task ids with optional weights (TensorRT-LLM's model).
  */
-import { MultiloraError } from "../errors.ts";
+import { type ErrorCode, MultiloraError } from "../errors.ts";
 import type { FloatDType } from "../formats/dtypes.ts";
 
 export type FinishReason = "length" | "end_id" | "stop_id" | "cancelled";
@@ -33,8 +33,8 @@ export interface GenerateRequest {
   frequencyPenalty?: number;
   presencePenalty?: number;
   seed?: bigint | number;
-  endIds?: readonly number[];
-  stopIds?: readonly number[];
+  endIds?: ArrayLike<number>;
+  stopIds?: ArrayLike<number>;
   /** Log-probabilities: undefined = none, 0 = the chosen token's, k = also the k most likely. */
   topLogprobs?: number;
   lora?: LoraRef;
@@ -68,16 +68,17 @@ export type EngineErrorCode =
   | "OUT_OF_MEMORY"
   | "NOT_FOUND";
 
-const HTTP_STATUS: Record<EngineErrorCode, number> = {
-  INVALID_ARGUMENT: 400,
-  LORA_NOT_CACHED: 409,
-  LORA_CACHE_FULL: 503,
-  LORA_INVALID: 400,
-  CANCELLED: 499,
-  UNSUPPORTED: 501,
-  INTERNAL: 500,
-  OUT_OF_MEMORY: 503,
-  NOT_FOUND: 404,
+/** The error code each engine status reaches clients with (the status's name in lower case). */
+const ERROR_CODE: Record<EngineErrorCode, ErrorCode> = {
+  INVALID_ARGUMENT: "invalid_argument",
+  LORA_NOT_CACHED: "lora_not_cached",
+  LORA_CACHE_FULL: "lora_cache_full",
+  LORA_INVALID: "lora_invalid",
+  CANCELLED: "cancelled",
+  UNSUPPORTED: "unsupported",
+  INTERNAL: "internal",
+  OUT_OF_MEMORY: "out_of_memory",
+  NOT_FOUND: "not_found",
 };
 
 /** An error the engine reported, with its ABI code. */
@@ -86,11 +87,7 @@ export class EngineError extends MultiloraError {
     readonly engineCode: EngineErrorCode,
     message: string,
   ) {
-    super(message, {
-      status: HTTP_STATUS[engineCode],
-      type: HTTP_STATUS[engineCode] >= 500 ? "server_error" : "invalid_request_error",
-      code: engineCode.toLowerCase(),
-    });
+    super(message, { code: ERROR_CODE[engineCode] });
     this.name = "EngineError";
   }
 }
@@ -136,6 +133,8 @@ export interface EngineStats {
 
 export interface Engine {
   readonly capabilities: EngineCapabilities;
+  /** Prompt + generated tokens per sequence. */
+  readonly maxSeqLen: number;
   /** Queues a request; argument errors throw at once, everything else arrives through the events. */
   enqueue(request: GenerateRequest): RequestHandle;
   stats(): EngineStats;

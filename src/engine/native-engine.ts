@@ -42,6 +42,9 @@ const FINISH_BY_CODE: Record<number, FinishReason | null> = {
   [MLR_FINISH.CANCELLED]: "cancelled",
 };
 
+/** Most cached adapters one stats() call lists. */
+const STATS_TASKS = 256;
+
 /** A request's events as an async iterable fed by the pump. */
 class EventStream implements AsyncIterable<TokenEvent> {
   private readonly buffered: TokenEvent[] = [];
@@ -99,6 +102,11 @@ export class NativeEngine implements Engine {
   readonly capabilities: EngineCapabilities;
   private readonly pump: Worker;
   private readonly stopFlag = new Int32Array(new SharedArrayBuffer(4));
+  private readonly statsBuffers = {
+    s: new StructView(STATS),
+    tasks: new StructView(LORA_TASK_STATS, new Uint8Array(LORA_TASK_STATS.size * STATS_TASKS)),
+    n: new Int32Array(1),
+  };
 
   /** Takes over a created engine: reads its capabilities and starts its response pump. */
   protected constructor(
@@ -138,9 +146,9 @@ export class NativeEngine implements Engine {
     this.checkOpen();
     const r = new StructView(REQUEST);
     this.lib.mlr_request_default(ptr(r.bytes));
-    const prompt = Int32Array.from(request.prompt);
-    const endIds = Int32Array.from(request.endIds ?? []);
-    const stopIds = Int32Array.from(request.stopIds ?? []);
+    const prompt = int32s(request.prompt);
+    const endIds = int32s(request.endIds ?? []);
+    const stopIds = int32s(request.stopIds ?? []);
     if (prompt.length > 0) r.set("prompt", ptr(prompt));
     r.set("prompt_len", prompt.length).set("max_new_tokens", request.maxNewTokens);
     if (request.temperature !== undefined) r.set("temperature", request.temperature);
@@ -192,7 +200,7 @@ export class NativeEngine implements Engine {
     }
     const finishReason = FINISH_BY_CODE[r.finishReason] ?? null;
     const event: TokenEvent = { token: r.token, finishReason };
-    if (r.top.length > 0 || r.logprob !== 0) {
+    if (r.hasLogprob) {
       event.logprob = r.logprob;
       event.top = r.top;
     }
@@ -202,11 +210,11 @@ export class NativeEngine implements Engine {
 
   stats(): EngineStats {
     this.checkOpen();
-    const s = new StructView(STATS);
-    const capacity = 256;
-    const tasks = new Uint8Array(LORA_TASK_STATS.size * capacity);
-    const n = new Int32Array(1);
-    this.lib.mlr_stats_get(this.handle, ptr(s.bytes), ptr(tasks), capacity, ptr(n));
+    // Read often (every listing, health check and metrics scrape): the buffers are the engine's, reused.
+    const { s, tasks, n } = this.statsBuffers;
+    const status = this.lib.mlr_stats_get(this.handle, ptr(s.bytes), ptr(tasks.bytes), STATS_TASKS, ptr(n));
+    if (status !== MLR_STATUS.OK)
+      throw new EngineError(statusName(status), "the engine could not list its cached adapters (out of memory)");
     return {
       running: s.get("running"),
       queued: s.get("queued"),
@@ -223,9 +231,9 @@ export class NativeEngine implements Engine {
       steps: s.get("steps"),
       tokensGenerated: s.get("tokens_generated"),
       tasks: Array.from({ length: n[0] as number }, (_, i) => {
-        const t = new StructView(LORA_TASK_STATS, tasks, i * LORA_TASK_STATS.size);
+        const t = tasks.at(i * LORA_TASK_STATS.size);
         return {
-          taskId: t.view.getBigUint64(i * LORA_TASK_STATS.size + LORA_TASK_STATS.offset("task_id"), true),
+          taskId: t.view.getBigUint64(t.base + LORA_TASK_STATS.offset("task_id"), true),
           bytes: t.get("bytes"),
           active: t.get("active"),
           pinned: t.get("pinned") === 1,
@@ -296,11 +304,14 @@ export class NativeEngine implements Engine {
     if (this.pumpError) throw new EngineError("INTERNAL", this.pumpError);
     if (this.closed)
       throw new MultiloraError("the engine is closed", {
-        status: 503,
-        type: "server_error",
         code: "engine_closed",
       });
   }
+}
+
+/** Ids as the C struct reads them: an Int32Array as it is (the task builder makes them), others copied. */
+function int32s(ids: ArrayLike<number>): Int32Array {
+  return ids instanceof Int32Array ? ids : Int32Array.from(ids);
 }
 
 function randomSeed(): bigint {

@@ -4,7 +4,7 @@
  */
 import { readFileSync } from "node:fs";
 import * as v from "valibot";
-import { listProblems, MultiloraError } from "../errors.ts";
+import { type ErrorCode, listProblems, MultiloraError } from "../errors.ts";
 import { fileError } from "./files.ts";
 
 /** The issues of a failed parse as "field.path: message" lines. */
@@ -20,7 +20,7 @@ export function parseWith<const S extends v.GenericSchema>(
   schema: S,
   value: unknown,
   source: string,
-  code = "invalid_config",
+  code: ErrorCode = "invalid_config",
 ): v.InferOutput<S> {
   const result = v.safeParse(schema, value);
   if (result.success) return result.output;
@@ -28,7 +28,7 @@ export function parseWith<const S extends v.GenericSchema>(
 }
 
 /** Reads and parses the JSON file at `path` (no schema). */
-export function readJson(path: string, code = "invalid_config"): unknown {
+export function readJson(path: string, code: ErrorCode = "invalid_config"): unknown {
   let text: string;
   try {
     text = readFileSync(path, "utf8");
@@ -46,7 +46,7 @@ export function readJson(path: string, code = "invalid_config"): unknown {
 export function readJsonFile<const S extends v.GenericSchema>(
   path: string,
   schema: S,
-  code = "invalid_config",
+  code: ErrorCode = "invalid_config",
 ): v.InferOutput<S> {
   return parseWith(schema, readJson(path, code), path, code);
 }

@@ -21,8 +21,6 @@ export function createApp(ctx: ServerContext): Hono<AppEnv> {
   app.notFound((c) =>
     errorResponse(
       new MultiloraError(`no route ${c.req.method} ${new URL(c.req.url).pathname}`, {
-        status: 404,
-        type: "not_found_error",
         code: "route_not_found",
       }),
       c.req.raw,

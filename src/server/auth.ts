@@ -86,8 +86,6 @@ function bearer(c: Context): string | undefined {
 
 const unauthorized = (why: string) =>
   new MultiloraError(`${why}: send "Authorization: Bearer <key>"`, {
-    status: 401,
-    type: "authentication_error",
     code: "invalid_api_key",
   });
 
@@ -108,8 +106,6 @@ export function authMiddleware(auth: AuthConfig): MiddlewareHandler<AppEnv> {
           throw new MultiloraError(
             "the adapter admin routes answer loopback clients only (or start the server with --admin-key)",
             {
-              status: 403,
-              type: "permission_error",
               code: "admin_loopback_only",
             },
           );
@@ -141,8 +137,6 @@ export function authMiddleware(auth: AuthConfig): MiddlewareHandler<AppEnv> {
 export function checkAdapterAllowed(principal: Principal | null | undefined, adapter: string): void {
   if (principal?.adapters && !principal.adapters.has(adapter)) {
     throw new MultiloraError(`this API key may not use adapter "${adapter}"`, {
-      status: 403,
-      type: "permission_error",
       code: "adapter_not_allowed",
       param: "lora_model",
     });

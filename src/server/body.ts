@@ -63,7 +63,6 @@ function parseMsgpack(bytes: Uint8Array): unknown {
 
 function tooLarge(size: number, max: number): MultiloraError {
   return new MultiloraError(`the request body has ${size} bytes; the limit is ${max} (--max-body-mb)`, {
-    status: 413,
     code: "request_too_large",
   });
 }

@@ -1,28 +1,14 @@
 /**
- * What the HTTP layer is given (the app factory's one argument): the engine and everything around it.
- * Built by `multilora serve` (src/commands/serve.ts) or by tests; nothing here imports Bun.
+ * What the HTTP layer is given (the app factory's one argument): the generation core, which holds the
+ * engine, tokenizer and adapters, and what is the server's own. Built by `multilora serve`
+ * (src/commands/serve.ts) or by tests; nothing here imports Bun.
  */
-import type { ChatTemplate } from "../engine/chat-template.ts";
-import type { Engine } from "../engine/engine.ts";
-import type { Tokenizer } from "../engine/tokenizer.ts";
-import type { AdapterCache } from "../lora/adapter-cache.ts";
-import type { LoraRegistry } from "../lora/registry.ts";
+import type { GenerationCore } from "../generation/core.ts";
 import type { AuthConfig, Principal } from "./auth.ts";
 import type { Observer, RequestRecord } from "./observe.ts";
 
 export interface ServerContext {
-  engine: Engine;
-  tokenizer: Tokenizer;
-  chatTemplate: ChatTemplate;
-  /** null when the server runs without a LoRA dir. */
-  registry: LoraRegistry | null;
-  adapters: AdapterCache;
-  /** Names the base model answers to; the first is its id. */
-  servedNames: string[];
-  /** Prompt + generated tokens per request. */
-  maxSeqLen: number;
-  /** Longest generation in ms (0 = none): cut there with finish_reason "length". */
-  requestTimeoutMs: number;
+  core: GenerationCore;
   /** Largest request body in bytes (413 beyond). */
   maxBodyBytes: number;
   /** Seconds since the epoch when the model was loaded (`created` in /v1/models). */

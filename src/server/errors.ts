@@ -1,14 +1,65 @@
 /**
- * The one place errors become responses, in OpenAI's shape:
- * {"error": {"message", "type", "param", "code"}} with a real status code. A 500 means a bug, and says so.
+ * The one place errors become responses, in OpenAI's shape {"error": {"message", "type", "param", "code"}}:
+ * the HTTP status and OpenAI's error type are chosen here from the error's code, for every layer. A 500
+ * means a bug, and says so.
  */
 import * as v from "valibot";
-import { MultiloraError } from "../errors.ts";
+import { type ErrorCode, MultiloraError } from "../errors.ts";
 import { describeIssues } from "../formats/json-file.ts";
 import { reply } from "./wire.ts";
 
+export type ErrorType =
+  | "invalid_request_error"
+  | "authentication_error"
+  | "permission_error"
+  | "not_found_error"
+  | "server_error"
+  | "overloaded_error"
+  | "not_implemented_error";
+
+/** The status of every code that is not a 400. */
+const STATUS: Partial<Record<ErrorCode, number>> = {
+  invalid_api_key: 401,
+  admin_loopback_only: 403,
+  adapter_not_allowed: 403,
+  model_not_found: 404,
+  route_not_found: 404,
+  not_found: 404,
+  lora_not_found: 404,
+  lora_not_cached: 409,
+  lora_changed: 409,
+  pin_limit: 409,
+  request_too_large: 413,
+  cancelled: 499,
+  internal_error: 500,
+  internal: 500,
+  native_library_missing: 500,
+  invalid_chat_template: 500,
+  unsupported: 501,
+  backend_unavailable: 501,
+  overloaded: 503,
+  queue_timeout: 503,
+  shutting_down: 503,
+  lora_cache_full: 503,
+  out_of_memory: 503,
+  engine_closed: 503,
+};
+
+export function httpStatus(code: ErrorCode): number {
+  return STATUS[code] ?? 400;
+}
+
+function errorType(status: number): ErrorType {
+  if (status === 401) return "authentication_error";
+  if (status === 403) return "permission_error";
+  if (status === 404) return "not_found_error";
+  if (status === 501) return "not_implemented_error";
+  if (status === 503) return "overloaded_error";
+  return status >= 500 ? "server_error" : "invalid_request_error";
+}
+
 export function errorBody(e: MultiloraError) {
-  return { error: { message: e.message, type: e.type, param: e.param, code: e.code } };
+  return { error: { message: e.message, type: errorType(httpStatus(e.code)), param: e.param, code: e.code } };
 }
 
 /** Any thrown value as a MultiloraError (unknown errors become a 500 that names itself a bug). */
@@ -16,8 +67,6 @@ export function asMultiloraError(e: unknown): MultiloraError {
   if (e instanceof MultiloraError) return e;
   if (e instanceof v.ValiError) return invalidBody(e.issues);
   return new MultiloraError(`internal error (a bug in multilora): ${(e as Error)?.message ?? String(e)}`, {
-    status: 500,
-    type: "server_error",
     code: "internal_error",
     cause: e,
   });
@@ -26,9 +75,10 @@ export function asMultiloraError(e: unknown): MultiloraError {
 /** The error as a response, in the format `request` wants (JSON without one). */
 export function errorResponse(e: unknown, request?: Request): Response {
   const err = asMultiloraError(e);
-  const headers: Record<string, string> = err.status === 503 ? { "retry-after": "1" } : {};
-  if (request) return reply(request, errorBody(err), err.status, headers);
-  return Response.json(errorBody(err), { status: err.status, headers });
+  const status = httpStatus(err.code);
+  const headers: Record<string, string> = status === 503 ? { "retry-after": "1" } : {};
+  if (request) return reply(request, errorBody(err), status, headers);
+  return Response.json(errorBody(err), { status, headers });
 }
 
 /** A body that failed its schema: every problem listed, the first one's field as `param`. */
@@ -39,8 +89,4 @@ export function invalidBody(issues: readonly v.BaseIssue<unknown>[]): MultiloraE
     code: "invalid_request",
     param: first ?? undefined,
   });
-}
-
-export function notFound(what: string): MultiloraError {
-  return new MultiloraError(what, { status: 404, type: "not_found_error", code: "not_found" });
 }

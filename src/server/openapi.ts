@@ -6,8 +6,6 @@
 import type { Hono } from "hono";
 import { describeRoute, generateSpecs, resolver } from "hono-openapi";
 import type { GenericSchema } from "valibot";
-import { VERSION } from "../version.ts";
-import type { AppEnv } from "./context.ts";
 import {
   AdapterListSchema,
   AdapterSchema,
@@ -22,7 +20,9 @@ import {
   ModelListSchema,
   ModelSchema,
   ValidationResultSchema,
-} from "./schemas.ts";
+} from "../api/schemas.ts";
+import { VERSION } from "../version.ts";
+import type { AppEnv } from "./context.ts";
 
 /** A body in JSON, or the same in MessagePack. */
 function body(schema: GenericSchema, example?: unknown) {

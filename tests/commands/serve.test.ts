@@ -137,9 +137,9 @@ test("--adapter-memory-mb: adapters whose host copy was dropped are read again w
       expect(await run("demo-all")).toEqual(all);
       expect(await run("demo-attention")).toEqual(attention);
     }
-    const registry = t.server.ctx.registry;
+    const registry = t.server.ctx.core.registry;
     expect(registry?.rereads).toBe(4);
-    expect(t.server.ctx.engine.stats().loraEvictions).toBeGreaterThanOrEqual(5);
+    expect(t.server.ctx.core.engine.stats().loraEvictions).toBeGreaterThanOrEqual(5);
   } finally {
     await t.close();
   }
@@ -162,7 +162,7 @@ test("--converted-cache-mb caps the PEFT conversions kept in the cache dir (leas
     const converted = readdirSync(join(t.work, "cache", "peft")).filter((f) => f.endsWith(".safetensors"));
     expect(converted).toHaveLength(1);
     expect(join(t.work, "cache", "peft", converted[0] as string)).toBe(
-      t.server.ctx.registry?.loaded("second")?.path ?? "second was not loaded",
+      t.server.ctx.core.registry?.loaded("second")?.path ?? "second was not loaded",
     );
   } finally {
     await t.close();

@@ -5,6 +5,7 @@ import { join } from "node:path";
 import { type ChatTool, chatTemplateFromText, loadChatTemplate } from "../../src/engine/chat-template.ts";
 import { DEMO_CHAT_TEMPLATE, demoTokenizerConfig } from "../../src/engine/demo-tokenizer.ts";
 import { MultiloraError } from "../../src/errors.ts";
+import { httpStatus } from "../../src/server/errors.ts";
 
 const FIXTURES = join(import.meta.dir, "../../../shared/fixtures");
 const SMOL = join(FIXTURES, "smollm2-360m-instruct-lora-r8");
@@ -102,7 +103,7 @@ describe.skipIf(!HAVE_SMOL)("SmolLM2's chat_template.jinja", () => {
       "messages[0].content[0]",
       '"image_url"',
     );
-    expect(error.status).toBe(400);
+    expect(httpStatus(error.code)).toBe(400);
   });
 
   test("checkTemplate passes", () => {
@@ -259,7 +260,7 @@ describe("errors", () => {
         "chat_template.jinja",
       );
       expect(error.code).toBe("no_chat_template");
-      expect(error.status).toBe(400);
+      expect(httpStatus(error.code)).toBe(400);
     }
   });
 
@@ -316,7 +317,7 @@ describe("errors", () => {
       "/m/chat_template.jinja",
       "System role not supported",
     );
-    expect(error.status).toBe(400);
+    expect(httpStatus(error.code)).toBe(400);
     expect(error.code).toBe("chat_template_error");
   });
 });

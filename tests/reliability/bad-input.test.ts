@@ -294,5 +294,5 @@ test("2,000+ malformed requests: no 5xx, errors in OpenAI's shape, the server st
     max_tokens: 3,
   });
   expect(ok.choices[0]?.finish_reason).toBeDefined();
-  expect(t.server.ctx.engine.stats().running).toBe(0);
+  expect(t.server.ctx.core.engine.stats().running).toBe(0);
 }, 120_000);

@@ -93,7 +93,7 @@ test(`${CLIENTS} concurrent streaming clients over 8 adapters, cache of 3: no er
   clearInterval(sampler);
 
   expect(together).toEqual(alone);
-  const stats = t.server.ctx.engine.stats();
+  const stats = t.server.ctx.core.engine.stats();
   expect({ running: stats.running, queued: stats.queued, kv: stats.kvBytesUsed }).toEqual({
     running: 0,
     queued: 0,
@@ -101,7 +101,8 @@ test(`${CLIENTS} concurrent streaming clients over 8 adapters, cache of 3: no er
   });
   expect(stats.loraTasks).toBeLessThanOrEqual(3);
   expect(stats.loraEvictions).toBeGreaterThan(0);
-  const modelBytes = (t.server.ctx.engine as unknown as { checkpoint: { bytes: number } }).checkpoint.bytes;
+  const modelBytes = (t.server.ctx.core.engine as unknown as { checkpoint: { bytes: number } }).checkpoint
+    .bytes;
   const bound = modelBytes + (KV_MB + LORA_CACHE_MB + 512) * 1024 * 1024;
   console.log(
     `load: peak RSS ${(peak / 2 ** 20).toFixed(0)} MiB (bound ${(bound / 2 ** 20).toFixed(0)} MiB), ${stats.loraEvictions} evictions`,

@@ -19,14 +19,18 @@ afterAll(async () => {
 const ext = <T>(params: T & Record<string, unknown>) => params as T;
 
 async function engineGreedy(prompt: number[], maxNewTokens: number, taskName?: string): Promise<number[]> {
-  const ctx = t.server.ctx;
-  const adapter = taskName ? await ctx.registry?.get(taskName) : undefined;
-  const started = await ctx.adapters.start(
-    { prompt, maxNewTokens, temperature: 0, endIds: ctx.tokenizer.eosTokenIds },
-    adapter,
-  );
-  const tokens = [started.first.token];
-  for (let e = await started.rest.next(); !e.done; e = await started.rest.next()) tokens.push(e.value.token);
+  const { core } = t.server.ctx;
+  const adapter = taskName ? await core.registry?.get(taskName) : undefined;
+  const lora = adapter ? await core.registry?.weights(adapter) : undefined;
+  const handle = core.engine.enqueue({
+    prompt,
+    maxNewTokens,
+    temperature: 0,
+    endIds: core.tokenizer.eosTokenIds,
+    lora,
+  });
+  const tokens: number[] = [];
+  for await (const e of handle.events) tokens.push(e.token);
   return tokens.filter((x) => x >= 0);
 }
 
@@ -51,9 +55,12 @@ describe("models", () => {
 describe("chat completions", () => {
   const messages = [{ role: "user" as const, content: "Tell me about the sea." }];
   const rendered = () =>
-    t.server.ctx.tokenizer.encode(t.server.ctx.chatTemplate.render(messages, { addGenerationPrompt: true }), {
-      addSpecialTokens: false,
-    });
+    t.server.ctx.core.tokenizer.encode(
+      t.server.ctx.core.chatTemplate.render(messages, { addGenerationPrompt: true }),
+      {
+        addSpecialTokens: false,
+      },
+    );
 
   test("greedy chat equals the engine's greedy tokens on the rendered prompt, with usage", async () => {
     const r = await t.client.chat.completions.create({
@@ -65,7 +72,7 @@ describe("chat completions", () => {
     const prompt = rendered();
     const expected = await engineGreedy(prompt, 12);
     expect(r.choices[0]?.message.content).toBe(
-      t.server.ctx.tokenizer.decode(expected, { skipSpecialTokens: true }),
+      t.server.ctx.core.tokenizer.decode(expected, { skipSpecialTokens: true }),
     );
     expect(r.usage).toEqual({
       prompt_tokens: prompt.length,
@@ -92,7 +99,7 @@ describe("chat completions", () => {
     );
     const expected = await engineGreedy(rendered(), 10, "demo-all");
     expect(viaModel.choices[0]?.message.content).toBe(
-      t.server.ctx.tokenizer.decode(expected, { skipSpecialTokens: true }),
+      t.server.ctx.core.tokenizer.decode(expected, { skipSpecialTokens: true }),
     );
   });
 
@@ -139,7 +146,9 @@ describe("chat completions", () => {
     const content = r.choices[0]?.logprobs?.content ?? [];
     expect(content.length).toBe(4);
     const prompt = rendered();
-    const engine = t.server.ctx.engine as unknown as { forwardLogits: (ids: number[]) => Float32Array[] };
+    const engine = t.server.ctx.core.engine as unknown as {
+      forwardLogits: (ids: number[]) => Float32Array[];
+    };
     const row = engine.forwardLogits(prompt)[prompt.length - 1] as Float32Array;
     const max = Math.max(...row);
     const lse = max + Math.log(row.reduce((s, x) => s + Math.exp(x - max), 0));
@@ -210,7 +219,7 @@ describe("completions", () => {
       temperature: 0,
     });
     expect(r.choices.map((c) => c.index)).toEqual([0, 1]);
-    const tok = t.server.ctx.tokenizer;
+    const tok = t.server.ctx.core.tokenizer;
     expect(r.usage?.prompt_tokens).toBe(
       tok.encode("The sea", { addSpecialTokens: true }).length +
         tok.encode("The robot", { addSpecialTokens: true }).length,
@@ -326,14 +335,14 @@ describe("health and lifecycle", () => {
     await reader?.read();
     controller.abort();
     const deadline = Date.now() + 5000;
-    while (t.server.ctx.engine.stats().running > 0 && Date.now() < deadline)
+    while (t.server.ctx.core.engine.stats().running > 0 && Date.now() < deadline)
       await new Promise((r) => setTimeout(r, 10));
-    expect(t.server.ctx.engine.stats().running).toBe(0);
+    expect(t.server.ctx.core.engine.stats().running).toBe(0);
   });
 
   test("collect helper sanity: the engine still serves after the cancel", async () => {
     const out = await collect(
-      t.server.ctx.engine.enqueue({ prompt: [1, 2, 3], maxNewTokens: 3, temperature: 0 }),
+      t.server.ctx.core.engine.enqueue({ prompt: [1, 2, 3], maxNewTokens: 3, temperature: 0 }),
     );
     expect(out.tokens.length).toBe(3);
   });

@@ -17,7 +17,7 @@ afterAll(async () => {
   await t?.close();
 });
 
-const stats = () => t.server.ctx.engine.stats();
+const stats = () => t.server.ctx.core.engine.stats();
 const url = (path: string) => `${t.server.url}${path}`;
 /** First-token logprob and the text of a greedy completion: enough to tell weights apart. */
 async function complete(body: Record<string, unknown>) {
@@ -119,7 +119,7 @@ describe("files change while serving", () => {
   test("a file replaced in place, or by rename, serves the new weights under a new task id", async () => {
     addAdapter("hot", "demo-attention");
     const first = await complete({ lora_model: "hot" });
-    const oldTask = t.server.ctx.registry?.loaded("hot")?.taskId;
+    const oldTask = t.server.ctx.core.registry?.loaded("hot")?.taskId;
     // In place: the same inode, new bytes.
     await Bun.write(
       join(t.loraDir, "hot.safetensors"),
@@ -129,7 +129,7 @@ describe("files change while serving", () => {
     const expected = await complete({ lora_model: "fresh" }); // fresh holds the same demo-all weights
     expect(inPlace.logprob).toBe(expected.logprob as number);
     expect(inPlace.logprob).not.toBe(first.logprob as number);
-    const newTask = t.server.ctx.registry?.loaded("hot")?.taskId;
+    const newTask = t.server.ctx.core.registry?.loaded("hot")?.taskId;
     expect(newTask).not.toBe(oldTask as bigint);
     // By rename: back to the first weights.
     copyFileSync(join(spare, "lora", "demo-attention.safetensors"), join(t.loraDir, ".hot.tmp"));
@@ -137,16 +137,16 @@ describe("files change while serving", () => {
     const renamed = await complete({ lora_model: "hot" });
     expect(renamed.logprob).toBe(first.logprob as number);
     // The same content gets its old id back: an id names one exact content.
-    expect(t.server.ctx.registry?.loaded("hot")?.taskId).toBe(oldTask as bigint);
+    expect(t.server.ctx.core.registry?.loaded("hot")?.taskId).toBe(oldTask as bigint);
   });
 
   test("concurrent first requests for an adapter read and validate it once", async () => {
     addAdapter("crowd", "demo-attention");
-    const loads = t.server.ctx.registry?.loads ?? 0;
+    const loads = t.server.ctx.core.registry?.loads ?? 0;
     const results = await Promise.all(Array.from({ length: 5 }, () => complete({ lora_model: "crowd" })));
     expect(results.map((r) => r.status)).toEqual([200, 200, 200, 200, 200]);
     expect(new Set(results.map((r) => r.logprob)).size).toBe(1);
-    expect((t.server.ctx.registry?.loads ?? 0) - loads).toBe(1);
+    expect((t.server.ctx.core.registry?.loads ?? 0) - loads).toBe(1);
   });
 });
 

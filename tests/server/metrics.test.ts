@@ -75,7 +75,7 @@ test("exact counters after a known sequence, only real adapters as labels, and t
   expect(get('multilora_lora_load_seconds_count{adapter="demo-attention"}')).toBe(1);
   expect(get('multilora_lora_evictions_total{adapter="demo-all"}')).toBe(1);
   expect(get('multilora_lora_adapter_bytes{adapter="demo-all"}')).toBe(0);
-  const stats = t.server.ctx.engine.stats();
+  const stats = t.server.ctx.core.engine.stats();
   expect(get('multilora_lora_adapter_bytes{adapter="demo-attention"}')).toBe(stats.loraBytesUsed);
   expect(get("multilora_lora_cache_bytes_capacity")).toBe(stats.loraBytesCapacity);
   expect(get("multilora_kv_cache_bytes_capacity")).toBe(stats.kvBytesCapacity);
@@ -85,7 +85,7 @@ test("exact counters after a known sequence, only real adapters as labels, and t
 
 test("one JSON log line per request with id, adapter, tokens, times and status", () => {
   const lines: string[] = [];
-  const engine = t.server.ctx.engine;
+  const engine = t.server.ctx.core.engine;
   const observer = new Observer(
     createLogger("info", (l) => lines.push(l)),
     engine,

@@ -4,31 +4,32 @@
  * cannot honour answers 501 and says why.
  */
 import type { Hono } from "hono";
-import { EngineError } from "../../engine/engine.ts";
+import { LoadAdapterRequestSchema } from "../../api/schemas.ts";
 import { MultiloraError } from "../../errors.ts";
 import type { LoraRegistry } from "../../lora/registry.ts";
 import { readBody } from "../body.ts";
 import type { AppEnv, ServerContext } from "../context.ts";
 import { routeDocs } from "../openapi.ts";
-import { LoadAdapterRequestSchema } from "../schemas.ts";
 import { reply } from "../wire.ts";
 import { describeAdapter } from "./models.ts";
 
 function registryOf(ctx: ServerContext): LoraRegistry {
-  if (!ctx.registry) {
+  if (!ctx.core.registry) {
     throw new MultiloraError("this server has no LoRA dir (multilora serve <model-dir> <lora-dir>)", {
-      status: 404,
-      type: "not_found_error",
       code: "lora_not_found",
     });
   }
-  return ctx.registry;
+  return ctx.core.registry;
+}
+
+function unsupported(what: string): MultiloraError {
+  return new MultiloraError(what, { code: "unsupported" });
 }
 
 export function adapterRoutes(app: Hono<AppEnv>, ctx: ServerContext): void {
   app.get("/v1/lora/adapters", routeDocs.adapters, (c) => {
     const registry = registryOf(ctx);
-    const stats = ctx.engine.stats();
+    const stats = ctx.core.engine.stats();
     return reply(c.req.raw, {
       object: "list",
       data: registry.list().map((l) => describeAdapter(ctx, l, stats)),
@@ -37,7 +38,7 @@ export function adapterRoutes(app: Hono<AppEnv>, ctx: ServerContext): void {
         bytes_capacity: stats.loraBytesCapacity,
         adapters: stats.loraTasks,
         max_adapters: stats.maxLoras || null,
-        estimated: !ctx.engine.capabilities.loraTaskListing,
+        estimated: !ctx.core.engine.capabilities.loraTaskListing,
       },
     });
   });
@@ -54,31 +55,10 @@ export function adapterRoutes(app: Hono<AppEnv>, ctx: ServerContext): void {
   app.post("/v1/lora/adapters/:name/load", routeDocs.load, async (c) => {
     const registry = registryOf(ctx);
     const { pin } = await readBody(c.req.raw, LoadAdapterRequestSchema, ctx.maxBodyBytes, { optional: true });
-    if (pin && !ctx.engine.capabilities.loraPin) {
-      throw new MultiloraError("this backend cannot pin adapters (TensorRT-LLM's executor has no pin call)", {
-        status: 501,
-        type: "not_implemented_error",
-        code: "unsupported",
-      });
-    }
+    if (pin && !ctx.core.engine.capabilities.loraPin)
+      throw unsupported("this backend cannot pin adapters (TensorRT-LLM's executor has no pin call)");
     const version = await registry.get(c.req.param("name"));
-    // A one-token request carries the weights into the engine's cache.
-    const started = await ctx.adapters.start(
-      { prompt: [0], maxNewTokens: 1, temperature: 0 },
-      version,
-      "always",
-    );
-    for (let e = await started.rest.next(); !e.done; e = await started.rest.next()) {}
-    if (pin) {
-      try {
-        ctx.engine.loraPin(version.taskId, true);
-      } catch (e) {
-        if (e instanceof EngineError && e.engineCode === "LORA_CACHE_FULL") {
-          throw new MultiloraError(e.message, { status: 409, code: "pin_limit" });
-        }
-        throw e;
-      }
-    }
+    await ctx.core.loadAdapter(version, { pin });
     return reply(
       c.req.raw,
       describeAdapter(
@@ -97,19 +77,11 @@ export function adapterRoutes(app: Hono<AppEnv>, ctx: ServerContext): void {
     const name = c.req.param("name");
     registry.locate(name);
     const version = registry.loaded(name);
-    if (!ctx.engine.capabilities.loraRelease) {
-      throw new MultiloraError("this backend cannot evict adapters on demand", {
-        status: 501,
-        type: "not_implemented_error",
-        code: "unsupported",
-      });
-    }
-    if (version && ctx.engine.stats().tasks.some((t) => t.taskId === version.taskId)) {
-      ctx.engine.loraRelease(version.taskId);
+    if (!ctx.core.engine.capabilities.loraRelease)
+      throw unsupported("this backend cannot evict adapters on demand");
+    if (version) {
+      await ctx.core.releaseAdapter(version);
       ctx.observer.released(version.taskId);
-      // Released at once when idle, else when its running requests end: wait for that.
-      while (ctx.engine.stats().tasks.some((t) => t.taskId === version.taskId))
-        await new Promise((r) => setTimeout(r, 10));
     }
     return reply(c.req.raw, { name, state: "on_disk" });
   });

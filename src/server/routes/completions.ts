@@ -1,31 +1,15 @@
-/** POST /v1/completions: a prompt as text, texts, token ids or lists of token ids. */
+/** POST /v1/completions: a prompt as text, texts, token ids or lists of token ids; legacy completion chunks. */
 import type { Hono } from "hono";
+import { CompletionRequestSchema } from "../../api/schemas.ts";
 import type { Tokenizer } from "../../engine/tokenizer.ts";
+import type { TokenLogprob } from "../../generation/generation.ts";
+import type { GenerationTask } from "../../generation/task.ts";
 import { readBody } from "../body.ts";
 import type { AppEnv, ServerContext } from "../context.ts";
-import type { TokenLogprob } from "../generation.ts";
 import { routeDocs } from "../openapi.ts";
-import {
-  choiceInput,
-  collectChoice,
-  completionId,
-  resolveTarget,
-  startChoices,
-  streamResponse,
-} from "../requests.ts";
-import { type CompletionRequest, CompletionRequestSchema } from "../schemas.ts";
-import { reply } from "../wire.ts";
+import { completionId, type ResponseCodec, respond } from "../respond.ts";
 
-/** Token-id prompts are used as given; text is tokenized with the model's special tokens (BOS). */
-function prompts(tokenizer: Tokenizer, prompt: CompletionRequest["prompt"]): number[][] {
-  if (typeof prompt === "string") return [tokenizer.encode(prompt, { addSpecialTokens: true })];
-  if (prompt.every((p) => typeof p === "number")) return [prompt as number[]];
-  return (prompt as (string | number[])[]).map((p) =>
-    typeof p === "string" ? tokenizer.encode(p, { addSpecialTokens: true }) : p,
-  );
-}
-
-/** The legacy completions logprobs shape, offsets counted from the start of the generated text. */
+/** The legacy completions logprobs shape, offsets counted from the start of the choice's text. */
 function completionLogprobs(tokenizer: Tokenizer, items: TokenLogprob[], startOffset: number) {
   let offset = startOffset;
   const tokens: string[] = [];
@@ -46,109 +30,72 @@ function completionLogprobs(tokenizer: Tokenizer, items: TokenLogprob[], startOf
   };
 }
 
-export function completionRoutes(app: Hono<AppEnv>, ctx: ServerContext): void {
-  app.post("/v1/completions", routeDocs.completions, async (c) => {
-    const body = await readBody(c.req.raw, CompletionRequestSchema, ctx.maxBodyBytes);
-    const target = await resolveTarget(ctx, body.model, body.lora_model, c.get("principal"));
-    const record = c.get("record");
-    record.adapter = target.adapter?.name ?? null;
-    const all = prompts(ctx.tokenizer, body.prompt);
-    // Token ids outside the vocabulary are refused by the engine with a 400 that names them.
-    const topLogprobs = body.logprobs ?? undefined;
-    const inputs = all.flatMap((p) =>
-      Array.from({ length: body.n }, (_, i) =>
-        choiceInput(ctx, body, p, target, body.max_tokens, topLogprobs, i),
+/** Completions' chunks and body. */
+function completionCodec(tokenizer: Tokenizer, task: GenerationTask): ResponseCodec {
+  const id = completionId("cmpl");
+  const created = Math.floor(Date.now() / 1000);
+  const { returnTokenIds, echo } = task.output;
+  const promptOf = (index: number) => task.prompts[task.choices[index]?.promptIndex ?? 0] ?? [];
+  const echoes = task.choices.map((c) => (echo ? tokenizer.decode([...promptOf(c.index)]) : ""));
+  /** Each streamed choice's text so far (its logprobs' offsets). */
+  const offsets = task.choices.map(() => 0);
+  const logprobs = (items: TokenLogprob[], offset: number) =>
+    task.topLogprobs === null ? null : completionLogprobs(tokenizer, items, offset);
+  const chunk = (choices: unknown[], extra: Record<string, unknown> = {}) => ({
+    id,
+    object: "text_completion",
+    created,
+    model: task.model,
+    choices,
+    ...extra,
+  });
+  return {
+    opening: () =>
+      echoes.flatMap((text, index) =>
+        text ? [chunk([{ index, text, logprobs: null, finish_reason: null }])] : [],
       ),
-    );
-    for (const input of inputs) input.onToken = () => ctx.observer.token(record);
-    record.engineAt = performance.now();
-    const choices = await startChoices(ctx, inputs);
-    const id = completionId("cmpl");
-    const created = Math.floor(Date.now() / 1000);
-    const promptTokens = all.reduce((s, p) => s + p.length, 0);
-    record.promptTokens = promptTokens;
-    const usage = () => {
-      const completion = choices.reduce((s, ch) => s + ch.completionTokens(), 0);
-      return {
-        prompt_tokens: promptTokens,
-        completion_tokens: completion,
-        total_tokens: promptTokens + completion,
-      };
-    };
-    const echoOf = (index: number) => (body.echo ? ctx.tokenizer.decode(inputs[index]?.prompt ?? []) : "");
-
-    if (body.stream) {
-      const chunk = (choices: unknown[], extra: Record<string, unknown> = {}) => ({
-        id,
-        object: "text_completion",
-        created,
-        model: target.model,
-        choices,
-        ...extra,
-      });
-      return streamResponse(
-        c.req.raw,
-        async (send) => {
-          await Promise.all(
-            choices.map(async (choice, index) => {
-              let offset = 0;
-              const echo = echoOf(index);
-              if (echo) send(chunk([{ index, text: echo, logprobs: null, finish_reason: null }]));
-              for await (const d of choice.deltas) {
-                // A token whose text is still incomplete gets its chunk when token ids or logprobs are asked for.
-                const perToken = body.return_token_ids || topLogprobs !== undefined;
-                if (d.text.length === 0 && d.finishReason === null && !(perToken && d.tokenIds.length > 0))
-                  continue;
-                send(
-                  chunk([
-                    {
-                      index,
-                      text: d.text,
-                      logprobs:
-                        topLogprobs === undefined
-                          ? null
-                          : completionLogprobs(ctx.tokenizer, d.logprobs, offset),
-                      finish_reason: d.finishReason,
-                      ...(body.return_token_ids ? { token_ids: d.tokenIds } : {}),
-                    },
-                  ]),
-                );
-                offset += d.text.length;
-              }
-            }),
-          );
-          if (body.stream_options?.include_usage) send(chunk([], { usage: usage() }));
+    chunk: (e) => {
+      const offset = offsets[e.index] ?? 0;
+      offsets[e.index] = offset + e.text.length;
+      return chunk([
+        {
+          index: e.index,
+          text: e.text,
+          logprobs: logprobs(e.logprobs, offset),
+          finish_reason: e.finishReason,
+          ...(returnTokenIds ? { token_ids: e.tokenIds } : {}),
         },
-        () => {
-          for (const ch of choices) ch.cancel();
-        },
-        () => ctx.observer.end(record, 200),
-      );
-    }
-
-    const results = await Promise.all(
-      choices.map(async (choice, index) => {
-        const { text: generated, tokenIds, logprobs, finishReason } = await collectChoice(choice);
-        const text = echoOf(index) + generated;
-        return {
-          index,
-          text,
-          logprobs:
-            topLogprobs === undefined
-              ? null
-              : completionLogprobs(ctx.tokenizer, logprobs, echoOf(index).length),
-          finish_reason: finishReason,
-          ...(body.return_token_ids ? { token_ids: tokenIds, prompt_token_ids: inputs[index]?.prompt } : {}),
-        };
-      }),
-    );
-    return reply(c.req.raw, {
+      ]);
+    },
+    usageChunk: (usage) => chunk([], { usage }),
+    body: (results, usage) => ({
       id,
       object: "text_completion",
       created,
-      model: target.model,
-      choices: results,
-      usage: usage(),
-    });
+      model: task.model,
+      choices: results.map((r, index) => ({
+        index,
+        text: (echoes[index] ?? "") + r.text,
+        logprobs: logprobs(r.logprobs, echoes[index]?.length ?? 0),
+        finish_reason: r.finishReason,
+        ...(returnTokenIds ? { token_ids: r.tokenIds, prompt_token_ids: promptOf(index) } : {}),
+      })),
+      usage,
+    }),
+  };
+}
+
+export function completionRoutes(app: Hono<AppEnv>, ctx: ServerContext): void {
+  app.post("/v1/completions", routeDocs.completions, async (c) => {
+    const body = await readBody(c.req.raw, CompletionRequestSchema, ctx.maxBodyBytes);
+    const record = c.get("record");
+    // Token ids outside the vocabulary are refused by the engine with a 400 that names them.
+    const target = await ctx.core.target(body.model, body.lora_model, c.get("principal")?.adapters ?? null);
+    record.adapter = target.adapter?.name ?? null;
+    const task = ctx.core.completionTask(body, target);
+    record.engineAt = performance.now();
+    const generation = await ctx.core.start(task);
+    record.promptTokens = task.promptTokens;
+    return respond(ctx, c.req.raw, record, generation, completionCodec(ctx.core.tokenizer, task));
   });
 }

@@ -8,7 +8,7 @@ export function healthRoutes(app: Hono<AppEnv>, ctx: ServerContext): void {
   app.get("/health", routeDocs.health, (c) => reply(c.req.raw, { status: "ok" }));
   app.get("/v1/health/live", routeDocs.live, (c) => reply(c.req.raw, { status: "live" }));
   app.get("/v1/health/ready", routeDocs.ready, (c) => {
-    const stats = ctx.engine.stats();
+    const stats = ctx.core.engine.stats();
     const body = {
       status: ctx.isReady() ? "ready" : "not_ready",
       running: stats.running,

@@ -13,12 +13,12 @@ import { reply } from "../wire.ts";
 export function describeAdapter(
   ctx: ServerContext,
   listing: AdapterListing,
-  stats: EngineStats = ctx.engine.stats(),
+  stats: EngineStats = ctx.core.engine.stats(),
 ) {
   const v = listing.version;
   const task = v ? stats.tasks.find((t) => t.taskId === v.taskId) : undefined;
-  const estimated = !ctx.engine.capabilities.loraTaskListing;
-  const cached = v ? (estimated ? ctx.adapters.isCached(v.taskId) : task !== undefined) : false;
+  const estimated = !ctx.core.engine.capabilities.loraTaskListing;
+  const cached = v ? (estimated ? ctx.core.isCached(v.taskId) : task !== undefined) : false;
   return {
     name: listing.name,
     format: listing.format,
@@ -45,11 +45,11 @@ export function describeAdapter(
 
 export function modelRoutes(app: Hono<AppEnv>, ctx: ServerContext): void {
   const base = () => ({
-    id: ctx.servedNames[0],
+    id: ctx.core.servedNames[0],
     object: "model",
     created: ctx.created,
     owned_by: "multilora",
-    root: ctx.servedNames[0],
+    root: ctx.core.servedNames[0],
     parent: null,
   });
   const adapterModel = (listing: AdapterListing, stats?: EngineStats) => ({
@@ -57,15 +57,15 @@ export function modelRoutes(app: Hono<AppEnv>, ctx: ServerContext): void {
     object: "model",
     created: ctx.created,
     owned_by: "multilora",
-    root: ctx.servedNames[0],
-    parent: ctx.servedNames[0],
+    root: ctx.core.servedNames[0],
+    parent: ctx.core.servedNames[0],
     lora: describeAdapter(ctx, listing, stats),
   });
   /** The adapters `principal` may use (a tenant's key sees only its own). */
   const visible = (principal: Principal | null) =>
-    (ctx.registry?.list() ?? []).filter((l) => !principal?.adapters || principal.adapters.has(l.name));
+    (ctx.core.registry?.list() ?? []).filter((l) => !principal?.adapters || principal.adapters.has(l.name));
   app.get("/v1/models", routeDocs.models, (c) => {
-    const stats = ctx.engine.stats();
+    const stats = ctx.core.engine.stats();
     return reply(c.req.raw, {
       object: "list",
       data: [base(), ...visible(c.get("principal")).map((l) => adapterModel(l, stats))],
@@ -73,12 +73,10 @@ export function modelRoutes(app: Hono<AppEnv>, ctx: ServerContext): void {
   });
   app.get("/v1/models/:id{.+}", routeDocs.model, (c) => {
     const id = c.req.param("id");
-    if (ctx.servedNames.includes(id)) return reply(c.req.raw, { ...base(), id });
+    if (ctx.core.servedNames.includes(id)) return reply(c.req.raw, { ...base(), id });
     const listing = visible(c.get("principal")).find((a) => a.name === id);
     if (!listing) {
       throw new MultiloraError(`model "${id}" does not exist`, {
-        status: 404,
-        type: "not_found_error",
         code: "model_not_found",
       });
     }

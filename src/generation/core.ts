@@ -1,0 +1,237 @@
+/**
+ * The generation core, between the routes and the engine: it builds one immutable task per request,
+ * admits it (src/generation/admission.ts), sends each choice to the engine with its adapter as the load
+ * mode says, and hands back a `Generation` once every choice's first event is in, so a route can still
+ * answer a failure with its real status.
+ *
+ * Load modes (ARCHITECTURE.md section 5):
+ *   auto:   weights go along when the adapter is not known to be cached; on LORA_NOT_CACHED (evicted since)
+ *           the request is sent again once, with weights.
+ *   always: weights go along every time (the engine ignores them for a cached id: no overwrite).
+ *   never:  only the id; a miss is a 409 lora_not_cached.
+ * LORA_CACHE_FULL is back-pressure: the request waits for room (adapter-aware order, at most the queue
+ * timeout, then a 503).
+ *
+ * What is cached is read from the engine when it can list its tasks (the CPU engine), else estimated from
+ * what was sent and what failed (TensorRT-LLM's executor).
+ */
+import * as v from "valibot";
+import {
+  type ChatCompletionRequest,
+  type CompletionRequest,
+  CompletionRequestSchema,
+} from "../api/schemas.ts";
+import type { ChatTemplate } from "../engine/chat-template.ts";
+import { type Engine, EngineError, type LoraRef, type RequestHandle } from "../engine/engine.ts";
+import type { Tokenizer } from "../engine/tokenizer.ts";
+import { MultiloraError } from "../errors.ts";
+import type { AdapterVersion, LoraRegistry } from "../lora/registry.ts";
+import { Admission } from "./admission.ts";
+import { Generation, type StartedRequest } from "./generation.ts";
+import { resolveTarget, type Target } from "./target.ts";
+import {
+  buildChatTask,
+  buildCompletionTask,
+  type GenerationTask,
+  type TaskChoice,
+  type TaskSettings,
+} from "./task.ts";
+
+export interface CoreSettings {
+  /** Names the base model answers to; the first is its id. */
+  servedNames: readonly string[];
+  /** Requests held at once (waiting or running) before new ones get a 503 (`--max-queue`). */
+  maxRequests: number;
+  /** Longest wait for room in a full adapter cache (`--queue-timeout`). */
+  queueTimeoutMs: number;
+  /** Longest generation (`--request-timeout`); 0 = none. */
+  requestTimeoutMs: number;
+  /** Told, for each request with an adapter, whether the engine had it cached when the request came. */
+  onAdapterUse?: (adapter: AdapterVersion, wasCached: boolean) => void;
+}
+
+export class GenerationCore {
+  readonly admission: Admission;
+  /** Task ids sent to the engine and not known to be gone (the estimate where the engine cannot list). */
+  private readonly known = new Set<bigint>();
+  private readonly taskSettings: TaskSettings;
+
+  /** Names the base model answers to. */
+  readonly servedNames: readonly string[];
+
+  constructor(
+    readonly engine: Engine,
+    readonly tokenizer: Tokenizer,
+    readonly chatTemplate: ChatTemplate,
+    /** null when the server runs without a LoRA dir. */
+    readonly registry: LoraRegistry | null,
+    readonly settings: CoreSettings,
+  ) {
+    this.servedNames = settings.servedNames;
+    this.admission = new Admission(settings.maxRequests, settings.queueTimeoutMs, (id) => this.isCached(id));
+    this.taskSettings = {
+      tokenizer,
+      chatTemplate,
+      maxSeqLen: engine.maxSeqLen,
+      requestTimeoutMs: settings.requestTimeoutMs,
+    };
+  }
+
+  /** Whether the engine holds the task: exactly where it lists its cache, else as far as we know. */
+  isCached(taskId: bigint): boolean {
+    if (this.engine.capabilities.loraTaskListing)
+      return this.engine.stats().tasks.some((t) => t.taskId === taskId);
+    return this.known.has(taskId);
+  }
+
+  /** The model and adapter a request names (`allowedAdapters`: those the caller's key may use, null = any). */
+  target(model: string, loraModel: string | null | undefined, allowedAdapters: ReadonlySet<string> | null) {
+    return resolveTarget(this, model, loraModel, allowedAdapters);
+  }
+
+  chatTask(body: ChatCompletionRequest, target: Target): GenerationTask {
+    return buildChatTask(this.taskSettings, body, target);
+  }
+
+  completionTask(body: CompletionRequest, target: Target): GenerationTask {
+    return buildCompletionTask(this.taskSettings, body, target);
+  }
+
+  /**
+   * Admits the task and starts every choice; resolves once each has its first event. If one fails
+   * before that, the others are cancelled and its error is thrown.
+   */
+  async start(task: GenerationTask): Promise<Generation> {
+    const slot = this.admission.enter();
+    const arrived = Date.now();
+    const settled = await Promise.allSettled(task.choices.map((c) => this.startChoice(task, c, arrived)));
+    const failed = settled.find((s) => s.status === "rejected");
+    const started = settled.flatMap((s) => (s.status === "fulfilled" ? [s.value] : []));
+    if (failed) {
+      // The started ones are followed to their end, cancelled, so their room is seen to come free.
+      const aborted = new Generation(task, started, this.tokenizer, this.roomFreed, slot.release);
+      aborted.cancel();
+      throw (failed as PromiseRejectedResult).reason;
+    }
+    return new Generation(task, started, this.tokenizer, this.roomFreed, slot.release);
+  }
+
+  private readonly roomFreed = () => this.admission.roomFreed();
+
+  /** One choice's engine request, sent (and sent again) until its first event is in. */
+  private async startChoice(
+    task: GenerationTask,
+    choice: TaskChoice,
+    arrived: number,
+  ): Promise<StartedRequest> {
+    const adapter = task.adapter;
+    if (!adapter) return this.first(this.engine.enqueue(choice.request));
+    const wasCached = this.isCached(adapter.taskId);
+    let withWeights = task.loadMode === "always" || (task.loadMode === "auto" && !wasCached);
+    for (;;) {
+      const epoch = this.admission.epoch;
+      const lora = await this.loraPart(adapter, task.loraScale, withWeights);
+      try {
+        const started = await this.first(this.engine.enqueue({ ...choice.request, lora }));
+        this.known.add(adapter.taskId);
+        this.settings.onAdapterUse?.(adapter, wasCached);
+        return started;
+      } catch (e) {
+        if (!(e instanceof EngineError)) throw e;
+        if (e.engineCode === "LORA_NOT_CACHED") {
+          this.known.delete(adapter.taskId);
+          if (task.loadMode === "never") throw notCached(adapter);
+          if (withWeights) throw e;
+          withWeights = true;
+          continue;
+        }
+        if (e.engineCode === "LORA_CACHE_FULL") {
+          if (this.admission.epoch !== epoch) continue; // room came free while the failure was on its way
+          if (!(await this.admission.waitForRoom(adapter.taskId, arrived))) throw cacheFull(arrived);
+          continue;
+        }
+        throw e;
+      }
+    }
+  }
+
+  private async loraPart(adapter: AdapterVersion, scale: number, withWeights: boolean): Promise<LoraRef> {
+    if (!withWeights) return { taskId: adapter.taskId, scale };
+    const registry = this.registry as LoraRegistry; // an adapter comes from the registry
+    return { ...(await registry.weights(adapter)), scale };
+  }
+
+  /** Waits for the first event of a request just enqueued (a failure there never held room in the engine). */
+  private async first(handle: RequestHandle): Promise<StartedRequest> {
+    const rest = handle.events[Symbol.asyncIterator]();
+    const first = await rest.next();
+    if (first.done)
+      throw new MultiloraError("the engine ended the request without a response", { code: "internal_error" });
+    return { handle, first: first.value, rest };
+  }
+
+  /**
+   * Loads an adapter into the engine's cache (one one-token request that carries its weights), and pins
+   * it when asked (409 pin_limit when pinned adapters would leave no room).
+   */
+  async loadAdapter(adapter: AdapterVersion, options: { pin?: boolean } = {}): Promise<void> {
+    await this.runOneToken(adapter);
+    if (!options.pin) return;
+    try {
+      this.engine.loraPin(adapter.taskId, true);
+    } catch (e) {
+      if (e instanceof EngineError && e.engineCode === "LORA_CACHE_FULL")
+        throw new MultiloraError(e.message, { code: "pin_limit" });
+      throw e;
+    }
+  }
+
+  /** Unpins an adapter: it becomes evictable, so waiters may find room. */
+  unpinAdapter(adapter: AdapterVersion): void {
+    this.engine.loraPin(adapter.taskId, false);
+    this.admission.roomFreed();
+  }
+
+  /** Evicts an adapter from the engine's cache: at once when idle, else when its running requests end. */
+  async releaseAdapter(adapter: AdapterVersion): Promise<void> {
+    const cached = () => this.engine.stats().tasks.some((t) => t.taskId === adapter.taskId);
+    if (!cached()) return;
+    this.engine.loraRelease(adapter.taskId);
+    this.known.delete(adapter.taskId);
+    while (cached()) await this.admission.nextRoomFreed();
+    this.admission.roomFreed();
+  }
+
+  /** One token through the whole path (start-up's warm-up, and an adapter's load). */
+  async runOneToken(adapter?: AdapterVersion): Promise<void> {
+    const body = v.parse(CompletionRequestSchema, {
+      model: this.settings.servedNames[0] ?? "",
+      prompt: [this.tokenizer.bosTokenId ?? 0],
+      max_tokens: 1,
+      temperature: 0,
+      load_lora_weights: "always",
+    });
+    const task = buildCompletionTask(this.taskSettings, body, { model: body.model, adapter });
+    await (await this.start(task)).collect();
+  }
+
+  /** Stops admitting; resolves when every held request has ended, or after `timeoutMs`. */
+  drain(timeoutMs: number): Promise<void> {
+    return this.admission.drain(timeoutMs);
+  }
+}
+
+function notCached(adapter: AdapterVersion): MultiloraError {
+  return new MultiloraError(
+    `adapter "${adapter.name}" is not loaded in the engine and load_lora_weights is "never": load it first (POST /v1/lora/adapters/${adapter.name}/load) or send load_lora_weights "auto"`,
+    { code: "lora_not_cached", param: "load_lora_weights" },
+  );
+}
+
+function cacheFull(arrived: number): MultiloraError {
+  const waited = (Date.now() - arrived) / 1000;
+  return new MultiloraError(
+    `the adapter cache is full (every cached adapter is in use or pinned) and no room came free in ${waited.toFixed(1)} s; retry later`,
+    { code: "lora_cache_full" },
+  );
+}

@@ -1,0 +1,90 @@
+/**
+ * The HTTP app in-process (`app.request`, no socket) over the fake engine: admission answers from the app
+ * itself, and an error after the stream began arrives in OpenAI's shape with its type and code.
+ */
+import { afterAll, beforeAll, expect, test } from "bun:test";
+import { mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { loadChatTemplate } from "../../src/engine/chat-template.ts";
+import { DEMO_PRESETS, writeDemoModel } from "../../src/engine/demo-model.ts";
+import { EngineError } from "../../src/engine/engine.ts";
+import { loadTokenizer } from "../../src/engine/tokenizer.ts";
+import { GenerationCore } from "../../src/generation/core.ts";
+import { createApp } from "../../src/server/app.ts";
+import { loadAuth } from "../../src/server/auth.ts";
+import { createLogger, Observer } from "../../src/server/observe.ts";
+import { FakeEngine, settle } from "../helpers/fake-engine.ts";
+
+const work = mkdtempSync(join(tmpdir(), "multilora-app-"));
+let modelDir: string;
+beforeAll(() => {
+  modelDir = writeDemoModel(join(work, "model")).dir;
+});
+afterAll(() => rmSync(work, { recursive: true, force: true }));
+
+function appOver(engine: FakeEngine, maxRequests: number) {
+  const core = new GenerationCore(engine, loadTokenizer(modelDir), loadChatTemplate(modelDir), null, {
+    servedNames: ["demo"],
+    maxRequests,
+    queueTimeoutMs: 1000,
+    requestTimeoutMs: 0,
+  });
+  return createApp({
+    core,
+    maxBodyBytes: 1 << 20,
+    created: 0,
+    observer: new Observer(createLogger("silent"), engine, () => []),
+    auth: loadAuth({ apiKeys: [], keysFile: null, adminKey: null, protectMetrics: false }),
+    isReady: () => true,
+  });
+}
+
+const post = (body: unknown) =>
+  new Request("http://test/v1/completions", {
+    method: "POST",
+    headers: { "content-type": "application/json" },
+    body: JSON.stringify(body),
+  });
+
+test("--max-queue is enforced by the app itself: one request over the limit is a 503 overloaded", async () => {
+  const engine = new FakeEngine({ vocab: DEMO_PRESETS.tiny.vocab, loraSlots: 1 });
+  const app = appOver(engine, 1);
+  const held = app.request(post({ model: "demo", prompt: [1, 2], max_tokens: 5, stream: true }));
+  await settle();
+  const over = await app.request(post({ model: "demo", prompt: [1, 2], max_tokens: 5 }));
+  expect(over.status).toBe(503);
+  expect(over.headers.get("retry-after")).toBe("1");
+  expect(((await over.json()) as { error: { code: string; type: string } }).error).toMatchObject({
+    code: "overloaded",
+    type: "overloaded_error",
+  });
+  engine.runToEnd();
+  const text = await (await held).text();
+  expect(text.trim().endsWith("data: [DONE]")).toBe(true);
+  await settle();
+  engine.runToEnd();
+  const after = app.request(post({ model: "demo", prompt: [1, 2], max_tokens: 2 }));
+  await settle();
+  engine.runToEnd();
+  expect((await after).status).toBe(200);
+});
+
+test("an engine error after the first token ends the stream with the error's type and code", async () => {
+  const engine = new FakeEngine({ vocab: DEMO_PRESETS.tiny.vocab, loraSlots: 1 });
+  const app = appOver(engine, 4);
+  const pending = app.request(post({ model: "demo", prompt: [1, 2], max_tokens: 50, stream: true }));
+  await settle();
+  engine.step();
+  const response = await pending;
+  expect(response.status).toBe(200);
+  engine.step();
+  await settle();
+  engine.failRunning(new EngineError("INTERNAL", "out of memory in a step"));
+  const lines = (await response.text()).split("\n\n").filter((l) => l.startsWith("data: "));
+  const last = JSON.parse((lines.at(-1) as string).slice(6));
+  expect(last).toEqual({
+    error: { message: "out of memory in a step", type: "server_error", param: null, code: "internal" },
+  });
+  expect(lines.some((l) => l === "data: [DONE]")).toBe(false);
+});
