@@ -214,7 +214,10 @@ export class NativeEngine implements Engine {
     const { s, tasks, n } = this.statsBuffers;
     const status = this.lib.mlr_stats_get(this.handle, ptr(s.bytes), ptr(tasks.bytes), STATS_TASKS, ptr(n));
     if (status !== MLR_STATUS.OK)
-      throw new EngineError(statusName(status), "the engine could not list its cached adapters (out of memory)");
+      throw new EngineError(
+        statusName(status),
+        "the engine could not list its cached adapters (out of memory)",
+      );
     return {
       running: s.get("running"),
       queued: s.get("queued"),
