@@ -10,6 +10,7 @@ import { Tokenizer as HfTokenizer } from "@huggingface/tokenizers";
 import * as v from "valibot";
 import { MultiloraError } from "../errors.ts";
 import { parseWith, readJson } from "../formats/json-file.ts";
+import { type ByteTable, byteTable } from "./byte-level.ts";
 
 // ---------------------------------------------------------------------------------------------------
 // tokenizer_config.json
@@ -120,6 +121,19 @@ export interface StreamDecoderOptions extends DecodeOptions {
   contextIds?: readonly number[];
 }
 
+/** The stream decoder of a byte-level vocabulary: each id's bytes through one streaming UTF-8 decoder. */
+function tableStreamDecoder(table: ByteTable, skipSpecialTokens: boolean): StreamDecoder {
+  const utf8 = new TextDecoder("utf-8", { fatal: false, ignoreBOM: true });
+  const none = new Uint8Array(0);
+  return {
+    push: (id) => {
+      const skip = skipSpecialTokens && table.special[id] === 1;
+      return utf8.decode(skip ? none : (table.bytes[id] ?? none), { stream: true });
+    },
+    flush: () => utf8.decode(),
+  };
+}
+
 /** Turns generated ids into text one id at a time. */
 export interface StreamDecoder {
   /** Adds one id; returns the text completed by it (often "", e.g. while a UTF-8 character is split). */
@@ -142,12 +156,16 @@ export class Tokenizer {
 
   readonly #hf: HfTokenizer;
   readonly #cleanUpSpaces: boolean;
+  /** Each id's bytes, where the vocabulary is byte-level: streaming is then a lookup per token. */
+  #bytes: ByteTable | null | undefined;
+  readonly #byteLevel: { addedIds: ReadonlySet<number> } | null;
 
   constructor(
     hf: HfTokenizer,
     path: string,
     vocabSize: number,
     special: { eosTokenIds: readonly number[]; bosTokenId: number | null; cleanUpSpaces: boolean },
+    byteLevel: { addedIds: ReadonlySet<number> } | null = null,
   ) {
     this.#hf = hf;
     this.path = path;
@@ -158,6 +176,28 @@ export class Tokenizer {
     const firstEos = special.eosTokenIds[0];
     this.eosToken = firstEos === undefined ? null : (hf.id_to_token(firstEos) ?? null);
     this.#cleanUpSpaces = special.cleanUpSpaces;
+    this.#byteLevel = special.cleanUpSpaces ? null : byteLevel;
+  }
+
+  /** The byte table, built on first use (a vocabulary's worth of single-token decodes); null if none. */
+  #table(): ByteTable | null {
+    if (this.#bytes === undefined) {
+      const byteLevel = this.#byteLevel;
+      this.#bytes = byteLevel
+        ? byteTable({
+            vocabSize: this.vocabSize,
+            idToToken: (id) => this.#hf.id_to_token(id),
+            decodeOne: (id, skip) => this.decode([id], { skipSpecialTokens: skip }),
+            addedIds: byteLevel.addedIds,
+          })
+        : null;
+    }
+    return this.#bytes;
+  }
+
+  /** Whether streamed tokens are detokenized by table (a byte-level vocabulary). */
+  get streamsByTable(): boolean {
+    return this.#table() !== null;
   }
 
   encode(text: string, options: EncodeOptions = {}): number[] {
@@ -182,6 +222,8 @@ export class Tokenizer {
    * once 4 tokens have not completed one (then the bytes are invalid and U+FFFD is the text).
    */
   createStreamDecoder(options: StreamDecoderOptions = {}): StreamDecoder {
+    const table = this.#table();
+    if (table) return tableStreamDecoder(table, options.skipSpecialTokens ?? false);
     const decodeOptions: DecodeOptions = { skipSpecialTokens: options.skipSpecialTokens ?? false };
     const ids: number[] = [...(options.contextIds ?? [])];
     // ids[prefixOffset, readOffset) were emitted already and give the window its context.
@@ -291,10 +333,17 @@ export function loadTokenizer(modelDir: string): Tokenizer {
     idList(model?.bos_token_id)[0] ??
     null;
 
-  return new Tokenizer(hf, path, vocabSize, {
-    eosTokenIds: [...eos],
-    bosTokenId,
-    // Off unless the config asks: cleaning up spaces changes text and breaks streaming's concatenation.
-    cleanUpSpaces: config?.clean_up_tokenization_spaces ?? false,
-  });
+  const decoderType = (json.decoder as { type?: unknown } | null | undefined)?.type;
+  return new Tokenizer(
+    hf,
+    path,
+    vocabSize,
+    {
+      eosTokenIds: [...eos],
+      bosTokenId,
+      // Off unless the config asks: cleaning up spaces changes text and breaks streaming's concatenation.
+      cleanUpSpaces: config?.clean_up_tokenization_spaces ?? false,
+    },
+    decoderType === "ByteLevel" ? { addedIds: new Set((json.added_tokens ?? []).map((t) => t.id)) } : null,
+  );
 }

@@ -22,7 +22,7 @@ import {
   CompletionRequestSchema,
 } from "../api/schemas.ts";
 import type { ChatTemplate } from "../engine/chat-template.ts";
-import { type Engine, EngineError, type LoraRef, type RequestHandle } from "../engine/engine.ts";
+import { type Engine, EngineError, type GenerateRequest, type LoraRef } from "../engine/engine.ts";
 import type { Tokenizer } from "../engine/tokenizer.ts";
 import { MultiloraError } from "../errors.ts";
 import type { AdapterVersion, LoraRegistry } from "../lora/registry.ts";
@@ -116,7 +116,23 @@ export class GenerationCore {
     return new Generation(task, started, this.tokenizer, this.roomFreed, slot.release);
   }
 
-  private readonly roomFreed = () => this.admission.roomFreed();
+  private readonly roomFreed = () => {
+    this.stateChanges++;
+    this.admission.roomFreed();
+  };
+
+  /** Engine requests sent whose first event (or failure) has not come back yet. */
+  private unstarted = 0;
+  private stateChanges = 0;
+
+  /**
+   * A number that changes whenever the engine's adapter state (what is cached, pinned, in use) may have
+   * changed as far as the server can see: a request sent, started or ended; a pin, unpin or release. null
+   * while a request is on its way in, when the engine may change that state before telling: then read it.
+   */
+  engineStateKey(): number | null {
+    return this.unstarted > 0 ? null : this.stateChanges;
+  }
 
   /** One choice's engine request, sent (and sent again) until its first event is in. */
   private async startChoice(
@@ -125,14 +141,14 @@ export class GenerationCore {
     arrived: number,
   ): Promise<StartedRequest> {
     const adapter = task.adapter;
-    if (!adapter) return this.first(this.engine.enqueue(choice.request));
+    if (!adapter) return this.first(choice.request);
     const wasCached = this.isCached(adapter.taskId);
     let withWeights = task.loadMode === "always" || (task.loadMode === "auto" && !wasCached);
     for (;;) {
       const epoch = this.admission.epoch;
       const lora = await this.loraPart(adapter, task.loraScale, withWeights);
       try {
-        const started = await this.first(this.engine.enqueue({ ...choice.request, lora }));
+        const started = await this.first({ ...choice.request, lora });
         this.known.add(adapter.taskId);
         this.settings.onAdapterUse?.(adapter, wasCached);
         return started;
@@ -161,13 +177,23 @@ export class GenerationCore {
     return { ...(await registry.weights(adapter)), scale };
   }
 
-  /** Waits for the first event of a request just enqueued (a failure there never held room in the engine). */
-  private async first(handle: RequestHandle): Promise<StartedRequest> {
-    const rest = handle.events[Symbol.asyncIterator]();
-    const first = await rest.next();
-    if (first.done)
-      throw new MultiloraError("the engine ended the request without a response", { code: "internal_error" });
-    return { handle, first: first.value, rest };
+  /** Sends a request and waits for its first event (a failure there never held room in the engine). */
+  private async first(request: GenerateRequest): Promise<StartedRequest> {
+    this.stateChanges++;
+    const handle = this.engine.enqueue(request);
+    this.unstarted++;
+    try {
+      const rest = handle.events[Symbol.asyncIterator]();
+      const first = await rest.next();
+      if (first.done)
+        throw new MultiloraError("the engine ended the request without a response", {
+          code: "internal_error",
+        });
+      return { handle, first: first.value, rest };
+    } finally {
+      this.unstarted--;
+      this.stateChanges++;
+    }
   }
 
   /**
@@ -179,6 +205,7 @@ export class GenerationCore {
     if (!options.pin) return;
     try {
       this.engine.loraPin(adapter.taskId, true);
+      this.stateChanges++;
     } catch (e) {
       if (e instanceof EngineError && e.engineCode === "LORA_CACHE_FULL")
         throw new MultiloraError(e.message, { code: "pin_limit" });
@@ -189,7 +216,7 @@ export class GenerationCore {
   /** Unpins an adapter: it becomes evictable, so waiters may find room. */
   unpinAdapter(adapter: AdapterVersion): void {
     this.engine.loraPin(adapter.taskId, false);
-    this.admission.roomFreed();
+    this.roomFreed();
   }
 
   /** Evicts an adapter from the engine's cache: at once when idle, else when its running requests end. */
@@ -198,8 +225,9 @@ export class GenerationCore {
     if (!cached()) return;
     this.engine.loraRelease(adapter.taskId);
     this.known.delete(adapter.taskId);
+    this.stateChanges++;
     while (cached()) await this.admission.nextRoomFreed();
-    this.admission.roomFreed();
+    this.roomFreed();
   }
 
   /** One token through the whole path (start-up's warm-up, and an adapter's load). */

@@ -216,7 +216,7 @@ function buildTask(
     adapter: target.adapter ?? null,
     loadMode: body.load_lora_weights,
     loraScale: body.lora_scale,
-    prompts: Object.freeze(prompts.map((p) => Object.freeze(p))),
+    prompts,
     promptTokens: prompts.reduce((sum, p) => sum + p.length, 0),
     choices: Object.freeze(choices),
     stop: Object.freeze(stopStrings(body.stop)),

@@ -24,6 +24,15 @@ import { MultiloraError } from "../errors.ts";
 
 export type AdapterFormat = "trtllm" | "peft";
 
+/**
+ * How fresh a listing must be. "now": checked against the disk at this call. "this-turn": checked at
+ * least once in this turn of the event loop, which is as fresh for anything that reached the server
+ * through a socket: a request read in this turn was sent before the turn began, so a change its sender
+ * made first was made before the turn's check too. Requests use it; code that changes the dir and lists
+ * it in one go must use "now".
+ */
+export type Freshness = "now" | "this-turn";
+
 /** An adapter in the LoRA dir, by name. */
 export interface AdapterEntry {
   name: string;
@@ -56,6 +65,8 @@ export class AdapterDir {
   /** How many times the dir was scanned (listings in between came from memory). */
   scans = 0;
   private listing: Listing | null = null;
+  /** The listing was checked against the disk during this turn of the event loop. */
+  private checkedThisTurn = false;
   private watcher: FSWatcher | null = null;
 
   constructor(readonly dir: string) {
@@ -70,14 +81,14 @@ export class AdapterDir {
     this.watcher = this.watch();
   }
 
-  /** Every adapter in the dir, by name. */
-  list(): readonly AdapterEntry[] {
-    return this.current().sorted;
+  /** Every adapter in the dir, by name (see `Freshness`). */
+  list(freshness: Freshness = "now"): readonly AdapterEntry[] {
+    return this.current(freshness).sorted;
   }
 
   /** Whether `name` is an adapter in the dir (false for any name that is not one, valid or not). */
-  has(name: string): boolean {
-    return this.current().byName.has(name);
+  has(name: string, freshness: Freshness = "now"): boolean {
+    return this.current(freshness).byName.has(name);
   }
 
   /** The file or folder for `name`, looked up now; 400 for a bad name, 404 when absent. */
@@ -117,12 +128,19 @@ export class AdapterDir {
   }
 
   /** The listing in memory, scanned again when the watcher or an mtime says the dir may have changed. */
-  private current(): Listing {
+  private current(freshness: Freshness): Listing {
     const l = this.listing;
+    if (l !== null && freshness === "this-turn" && this.checkedThisTurn) return l;
     const unchanged =
       l !== null &&
       [...l.mtimes].every(([path, mtime]) => mtime < l.scannedAt - RACY_NS && mtimeOf(path) === mtime);
     if (!unchanged) this.listing = this.scan();
+    if (!this.checkedThisTurn) {
+      this.checkedThisTurn = true;
+      setImmediate(() => {
+        this.checkedThisTurn = false;
+      });
+    }
     return this.listing as Listing;
   }
 

@@ -17,7 +17,13 @@ import { type FloatDType, floatDTypeName } from "../formats/dtypes.ts";
 import type { ModuleName } from "../formats/lora-modules.ts";
 import type { BaseModel, ModelDims } from "../formats/model-config.ts";
 import { parseSafetensors, readFileHashed } from "../formats/safetensors-reader.ts";
-import { AdapterDir, type AdapterEntry, type AdapterFormat, fingerprintOf } from "./adapter-dir.ts";
+import {
+  AdapterDir,
+  type AdapterEntry,
+  type AdapterFormat,
+  type Freshness,
+  fingerprintOf,
+} from "./adapter-dir.ts";
 import { ConvertedCache } from "./converted-cache.ts";
 import { HostCopies } from "./host-copies.ts";
 import { AdapterInvalidError, adapterProblems, asInvalidLora } from "./invalid-adapter.ts";
@@ -25,7 +31,7 @@ import { TaskIds } from "./task-ids.ts";
 import { loraRefOf, parseTrtllmAdapter, type TrtllmAdapter } from "./trtllm-adapter.ts";
 import { checkAgainstBase } from "./validate.ts";
 
-export type { AdapterFormat } from "./adapter-dir.ts";
+export type { AdapterFormat, Freshness } from "./adapter-dir.ts";
 
 /** What adapters must satisfy for this engine. */
 export interface AdapterRequirements {
@@ -92,6 +98,10 @@ export class LoraRegistry {
   private readonly converted: ConvertedCache;
   private readonly onLoad: (name: string, seconds: number) => void;
   private readonly versions = new Map<string, AdapterVersion>();
+  private versionChanges = 0;
+  private lastListing:
+    | { entries: readonly AdapterEntry[]; versions: number; listing: readonly AdapterListing[] }
+    | undefined;
   private readonly loading = new Map<string, Promise<AdapterVersion>>();
 
   constructor(options: LoraRegistryOptions) {
@@ -112,14 +122,23 @@ export class LoraRegistry {
     return this.hostCopies.rereads;
   }
 
-  /** Every adapter in the dir (from memory while the dir is unchanged; new files appear at once). */
-  list(): AdapterListing[] {
-    return this.adapterDir.list().map((entry) => ({ ...entry, version: this.versions.get(entry.name) }));
+  /**
+   * Every adapter in the dir (from memory while the dir is unchanged; new files appear at once). The same
+   * array comes back while neither the dir nor a loaded version changed, so callers may cache what they
+   * derive from it by identity.
+   */
+  list(freshness: Freshness = "now"): readonly AdapterListing[] {
+    const entries = this.adapterDir.list(freshness);
+    const last = this.lastListing;
+    if (last && last.entries === entries && last.versions === this.versionChanges) return last.listing;
+    const listing = entries.map((entry) => ({ ...entry, version: this.versions.get(entry.name) }));
+    this.lastListing = { entries, versions: this.versionChanges, listing };
+    return listing;
   }
 
   /** Whether `name` is an adapter in the dir, as cheap as `list()`; never throws for a bad name. */
-  has(name: string): boolean {
-    return this.adapterDir.has(name);
+  has(name: string, freshness: Freshness = "now"): boolean {
+    return this.adapterDir.has(name, freshness);
   }
 
   /** The file or folder for `name`, confined to the LoRA dir; 400 for a bad name, 404 when absent. */
@@ -218,6 +237,7 @@ export class LoraRegistry {
       loadedAt: new Date(),
     };
     this.versions.set(name, version);
+    this.versionChanges++;
     this.onLoad(name, (performance.now() - startedAt) / 1000);
     return version;
   }

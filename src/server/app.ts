@@ -20,7 +20,7 @@ export function createApp(ctx: ServerContext): Hono<AppEnv> {
   app.onError((err, c) => errorResponse(err, c.req.raw));
   app.notFound((c) =>
     errorResponse(
-      new MultiloraError(`no route ${c.req.method} ${new URL(c.req.url).pathname}`, {
+      new MultiloraError(`no route ${c.req.method} ${c.req.path}`, {
         code: "route_not_found",
       }),
       c.req.raw,
@@ -28,7 +28,7 @@ export function createApp(ctx: ServerContext): Hono<AppEnv> {
   );
   // Every request is recorded; a stream's record ends with its last byte (the route ends it).
   app.use("*", async (c, next) => {
-    const record = ctx.observer.start(new URL(c.req.url).pathname);
+    const record = ctx.observer.start(c.req.path);
     c.set("record", record);
     await next();
     record.route = c.req.routePath;

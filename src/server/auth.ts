@@ -92,7 +92,7 @@ const unauthorized = (why: string) =>
 /** Sets the request's principal (`c.get("principal")`), or answers 401 / 403. */
 export function authMiddleware(auth: AuthConfig): MiddlewareHandler<AppEnv> {
   return async (c, next) => {
-    const path = new URL(c.req.url).pathname;
+    const path = c.req.path;
     const isAdmin = path.startsWith("/v1/lora/");
     if (isAdmin) {
       if (auth.adminKeys.length > 0) {

@@ -3,6 +3,7 @@
  * Prometheus metrics of GET /metrics (prom-client). Adapter labels only ever name adapters that exist:
  * a request is labelled with an adapter only once the registry has found it.
  */
+import { writeSync } from "node:fs";
 import { Counter, Gauge, Histogram, Registry } from "prom-client";
 import type { Engine } from "../engine/engine.ts";
 
@@ -14,10 +15,10 @@ export interface Logger {
   log(level: Exclude<LogLevel, "silent">, msg: string, fields?: Record<string, unknown>): void;
 }
 
-/** JSON lines on `write` (stderr by default) at `level` and above. */
+/** JSON lines on `write` (by default stderr, buffered: see `stderrLines`) at `level` and above. */
 export function createLogger(
   level: LogLevel = "info",
-  write: (line: string) => void = (l) => process.stderr.write(l),
+  write: (line: string) => void = stderrLines(),
 ): Logger {
   return {
     level,
@@ -27,6 +28,33 @@ export function createLogger(
     },
   };
 }
+
+/**
+ * Lines to stderr, written together once per turn of the event loop (and at exit): one system call for
+ * every request of a busy turn instead of one each.
+ */
+function stderrLines(): (line: string) => void {
+  let pending: string[] = [];
+  const flush = () => {
+    if (pending.length === 0) return;
+    const text = pending.join("");
+    pending = [];
+    try {
+      writeSync(2, text);
+    } catch {} // stderr closed: nothing to do
+  };
+  process.on("exit", flush);
+  return (line) => {
+    if (pending.length === 0) setImmediate(flush);
+    pending.push(line);
+  };
+}
+
+/**
+ * Routes that probes, scrapers and gateways poll: their successful answers are logged at debug, so the
+ * info log holds the requests that did work (every request is counted in the metrics all the same).
+ */
+const POLLS = new Set(["/health", "/v1/health/live", "/v1/health/ready", "/metrics", "/v1/models"]);
 
 /** One request, from arrival to its last byte. */
 export interface RequestRecord {
@@ -56,6 +84,7 @@ export class Observer {
   private readonly loadSeconds: Histogram<"adapter">;
   private readonly evictions: Counter<"adapter">;
   private readonly cachedTasks = new Map<bigint, string>();
+  private readonly requestCounters = new Map<string, Counter.Internal>();
   private next = 0;
 
   constructor(
@@ -198,13 +227,15 @@ export class Observer {
     if (record.ended) return;
     record.ended = true;
     const adapter = record.adapter ?? "";
-    this.requests.inc({ route: record.route, status: String(status), adapter });
+    this.requestCounter(record.route, status, adapter).inc();
     if (record.promptTokens > 0) this.promptTokens.inc({ adapter }, record.promptTokens);
     if (record.completionTokens > 0) this.completionTokens.inc({ adapter }, record.completionTokens);
     const now = performance.now();
     const ms = (t: number | undefined) =>
       t === undefined ? null : Number((t - record.startedAt).toFixed(2));
-    this.log.log(status >= 500 ? "error" : "info", "request", {
+    const level = status >= 500 ? "error" : status === 200 && POLLS.has(record.route) ? "debug" : "info";
+    if (LEVELS[level] < LEVELS[this.log.level]) return;
+    this.log.log(level, "request", {
       id: record.id,
       route: record.route,
       status,
@@ -215,6 +246,17 @@ export class Observer {
       ttft_ms: ms(record.firstTokenAt),
       total_ms: ms(now),
     });
+  }
+
+  /** The requests counter of one (route, status, adapter), kept: labels are hashed once, not per request. */
+  private requestCounter(route: string, status: number, adapter: string): Counter.Internal {
+    const key = `${route}\u0000${status}\u0000${adapter}`;
+    let child = this.requestCounters.get(key);
+    if (!child) {
+      child = this.requests.labels({ route, status: String(status), adapter });
+      this.requestCounters.set(key, child);
+    }
+    return child;
   }
 
   /** The adapter cache's verdict for a request: the adapter was already in the engine, or not. */

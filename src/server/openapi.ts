@@ -3,8 +3,8 @@
  * @valibot/to-json-schema): every route, field, extension, error response and an example per request.
  * `openapi/openapi.json` is this document, committed; a test fails when they drift (`npm run openapi`).
  */
-import type { Hono } from "hono";
-import { describeRoute, generateSpecs, resolver } from "hono-openapi";
+import type { Handler, Hono } from "hono";
+import { type DescribeRouteOptions, generateSpecs, resolver, uniqueSymbol } from "hono-openapi";
 import type { GenericSchema } from "valibot";
 import {
   AdapterListSchema,
@@ -59,8 +59,20 @@ multilora extensions: \`lora_model\` names an adapter of the LoRA dir (an adapte
 With \`stream: true\` the response is server-sent events of chunks ending with \`data: [DONE]\` (or concatenated
 MessagePack records); the status is sent after the first token, so adapter errors are real 4xx.`;
 
+/** A route's description, on its handler: hono-openapi finds it there, and no middleware runs per request for it. */
+function describe(spec: DescribeRouteOptions): DescribeRouteOptions {
+  return spec;
+}
+
+export function documented<P extends string>(
+  spec: DescribeRouteOptions,
+  handler: Handler<AppEnv, P>,
+): Handler<AppEnv, P> {
+  return Object.assign(handler, { [uniqueSymbol]: { spec } });
+}
+
 export const routeDocs = {
-  chat: describeRoute({
+  chat: describe({
     operationId: "createChatCompletion",
     summary: "Create a chat completion",
     description: `OpenAI's chat completions, with an adapter per request.${LORA_EXTENSIONS}`,
@@ -86,7 +98,7 @@ export const routeDocs = {
       ...GENERATION_ERRORS,
     },
   }),
-  completions: describeRoute({
+  completions: describe({
     operationId: "createCompletion",
     summary: "Create a completion",
     description: `OpenAI's completions: the prompt is text, a list of texts, token ids, or a list of token-id lists.${LORA_EXTENSIONS}`,
@@ -112,7 +124,7 @@ export const routeDocs = {
       ...GENERATION_ERRORS,
     },
   }),
-  models: describeRoute({
+  models: describe({
     operationId: "listModels",
     summary: "List the base model and every adapter",
     description:
@@ -120,27 +132,27 @@ export const routeDocs = {
     tags: ["Models"],
     responses: { 200: { description: "The models", content: body(ModelListSchema) }, ...errors(401) },
   }),
-  model: describeRoute({
+  model: describe({
     operationId: "retrieveModel",
     summary: "Retrieve a model or an adapter",
     tags: ["Models"],
     responses: { 200: { description: "The model", content: body(ModelSchema) }, ...errors(401, 404) },
   }),
-  health: describeRoute({
+  health: describe({
     operationId: "health",
     summary: "The process is up",
     tags: ["Health"],
     security: [],
     responses: { 200: { description: "Up", content: body(HealthSchema) } },
   }),
-  live: describeRoute({
+  live: describe({
     operationId: "liveness",
     summary: "Liveness",
     tags: ["Health"],
     security: [],
     responses: { 200: { description: "Live", content: body(HealthSchema) } },
   }),
-  ready: describeRoute({
+  ready: describe({
     operationId: "readiness",
     summary: "Readiness: answers 503 while starting or draining",
     tags: ["Health"],
@@ -150,7 +162,7 @@ export const routeDocs = {
       503: { description: "Not ready", content: body(HealthSchema) },
     },
   }),
-  adapters: describeRoute({
+  adapters: describe({
     operationId: "listAdapters",
     summary: "List the adapters of the LoRA dir with their cache state",
     description: "Admin route: needs --admin-key, or without one answers loopback clients only.",
@@ -160,7 +172,7 @@ export const routeDocs = {
       ...errors(401, 403, 404),
     },
   }),
-  adapter: describeRoute({
+  adapter: describe({
     operationId: "retrieveAdapter",
     summary: "One adapter and its cache state",
     tags: ["Adapters"],
@@ -169,7 +181,7 @@ export const routeDocs = {
       ...errors(400, 401, 403, 404),
     },
   }),
-  load: describeRoute({
+  load: describe({
     operationId: "loadAdapter",
     summary: "Load an adapter into the engine's cache, optionally pinned",
     tags: ["Adapters"],
@@ -179,7 +191,7 @@ export const routeDocs = {
       ...errors(400, 401, 403, 404, 409, 501, 503),
     },
   }),
-  unload: describeRoute({
+  unload: describe({
     operationId: "unloadAdapter",
     summary: "Release an adapter from the engine's cache once its running requests end",
     tags: ["Adapters"],
@@ -188,7 +200,7 @@ export const routeDocs = {
       ...errors(400, 401, 403, 404, 501),
     },
   }),
-  validate: describeRoute({
+  validate: describe({
     operationId: "validateAdapter",
     summary: "Check an adapter against the served model without loading it into the engine",
     tags: ["Adapters"],

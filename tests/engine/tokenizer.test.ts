@@ -364,3 +364,45 @@ describe("errors", () => {
     expectMultiloraError(() => loadTokenizer(d), join(d, "generation_config.json"), "eos_token_id");
   });
 });
+
+describe("streaming by table (byte-level vocabularies)", () => {
+  /** Random ids over the whole vocabulary: split characters, special tokens and invalid bytes included. */
+  function randomIds(next: () => number, vocab: number, n: number): number[] {
+    return Array.from({ length: n }, () => Math.floor(next() * vocab));
+  }
+
+  function expectSameAsDecode(tok: Tokenizer, seed: number): void {
+    const next = prng(seed);
+    for (let i = 0; i < 200; i++) {
+      const ids = randomIds(next, tok.vocabSize, 1 + Math.floor(next() * 24));
+      for (const skip of [false, true]) {
+        expect(stream(tok, ids, skip).join("")).toBe(tok.decode(ids, { skipSpecialTokens: skip }));
+      }
+    }
+  }
+
+  test("the demo tokenizer streams by table, with exactly decode's text", () => {
+    const dir = tempDir("table-demo");
+    writeJson(dir, "tokenizer.json", buildDemoTokenizer());
+    writeJson(dir, "tokenizer_config.json", demoTokenizerConfig());
+    const tok = loadTokenizer(dir);
+    expect(tok.streamsByTable).toBe(true);
+    expectSameAsDecode(tok, 11);
+  });
+
+  test.skipIf(!HAVE_SMOL)("SmolLM2's tokenizer streams by table, with exactly decode's text", () => {
+    const tok = loadTokenizer(SMOL);
+    expect(tok.streamsByTable).toBe(true);
+    expectSameAsDecode(tok, 12);
+  });
+
+  test("any other decoder streams by decoding windows, with the same text", () => {
+    const dir = tempDir("table-none");
+    const json = buildDemoTokenizer();
+    writeJson(dir, "tokenizer.json", { ...json, decoder: { type: "Sequence", decoders: [json.decoder] } });
+    writeJson(dir, "tokenizer_config.json", demoTokenizerConfig());
+    const tok = loadTokenizer(dir);
+    expect(tok.streamsByTable).toBe(false);
+    expectSameAsDecode(tok, 13);
+  });
+});

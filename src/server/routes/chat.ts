@@ -6,7 +6,7 @@ import type { TokenLogprob } from "../../generation/generation.ts";
 import type { GenerationTask } from "../../generation/task.ts";
 import { readBody } from "../body.ts";
 import type { AppEnv, ServerContext } from "../context.ts";
-import { routeDocs } from "../openapi.ts";
+import { documented, routeDocs } from "../openapi.ts";
 import { completionId, type ResponseCodec, respond } from "../respond.ts";
 
 function chatLogprobs(tokenizer: Tokenizer, items: TokenLogprob[]) {
@@ -71,15 +71,18 @@ function chatCodec(tokenizer: Tokenizer, task: GenerationTask): ResponseCodec {
 }
 
 export function chatRoutes(app: Hono<AppEnv>, ctx: ServerContext): void {
-  app.post("/v1/chat/completions", routeDocs.chat, async (c) => {
-    const body = await readBody(c.req.raw, ChatCompletionRequestSchema, ctx.maxBodyBytes);
-    const record = c.get("record");
-    const target = await ctx.core.target(body.model, body.lora_model, c.get("principal")?.adapters ?? null);
-    record.adapter = target.adapter?.name ?? null;
-    const task = ctx.core.chatTask(body, target);
-    record.engineAt = performance.now();
-    const generation = await ctx.core.start(task);
-    record.promptTokens = task.promptTokens;
-    return respond(ctx, c.req.raw, record, generation, chatCodec(ctx.core.tokenizer, task));
-  });
+  app.post(
+    "/v1/chat/completions",
+    documented(routeDocs.chat, async (c) => {
+      const body = await readBody(c.req.raw, ChatCompletionRequestSchema, ctx.maxBodyBytes);
+      const record = c.get("record");
+      const target = await ctx.core.target(body.model, body.lora_model, c.get("principal")?.adapters ?? null);
+      record.adapter = target.adapter?.name ?? null;
+      const task = ctx.core.chatTask(body, target);
+      record.engineAt = performance.now();
+      const generation = await ctx.core.start(task);
+      record.promptTokens = task.promptTokens;
+      return respond(ctx, c.req.raw, record, generation, chatCodec(ctx.core.tokenizer, task));
+    }),
+  );
 }

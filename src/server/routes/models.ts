@@ -6,8 +6,8 @@ import { floatDTypeName } from "../../formats/dtypes.ts";
 import type { AdapterListing } from "../../lora/registry.ts";
 import type { Principal } from "../auth.ts";
 import type { AppEnv, ServerContext } from "../context.ts";
-import { routeDocs } from "../openapi.ts";
-import { reply } from "../wire.ts";
+import { documented, routeDocs } from "../openapi.ts";
+import { encodeMsgpack, MSGPACK, reply, wantsMsgpack } from "../wire.ts";
 
 /** An adapter as /v1/models and /v1/lora/adapters describe it (`stats`: the engine's, read once per listing). */
 export function describeAdapter(
@@ -63,23 +63,58 @@ export function modelRoutes(app: Hono<AppEnv>, ctx: ServerContext): void {
   });
   /** The adapters `principal` may use (a tenant's key sees only its own). */
   const visible = (principal: Principal | null) =>
-    (ctx.core.registry?.list() ?? []).filter((l) => !principal?.adapters || principal.adapters.has(l.name));
-  app.get("/v1/models", routeDocs.models, (c) => {
-    const stats = ctx.core.engine.stats();
-    return reply(c.req.raw, {
-      object: "list",
-      data: [base(), ...visible(c.get("principal")).map((l) => adapterModel(l, stats))],
-    });
-  });
-  app.get("/v1/models/:id{.+}", routeDocs.model, (c) => {
-    const id = c.req.param("id");
-    if (ctx.core.servedNames.includes(id)) return reply(c.req.raw, { ...base(), id });
-    const listing = visible(c.get("principal")).find((a) => a.name === id);
-    if (!listing) {
-      throw new MultiloraError(`model "${id}" does not exist`, {
-        code: "model_not_found",
+    (ctx.core.registry?.list("this-turn") ?? []).filter(
+      (l) => !principal?.adapters || principal.adapters.has(l.name),
+    );
+  const listings = new ListingCache();
+  app.get(
+    "/v1/models",
+    documented(routeDocs.models, (c) => {
+      const principal = c.get("principal");
+      return listings.reply(c.req.raw, principal, ctx, () => {
+        const stats = ctx.core.engine.stats();
+        return {
+          object: "list",
+          data: [base(), ...visible(principal).map((l) => adapterModel(l, stats))],
+        };
       });
-    }
-    return reply(c.req.raw, adapterModel(listing));
-  });
+    }),
+  );
+  app.get(
+    "/v1/models/:id{.+}",
+    documented(routeDocs.model, (c) => {
+      const id = c.req.param("id") ?? "";
+      if (ctx.core.servedNames.includes(id)) return reply(c.req.raw, { ...base(), id });
+      const listing = visible(c.get("principal")).find((a) => a.name === id);
+      if (!listing) {
+        throw new MultiloraError(`model "${id}" does not exist`, {
+          code: "model_not_found",
+        });
+      }
+      return reply(c.req.raw, adapterModel(listing));
+    }),
+  );
+}
+
+/**
+ * GET /v1/models answered from the bytes of the last identical listing: the same caller, the same adapter
+ * listing (the registry hands back the same array while nothing changed on disk) and no engine event since
+ * (the core's state key). Gateways poll it; most polls find nothing changed.
+ */
+class ListingCache {
+  private readonly entries = new Map<string, { key: unknown[]; body: Uint8Array; msgpack: boolean }>();
+
+  reply(request: Request, principal: Principal | null, ctx: ServerContext, build: () => unknown): Response {
+    const engineKey = ctx.core.engineStateKey();
+    const msgpack = wantsMsgpack(request);
+    const key = [ctx.core.registry?.list("this-turn"), engineKey, msgpack];
+    const who = principal?.name ?? "";
+    const hit = this.entries.get(who);
+    if (engineKey !== null && hit && hit.key.every((k, i) => k === key[i]))
+      return new Response(hit.body, { headers: { "content-type": msgpack ? MSGPACK : "application/json" } });
+    const body = build();
+    const bytes = msgpack ? encodeMsgpack(body) : new TextEncoder().encode(JSON.stringify(body));
+    if (engineKey !== null) this.entries.set(who, { key, body: bytes, msgpack });
+    return new Response(bytes, { headers: { "content-type": msgpack ? MSGPACK : "application/json" } });
+  }
 }
