@@ -1,7 +1,8 @@
 /**
- * The OpenAI-compatible API's request and response bodies, as valibot schemas: the single source of the request types
- * and of their validation. Unknown fields are ignored (OpenAI's clients send extras), so every object is
- * loose. multilora's extensions: lora_model, load_lora_weights, lora_scale, top_k, min_p,
+ * The OpenAI-compatible API's request and response bodies, as valibot schemas: the single source of the
+ * request types and of their validation. Unknown fields are ignored (OpenAI's clients send extras), so
+ * every object is loose; the fields that would change the output and are not implemented are refused when
+ * the task is built (src/generation/task.ts). multilora's extensions: lora_model, load_lora_weights, lora_scale, top_k, min_p,
  * repetition_penalty, return_token_ids.
  */
 import * as v from "valibot";

@@ -4,6 +4,7 @@
  * adapters travel as integer task ids with optional weights (TensorRT-LLM's model).
  */
 import { type ErrorCode, MultiloraError } from "../errors.ts";
+import type { MLR_STATUS } from "./native.ts";
 import type { FloatDType } from "../formats/dtypes.ts";
 
 export type FinishReason = "length" | "end_id" | "stop_id" | "cancelled";
@@ -57,16 +58,7 @@ export interface RequestHandle {
 }
 
 /** The ABI's status codes, by name. */
-export type EngineErrorCode =
-  | "INVALID_ARGUMENT"
-  | "LORA_NOT_CACHED"
-  | "LORA_CACHE_FULL"
-  | "LORA_INVALID"
-  | "CANCELLED"
-  | "UNSUPPORTED"
-  | "INTERNAL"
-  | "OUT_OF_MEMORY"
-  | "NOT_FOUND";
+export type EngineErrorCode = Exclude<keyof typeof MLR_STATUS, "OK">;
 
 /** The error code each engine status reaches clients with (the status's name in lower case). */
 const ERROR_CODE: Record<EngineErrorCode, ErrorCode> = {

@@ -102,19 +102,21 @@ export function modelRoutes(app: Hono<AppEnv>, ctx: ServerContext): void {
  * (the core's state key). Gateways poll it; most polls find nothing changed.
  */
 class ListingCache {
-  private readonly entries = new Map<string, { key: unknown[]; body: Uint8Array; msgpack: boolean }>();
+  /** By caller (a tenant's key sees its own adapters) and wire format. */
+  private readonly entries = new Map<string, { listing: unknown; engineKey: number; body: Uint8Array }>();
 
   reply(request: Request, principal: Principal | null, ctx: ServerContext, build: () => unknown): Response {
     const engineKey = ctx.core.engineStateKey();
     const msgpack = wantsMsgpack(request);
-    const key = [ctx.core.registry?.list("this-turn"), engineKey, msgpack];
-    const who = principal?.name ?? "";
+    const listing = ctx.core.registry?.list("this-turn");
+    const who = `${principal?.name ?? ""}\u0000${msgpack}`;
+    const headers = { "content-type": msgpack ? MSGPACK : "application/json" };
     const hit = this.entries.get(who);
-    if (engineKey !== null && hit && hit.key.every((k, i) => k === key[i]))
-      return new Response(hit.body, { headers: { "content-type": msgpack ? MSGPACK : "application/json" } });
-    const body = build();
-    const bytes = msgpack ? encodeMsgpack(body) : new TextEncoder().encode(JSON.stringify(body));
-    if (engineKey !== null) this.entries.set(who, { key, body: bytes, msgpack });
-    return new Response(bytes, { headers: { "content-type": msgpack ? MSGPACK : "application/json" } });
+    if (hit !== undefined && engineKey !== null && hit.engineKey === engineKey && hit.listing === listing)
+      return new Response(hit.body, { headers });
+    const value = build();
+    const body = msgpack ? encodeMsgpack(value) : new TextEncoder().encode(JSON.stringify(value));
+    if (engineKey !== null) this.entries.set(who, { listing, engineKey, body });
+    return new Response(body, { headers });
   }
 }
