@@ -4,8 +4,8 @@
  * adapters travel as integer task ids with optional weights (TensorRT-LLM's model).
  */
 import { type ErrorCode, MultiloraError } from "../errors.ts";
-import type { MLR_STATUS } from "./native.ts";
 import type { FloatDType } from "../formats/dtypes.ts";
+import type { MLR_STATUS } from "./native.ts";
 
 export type FinishReason = "length" | "end_id" | "stop_id" | "cancelled";
 

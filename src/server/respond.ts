@@ -5,8 +5,14 @@
  * bodies. A client that goes away cancels the generation, streaming or not; an error after the status
  * was sent goes into the stream in OpenAI's error shape, with its type and code.
  */
+import type { Context } from "hono";
+import type * as v from "valibot";
+import type { Tokenizer } from "../engine/tokenizer.ts";
 import type { ChoiceResult, Generation, GenerationEvent } from "../generation/generation.ts";
-import type { ServerContext } from "./context.ts";
+import type { Target } from "../generation/target.ts";
+import type { GenerationTask } from "../generation/task.ts";
+import { readBody } from "./body.ts";
+import type { AppEnv, ServerContext } from "./context.ts";
 import { errorBody, httpStatus } from "./errors.ts";
 import type { RequestRecord } from "./observe.ts";
 import { encodeMsgpack, MSGPACK, reply, wantsMsgpack } from "./wire.ts";
@@ -24,6 +30,28 @@ export interface ResponseCodec {
   usageChunk(usage: Usage): unknown;
   /** The whole response, not streamed. */
   body(results: ChoiceResult[], usage: Usage): unknown;
+}
+
+/**
+ * A generation route: decode the body with `schema`, resolve its model and adapter, build its task, start
+ * it, and answer with the route's codec. Chat and completions differ only in these three arguments.
+ */
+export async function generationRoute<B extends { model: string; lora_model?: string | null }>(
+  c: Context<AppEnv>,
+  ctx: ServerContext,
+  schema: v.GenericSchema<unknown, B>,
+  buildTask: (body: B, target: Target) => GenerationTask,
+  codec: (tokenizer: Tokenizer, task: GenerationTask) => ResponseCodec,
+): Promise<Response> {
+  const body = await readBody(c.req.raw, schema, ctx.maxBodyBytes);
+  const record = c.get("record");
+  const target = await ctx.core.target(body.model, body.lora_model, c.get("principal")?.adapters ?? null);
+  record.adapter = target.adapter?.name ?? null;
+  const task = buildTask(body, target);
+  record.engineAt = performance.now();
+  const generation = await ctx.core.start(task);
+  record.promptTokens = task.promptTokens;
+  return respond(ctx, c.req.raw, record, generation, codec(ctx.core.tokenizer, task));
 }
 
 /** Answers `request` with `generation`, streamed or whole as its task asks. */

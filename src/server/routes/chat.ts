@@ -4,10 +4,9 @@ import { ChatCompletionRequestSchema } from "../../api/schemas.ts";
 import type { Tokenizer } from "../../engine/tokenizer.ts";
 import type { TokenLogprob } from "../../generation/generation.ts";
 import type { GenerationTask } from "../../generation/task.ts";
-import { readBody } from "../body.ts";
 import type { AppEnv, ServerContext } from "../context.ts";
 import { documented, routeDocs } from "../openapi.ts";
-import { completionId, type ResponseCodec, respond } from "../respond.ts";
+import { completionId, generationRoute, type ResponseCodec } from "../respond.ts";
 
 function chatLogprobs(tokenizer: Tokenizer, items: TokenLogprob[]) {
   const entry = (token: number, logprob: number) => {
@@ -73,16 +72,14 @@ function chatCodec(tokenizer: Tokenizer, task: GenerationTask): ResponseCodec {
 export function chatRoutes(app: Hono<AppEnv>, ctx: ServerContext): void {
   app.post(
     "/v1/chat/completions",
-    documented(routeDocs.chat, async (c) => {
-      const body = await readBody(c.req.raw, ChatCompletionRequestSchema, ctx.maxBodyBytes);
-      const record = c.get("record");
-      const target = await ctx.core.target(body.model, body.lora_model, c.get("principal")?.adapters ?? null);
-      record.adapter = target.adapter?.name ?? null;
-      const task = ctx.core.chatTask(body, target);
-      record.engineAt = performance.now();
-      const generation = await ctx.core.start(task);
-      record.promptTokens = task.promptTokens;
-      return respond(ctx, c.req.raw, record, generation, chatCodec(ctx.core.tokenizer, task));
-    }),
+    documented(routeDocs.chat, (c) =>
+      generationRoute(
+        c,
+        ctx,
+        ChatCompletionRequestSchema,
+        (body, target) => ctx.core.chatTask(body, target),
+        chatCodec,
+      ),
+    ),
   );
 }

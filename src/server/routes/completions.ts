@@ -4,10 +4,9 @@ import { CompletionRequestSchema } from "../../api/schemas.ts";
 import type { Tokenizer } from "../../engine/tokenizer.ts";
 import type { TokenLogprob } from "../../generation/generation.ts";
 import type { GenerationTask } from "../../generation/task.ts";
-import { readBody } from "../body.ts";
 import type { AppEnv, ServerContext } from "../context.ts";
 import { documented, routeDocs } from "../openapi.ts";
-import { completionId, type ResponseCodec, respond } from "../respond.ts";
+import { completionId, generationRoute, type ResponseCodec } from "../respond.ts";
 
 /** The legacy completions logprobs shape, offsets counted from the start of the choice's text. */
 function completionLogprobs(tokenizer: Tokenizer, items: TokenLogprob[], startOffset: number) {
@@ -88,17 +87,14 @@ function completionCodec(tokenizer: Tokenizer, task: GenerationTask): ResponseCo
 export function completionRoutes(app: Hono<AppEnv>, ctx: ServerContext): void {
   app.post(
     "/v1/completions",
-    documented(routeDocs.completions, async (c) => {
-      const body = await readBody(c.req.raw, CompletionRequestSchema, ctx.maxBodyBytes);
-      const record = c.get("record");
-      // Token ids outside the vocabulary are refused by the engine with a 400 that names them.
-      const target = await ctx.core.target(body.model, body.lora_model, c.get("principal")?.adapters ?? null);
-      record.adapter = target.adapter?.name ?? null;
-      const task = ctx.core.completionTask(body, target);
-      record.engineAt = performance.now();
-      const generation = await ctx.core.start(task);
-      record.promptTokens = task.promptTokens;
-      return respond(ctx, c.req.raw, record, generation, completionCodec(ctx.core.tokenizer, task));
-    }),
+    documented(routeDocs.completions, (c) =>
+      generationRoute(
+        c,
+        ctx,
+        CompletionRequestSchema,
+        (body, target) => ctx.core.completionTask(body, target),
+        completionCodec,
+      ),
+    ),
   );
 }
