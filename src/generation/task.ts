@@ -75,9 +75,10 @@ const UNSUPPORTED: Record<string, { harmless?: (value: unknown) => boolean; what
     what: "structured output (response_format other than text)",
   },
   tools: { harmless: (v) => Array.isArray(v) && v.length === 0, what: "tool calling" },
-  tool_choice: { harmless: (v) => v === "none", what: "tool calling" },
+  // "auto" without tools calls nothing; tools themselves are refused.
+  tool_choice: { harmless: (v) => v === "none" || v === "auto", what: "tool calling" },
   functions: { harmless: (v) => Array.isArray(v) && v.length === 0, what: "function calling" },
-  function_call: { harmless: (v) => v === "none", what: "function calling" },
+  function_call: { harmless: (v) => v === "none" || v === "auto", what: "function calling" },
   logit_bias: {
     harmless: (v) => typeof v === "object" && v !== null && Object.keys(v).length === 0,
     what: "logit_bias",
@@ -105,6 +106,18 @@ const UNSUPPORTED: Record<string, { harmless?: (value: unknown) => boolean; what
   use_beam_search: { harmless: (v) => v === false, what: "beam search" },
   prompt_logprobs: { what: "prompt_logprobs" },
   truncate_prompt_tokens: { what: "truncate_prompt_tokens" },
+  guided_decoding_backend: { what: "structured output" },
+  chat_template: { what: "a chat template of the request's own" },
+  chat_template_kwargs: {
+    harmless: (v) => typeof v === "object" && v !== null && Object.keys(v).length === 0,
+    what: "chat_template_kwargs",
+  },
+  add_generation_prompt: { harmless: (v) => v === true, what: "add_generation_prompt false" },
+  continue_final_message: { harmless: (v) => v === false, what: "continue_final_message" },
+  documents: { what: "documents for the chat template" },
+  skip_special_tokens: { harmless: (v) => v === true, what: "skip_special_tokens false" },
+  include_stop_str_in_output: { harmless: (v) => v === false, what: "include_stop_str_in_output" },
+  length_penalty: { harmless: (v) => v === 1, what: "length_penalty" },
 };
 
 /** 400 naming every field of `body` that asks for something this server does not do. */

@@ -88,3 +88,27 @@ test("an engine error after the first token ends the stream with the error's typ
   });
   expect(lines.some((l) => l === "data: [DONE]")).toBe(false);
 });
+
+test("a field that would change the output and is not implemented is a 400 naming it, never ignored", async () => {
+  const engine = new FakeEngine({ vocab: DEMO_PRESETS.tiny.vocab, loraSlots: 1 });
+  const app = appOver(engine, 4);
+  const response = await app.request(
+    new Request("http://test/v1/chat/completions", {
+      method: "POST",
+      headers: { "content-type": "application/json" },
+      body: JSON.stringify({
+        model: "demo",
+        messages: [{ role: "user", content: "hi" }],
+        response_format: { type: "json_schema", json_schema: { name: "x", schema: { type: "object" } } },
+      }),
+    }),
+  );
+  expect(response.status).toBe(400);
+  const { error } = (await response.json()) as { error: Record<string, unknown> };
+  expect(error).toMatchObject({
+    type: "invalid_request_error",
+    code: "unsupported_field",
+    param: "response_format",
+  });
+  expect(engine.enqueued).toHaveLength(0);
+});
