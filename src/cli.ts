@@ -3,6 +3,7 @@ import { printErr, UsageError } from "./commands/args.ts";
 /**
  * multilora's command line: one entry point, one module per command under src/commands/.
  */
+import { runCheck } from "./commands/check.ts";
 import { runDemoModel } from "./commands/demo-model.ts";
 import { runExtract } from "./commands/extract.ts";
 import { runGenerate } from "./commands/generate.ts";
@@ -17,6 +18,7 @@ Usage: multilora <command> [options]
 
 Commands:
   serve      the OpenAI-compatible server: one base model, every adapter in a LoRA dir
+  check      start the stack as serve does and self-test it (run it first on a new GPU)
   extract    convert a Hugging Face PEFT adapter to TensorRT-LLM's LoRA format
   inspect    show what an adapter (either format) holds, and whether it is valid
   generate   run a model (and an adapter) on the CPU engine once
@@ -26,6 +28,7 @@ Run "multilora <command> --help" for a command's options.`;
 
 const COMMANDS: Record<string, (argv: string[]) => number | Promise<number>> = {
   serve: runServe,
+  check: runCheck,
   extract: runExtract,
   inspect: runInspect,
   generate: runGenerate,

@@ -18,6 +18,7 @@
 #include <cstdio>
 #include <cstring>
 #include <deque>
+#include <dlfcn.h>
 #include <exception>
 #include <limits>
 #include <list>
@@ -30,11 +31,16 @@
 #include <vector>
 
 #include "tensorrt_llm/executor/executor.h"
-#include "tensorrt_llm/plugins/api/tllmPlugin.h"
 
 #include "multilora.h"
 #include "../common/dtype_size.h"     /* dtype_size */
 #include "../common/request_check.h"  /* mlr_request_check, shared with the CPU engine */
+#include "../common/trtllm_plan.h"     /* mlr_trtllm_plan_sampling, mlr_trtllm_logprob_offset */
+
+/* Where CMake found libnvinfer_plugin_tensorrt_llm.so (ffi/trtllm/CMakeLists.txt). */
+#ifndef MULTILORA_TRTLLM_PLUGIN_PATH
+#define MULTILORA_TRTLLM_PLUGIN_PATH "libnvinfer_plugin_tensorrt_llm.so"
+#endif
 
 namespace tle = tensorrt_llm::executor;
 
@@ -126,6 +132,41 @@ std::vector<float> logits_as_f32(tle::Tensor logits, int64_t *vocab) {
     return out;
 }
 
+/*
+ * Registers TensorRT-LLM's TensorRT plugins. The plugin library is opened at run time by its full path, not
+ * linked: its SONAME is libnvinfer_plugin_tensorrt_llm.so.<TensorRT major> (SOVERSION in TensorRT-LLM's
+ * cpp/tensorrt_llm/plugins/CMakeLists.txt) while the wheel ships only the unversioned file, so a link-time
+ * dependency would leave a NEEDED entry nothing satisfies. The bare names are searched through this
+ * library's RUNPATH. initTrtLlmPlugins is extern "C" (plugins/api/tllmPlugin.h); a null logger keeps
+ * TensorRT-LLM's own. The handle stays open: the registered creators live as long as the process.
+ */
+bool init_plugins(std::string *why) {
+    char const *const candidates[] = {MULTILORA_TRTLLM_PLUGIN_PATH, "libnvinfer_plugin_tensorrt_llm.so",
+                                      "libnvinfer_plugin_tensorrt_llm.so.10"};
+    void *lib = nullptr;
+    for (char const *name : candidates) {
+        lib = dlopen(name, RTLD_NOW | RTLD_LOCAL);
+        if (lib) break;
+        char const *e = dlerror();
+        *why += std::string(name) + ": " + (e ? e : "not found") + "; ";
+    }
+    if (!lib) {
+        *why = "cannot open TensorRT-LLM's plugin library (" + *why + "rebuild with -DTRTLLM_ROOT=...)";
+        return false;
+    }
+    using InitPlugins = bool (*)(void *, char const *);
+    auto const init = reinterpret_cast<InitPlugins>(dlsym(lib, "initTrtLlmPlugins"));
+    if (!init) {
+        *why = "libnvinfer_plugin_tensorrt_llm.so has no initTrtLlmPlugins";
+        return false;
+    }
+    if (!init(nullptr, "tensorrt_llm")) {
+        *why = "initTrtLlmPlugins failed";
+        return false;
+    }
+    return true;
+}
+
 } // namespace
 
 /* ============================================================================================== */
@@ -166,7 +207,18 @@ int32_t mlr_trtllm_create(const mlr_trtllm_params *p, mlr_engine **engine, char 
             set_text(err, err_len, "mlr_trtllm_create needs params, an engine_dir and an engine out-parameter");
             return MLR_INVALID_ARGUMENT;
         }
-        initTrtLlmPlugins();
+        if (p->world_size > 1 && (!p->worker_path || !p->worker_path[0])) {
+            /* OrchestratorConfig's workerExecutablePath defaults to "": the executor would spawn nothing */
+            set_text(err, err_len,
+                     "a multi-GPU engine (world_size > 1) needs worker_path: TensorRT-LLM's executorWorker "
+                     "(<site-packages>/tensorrt_llm/bin/executorWorker)");
+            return MLR_INVALID_ARGUMENT;
+        }
+        std::string why;
+        if (!init_plugins(&why)) {
+            set_text(err, err_len, why);
+            return MLR_INTERNAL;
+        }
 
         tle::KvCacheConfig kv;
         if (p->kv_cache_reuse >= 0) kv.setEnableBlockReuse(p->kv_cache_reuse != 0);
@@ -202,7 +254,7 @@ int32_t mlr_trtllm_create(const mlr_trtllm_params *p, mlr_engine **engine, char 
         }
 
         if (p->world_size > 1) {
-            tle::OrchestratorConfig orchestrator(/*isOrchestrator=*/true, p->worker_path ? p->worker_path : "");
+            tle::OrchestratorConfig orchestrator(/*isOrchestrator=*/true, p->worker_path);
             config.setParallelConfig(tle::ParallelConfig(tle::CommunicationType::kMPI,
                                                          tle::CommunicationMode::kORCHESTRATOR, std::nullopt,
                                                          std::nullopt, orchestrator));
@@ -224,6 +276,15 @@ int32_t mlr_trtllm_create(const mlr_trtllm_params *p, mlr_engine **engine, char 
 
 void mlr_destroy(mlr_engine *e) {
     if (!e) return;
+    try {
+        /* shutdown() queues its terminate request behind every queued and active request and waits for
+         * them to finish generating: cancel them first, so running requests end now (the ABI's promise)
+         * and a drain timeout before destroy is real. */
+        std::lock_guard<std::mutex> lock(e->mu);
+        for (auto const &entry : e->live) e->executor.cancelRequest(entry.first);
+        e->live.clear();
+    } catch (...) {
+    }
     try {
         e->executor.shutdown();
     } catch (...) {
@@ -259,16 +320,16 @@ int32_t mlr_enqueue(mlr_engine *e, const mlr_request *q, uint64_t *request_id, c
             return MLR_UNSUPPORTED;
         }
 
-        /* Sampling: setters rather than the 19-argument constructor; nullopt = TensorRT-LLM's default. */
+        /* Sampling: setters rather than the 19-argument constructor; nullopt = TensorRT-LLM's default. What
+         * is set is decided in ffi/common/trtllm_plan.c (topP always set when sampling: unset topK and topP
+         * would decode greedily), tested without TensorRT-LLM. */
         tle::SamplingConfig sampling(/*beamWidth=*/1);
-        if (q->temperature == 0) {
-            sampling.setTopK(1); /* greedy */
-        } else {
-            sampling.setTemperature(q->temperature);
-            if (q->top_k > 0) sampling.setTopK(q->top_k);
-            if (q->top_p < 1) sampling.setTopP(q->top_p);
-            if (q->min_p > 0) sampling.setMinP(q->min_p);
-        }
+        mlr_trtllm_sampling_plan plan;
+        mlr_trtllm_plan_sampling(q, &plan);
+        if (plan.set_top_k) sampling.setTopK(plan.top_k);
+        if (plan.set_top_p) sampling.setTopP(plan.top_p);
+        if (plan.set_temperature) sampling.setTemperature(plan.temperature);
+        if (plan.set_min_p) sampling.setMinP(plan.min_p);
         sampling.setSeed(q->seed);
         if (q->repetition_penalty != 1) sampling.setRepetitionPenalty(q->repetition_penalty);
         if (q->presence_penalty != 0) sampling.setPresencePenalty(q->presence_penalty);
@@ -277,7 +338,9 @@ int32_t mlr_enqueue(mlr_engine *e, const mlr_request *q, uint64_t *request_id, c
         tle::OutputConfig output;
         output.excludeInputFromOutput = true;
         output.returnLogProbs = q->top_logprobs >= 0;
-        output.returnGenerationLogits = q->top_logprobs > 0;
+        /* With generation logits the shim computes every logprob itself, as the raw log-softmax the ABI
+         * promises; the executor's own logProbs are the sampling layer's (after temperature, penalties). */
+        output.returnGenerationLogits = q->top_logprobs >= 0 && e->params.gather_generation_logits;
 
         tle::Request request(tle::VecTokens(q->prompt, q->prompt + q->prompt_len), q->max_new_tokens,
                              /*streaming=*/true, sampling, output);
@@ -340,15 +403,20 @@ static void unpack(mlr_engine *e, tle::Response const &response) {
     }
 
     tle::Result const &result = response.getResult();
-    int32_t const top_k = it != e->live.end() ? it->second.top_logprobs : -1;
+    int32_t const top_k = it != e->live.end() ? it->second.top_logprobs : -1; /* -1: no logprobs */
     tle::VecTokens const no_tokens;
     tle::VecTokens const &tokens = result.outputTokenIds.empty() ? no_tokens : result.outputTokenIds[0];
     tle::VecLogProbs const *logprobs =
         result.logProbs && !result.logProbs->empty() ? &(*result.logProbs)[0] : nullptr;
+    /* a streaming Result's logProbs hold every logprob so far; the new tokens' are the last |tokens| */
+    size_t const first_logprob =
+        logprobs ? static_cast<size_t>(mlr_trtllm_logprob_offset(static_cast<int64_t>(logprobs->size()),
+                                                                 static_cast<int64_t>(tokens.size())))
+                 : 0;
 
     std::vector<float> logits;
     int64_t vocab = 0;
-    if (top_k > 0 && result.generationLogits) logits = logits_as_f32(*result.generationLogits, &vocab);
+    if (top_k >= 0 && result.generationLogits) logits = logits_as_f32(*result.generationLogits, &vocab);
 
     int32_t finish = MLR_FINISH_NONE;
     if (result.isFinal) {
@@ -366,8 +434,8 @@ static void unpack(mlr_engine *e, tle::Response const &response) {
         r.request_id = id;
         r.status = MLR_OK;
         r.token = tokens[j];
-        if (logprobs && j < logprobs->size()) { /* asked for (returnLogProbs = top_logprobs >= 0) and given */
-            r.logprob = (*logprobs)[j];
+        if (logprobs && first_logprob + j < logprobs->size()) { /* asked for (top_logprobs >= 0) and given */
+            r.logprob = (*logprobs)[first_logprob + j];
             r.has_logprob = 1;
         }
         if (!logits.empty() && vocab > 0 && static_cast<int64_t>(j + 1) * vocab <= static_cast<int64_t>(logits.size()))
@@ -420,6 +488,8 @@ int32_t mlr_await_responses(mlr_engine *e, mlr_response *out, int32_t capacity, 
     }
 }
 
+/* A request still queued in the executor is cancelled when the executor next looks at it: it may get one
+ * prefill before its CANCELLED response (the executor has no call that drops a queued request unrun). */
 int32_t mlr_cancel(mlr_engine *e, uint64_t request_id) {
     try {
         std::lock_guard<std::mutex> lock(e->mu);
@@ -445,6 +515,7 @@ int32_t mlr_capabilities_get(mlr_engine *e, mlr_capabilities *out) {
     out->max_top_logprobs = logits ? MLR_MAX_TOP_LOGPROBS : 0;
     out->max_lora_rank = e->params.max_lora_rank;
     out->lora_dtype = e->params.engine_dtype;
+    out->raw_logprobs = logits ? 1 : 0; /* else the executor's logProbs: the sampling layer's */
     return MLR_OK;
 }
 

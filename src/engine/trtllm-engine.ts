@@ -20,6 +20,7 @@ import {
   trtllmLibraryPath,
 } from "./native.ts";
 import { NativeEngine } from "./native-engine.ts";
+import { resolveTrtllmWorker } from "./trtllm-worker.ts";
 
 /** Executor settings; each left out takes TensorRT-LLM's own default. */
 export interface TrtllmEngineOptions {
@@ -27,7 +28,8 @@ export interface TrtllmEngineOptions {
   maxBatch?: number;
   /** KvCacheConfig freeGpuMemoryFraction (TensorRT-LLM: 0.9). */
   kvCacheFreeGpuMemFraction?: number;
-  /** KvCacheConfig enableBlockReuse. */
+  /** KvCacheConfig enableBlockReuse (default on: every adapter version has its own task id, and the
+   * executor's block keys include the LoRA task id, so a reused block never crosses adapters). */
   kvCacheReuse?: boolean;
   /** PeftCacheConfig hostCacheSize in bytes (TensorRT-LLM: 1 GiB). */
   loraHostCacheBytes?: number;
@@ -39,7 +41,8 @@ export interface TrtllmEngineOptions {
   loraMaxAdapterSize?: number;
   /** Sizes the device cache to hold this many max-rank adapters on every module (as TensorRT-LLM's max_loras). */
   maxLoras?: number;
-  /** Orchestrator mode's worker executable (multi-GPU engines); default TensorRT-LLM's executorWorker. */
+  /** Orchestrator mode's worker executable (multi-GPU engines); default `<tensorrt_llm>/bin/executorWorker`
+   * (src/engine/trtllm-worker.ts), and a multi-GPU engine without one is refused. */
   workerPath?: string;
 }
 
@@ -100,7 +103,8 @@ export class TrtllmEngine extends NativeEngine {
 
     const params = new StructView(TRTLLM_PARAMS);
     const dir = new TextEncoder().encode(`${engineDir}\0`);
-    const worker = options.workerPath ? new TextEncoder().encode(`${options.workerPath}\0`) : undefined;
+    const workerPath = resolveTrtllmWorker(e.worldSize, options.workerPath);
+    const worker = workerPath ? new TextEncoder().encode(`${workerPath}\0`) : undefined;
     params
       .set("engine_dir", ptr(dir))
       .set("engine_dtype", MLR_DTYPE[e.dtype])
@@ -112,7 +116,7 @@ export class TrtllmEngine extends NativeEngine {
       .set("max_num_tokens", -1)
       .set("gather_generation_logits", e.gatherGenerationLogits ? 1 : 0)
       .set("kv_cache_free_gpu_mem_fraction", options.kvCacheFreeGpuMemFraction ?? -1)
-      .set("kv_cache_reuse", options.kvCacheReuse === undefined ? -1 : options.kvCacheReuse ? 1 : 0)
+      .set("kv_cache_reuse", (options.kvCacheReuse ?? true) ? 1 : 0)
       .set("lora_host_cache_bytes", options.loraHostCacheBytes ?? -1)
       .set("lora_device_cache_percent", options.loraDeviceCachePercent ?? -1)
       .set("lora_optimal_adapter_size", options.loraOptimalAdapterSize ?? -1)

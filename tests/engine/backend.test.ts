@@ -5,12 +5,13 @@
  */
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { spawnSync } from "node:child_process";
-import { mkdtempSync, readdirSync, rmSync } from "node:fs";
+import { chmodSync, mkdirSync, mkdtempSync, readdirSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { chooseBackend, openEngine } from "../../src/engine/backend.ts";
 import { writeDemoModel } from "../../src/engine/demo-model.ts";
 import { TrtllmEngine } from "../../src/engine/trtllm-engine.ts";
+import { resolveTrtllmWorker } from "../../src/engine/trtllm-worker.ts";
 import { readBaseModel } from "../../src/formats/model-config.ts";
 
 const ROOT = join(import.meta.dir, "../..");
@@ -18,9 +19,15 @@ const ENGINE = join(import.meta.dir, "fixtures/trtllm-llama31-8b-tp2");
 const work = mkdtempSync(join(tmpdir(), "multilora-backend-"));
 const demo = join(work, "demo");
 const echoLibrary = join(work, "libmultilora-echo.so");
+/** A fake tensorrt_llm package dir holding bin/executorWorker, as the wheel does. */
+const fakeTrtllm = join(work, "site-packages/tensorrt_llm");
+const fakeWorker = join(fakeTrtllm, "bin/executorWorker");
 
 beforeAll(() => {
   writeDemoModel(demo);
+  mkdirSync(join(fakeTrtllm, "bin"), { recursive: true });
+  writeFileSync(fakeWorker, "#!/bin/sh\n");
+  chmodSync(fakeWorker, 0o755);
   const sources = readdirSync(join(ROOT, "ffi/cpu"))
     .filter((f) => f.endsWith(".c") && f !== "trtllm_absent.c")
     .map((f) => join(ROOT, "ffi/cpu", f))
@@ -40,16 +47,21 @@ beforeAll(() => {
 });
 afterAll(() => rmSync(work, { recursive: true, force: true }));
 
-function withLibrary<T>(path: string | undefined, run: () => T): T {
-  const saved = process.env.MULTILORA_TRTLLM_LIB;
-  if (path === undefined) delete process.env.MULTILORA_TRTLLM_LIB;
-  else process.env.MULTILORA_TRTLLM_LIB = path;
+function withEnv<T>(name: string, value: string | undefined, run: () => T): T {
+  const saved = process.env[name];
+  if (value === undefined) delete process.env[name];
+  else process.env[name] = value;
   try {
     return run();
   } finally {
-    if (saved === undefined) delete process.env.MULTILORA_TRTLLM_LIB;
-    else process.env.MULTILORA_TRTLLM_LIB = saved;
+    if (saved === undefined) delete process.env[name];
+    else process.env[name] = saved;
   }
+}
+
+/** The fixture is a 2-GPU engine: its worker is found through TRTLLM_ROOT, as the Docker image's. */
+function withLibrary<T>(path: string | undefined, run: () => T): T {
+  return withEnv("TRTLLM_ROOT", fakeTrtllm, () => withEnv("MULTILORA_TRTLLM_LIB", path, run));
 }
 
 function createError(
@@ -133,13 +145,13 @@ describe("the TensorRT-LLM engine without TensorRT-LLM", () => {
     );
   });
 
-  test("defaults: every executor setting left to TensorRT-LLM (negative), engine values from config.json", () => {
+  test("defaults: executor settings left to TensorRT-LLM (negative) but KV block reuse on, engine values from config.json", () => {
     const message = createError({}, echoLibrary);
     expect(message).toContain(
       `engine_dir=${ENGINE} engine_dtype=2 max_lora_rank=64 num_layers=32 num_lora_modules=7 world_size=2 ` +
         "max_batch_size=-1 max_num_tokens=-1 gather_generation_logits=0 kv_cache_free_gpu_mem_fraction=-1 " +
-        "kv_cache_reuse=-1 lora_host_cache_bytes=-1 lora_device_cache_percent=-1 lora_optimal_adapter_size=-1 " +
-        "lora_max_adapter_size=-1 max_loras=0 worker_path=(null)",
+        "kv_cache_reuse=1 lora_host_cache_bytes=-1 lora_device_cache_percent=-1 lora_optimal_adapter_size=-1 " +
+        `lora_max_adapter_size=-1 max_loras=0 worker_path=${fakeWorker}`,
     );
   });
 
@@ -154,15 +166,30 @@ describe("the TensorRT-LLM engine without TensorRT-LLM", () => {
         loraOptimalAdapterSize: 8,
         loraMaxAdapterSize: 64,
         maxLoras: 4,
-        workerPath: "/opt/tensorrt_llm/bin/executorWorker",
+        workerPath: fakeWorker,
       },
       echoLibrary,
     );
     expect(message).toContain(
       "max_batch_size=16 max_num_tokens=-1 gather_generation_logits=0 kv_cache_free_gpu_mem_fraction=0.85 " +
         "kv_cache_reuse=1 lora_host_cache_bytes=1073741824 lora_device_cache_percent=0.05 " +
-        "lora_optimal_adapter_size=8 lora_max_adapter_size=64 max_loras=4 worker_path=/opt/tensorrt_llm/bin/executorWorker",
+        `lora_optimal_adapter_size=8 lora_max_adapter_size=64 max_loras=4 worker_path=${fakeWorker}`,
     );
+    expect(createError({ kvCacheReuse: false }, echoLibrary)).toContain("kv_cache_reuse=0");
+  });
+
+  test("a multi-GPU engine without a resolvable executorWorker is refused before the executor starts", () => {
+    const noRoot = () => undefined;
+    expect(() => resolveTrtllmWorker(2, undefined, {}, noRoot)).toThrow(
+      /runs on 2 GPUs.*executorWorker.*--trtllm-worker/,
+    );
+    expect(() => resolveTrtllmWorker(2, undefined, { TRTLLM_ROOT: work }, noRoot)).toThrow(
+      `looked at ${join(work, "bin/executorWorker")}`,
+    );
+    expect(() => resolveTrtllmWorker(2, join(work, "nope"), {}, noRoot)).toThrow("no such file");
+    expect(resolveTrtllmWorker(2, undefined, {}, () => fakeTrtllm)).toBe(fakeWorker);
+    expect(resolveTrtllmWorker(2, undefined, { TRTLLM_ROOT: fakeTrtllm }, noRoot)).toBe(fakeWorker);
+    expect(resolveTrtllmWorker(1, undefined, {}, noRoot)).toBeUndefined();
   });
 
   test("`multilora serve <engine-dir>` without the shim exits with the error, not a crash", () => {
