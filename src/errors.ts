@@ -14,7 +14,9 @@ export const ERROR_CODES = [
   "invalid_json",
   "invalid_msgpack",
   "request_too_large",
+  "request_timeout",
   "context_length_exceeded",
+  "invalid_token_id",
   "unsupported_field",
   "unsupported_content",
   "no_chat_template",
@@ -37,8 +39,10 @@ export const ERROR_CODES = [
   "invalid_api_key",
   "admin_loopback_only",
   "adapter_not_allowed",
+  "admin_key_required",
   // the server
   "overloaded",
+  "too_many_requests",
   "queue_timeout",
   "shutting_down",
   "lora_cache_full",
@@ -65,6 +69,8 @@ export const ERROR_CODES = [
   "tokenizer_not_found",
   "file_not_found",
   "io_error",
+  "insufficient_storage",
+  "storage_unwritable",
 ] as const;
 
 export type ErrorCode = (typeof ERROR_CODES)[number];

@@ -334,6 +334,25 @@ static void drop_cancelled(mlr_engine *e) {
     }
 }
 
+/* Cancelled requests still in the queue are answered at once, not when a slot frees up for them (a
+ * drain answers its queued requests while the running ones go on). Caller holds mu. */
+static void drop_cancelled_queued(mlr_engine *e) {
+    request *prev = NULL;
+    for (request *r = e->queue_head; r;) {
+        request *next = r->next;
+        if (r->cancelled == 1 && response_room(e, e->params.max_batch + 1)) {
+            if (prev) prev->next = next;
+            else e->queue_head = next;
+            if (e->queue_tail == r) e->queue_tail = prev;
+            respond_error(e, r->id, MLR_CANCELLED, MLR_FINISH_CANCELLED, NULL);
+            request_free(r);
+        } else {
+            prev = r;
+        }
+        r = next;
+    }
+}
+
 static void *scheduler_main(void *arg) {
     mlr_engine *e = arg;
     step_plan *plan = &e->plan;
@@ -348,6 +367,7 @@ static void *scheduler_main(void *arg) {
         }
         drop_cancelled(e);
         admit(e);
+        drop_cancelled_queued(e);
         if (e->n_running == 0) {
             pthread_cond_broadcast(&e->answered);
             pthread_cond_wait(&e->work, &e->mu);
@@ -568,7 +588,8 @@ int32_t mlr_capabilities_get(mlr_engine *e, mlr_capabilities *out) {
                               .lora_scale = 1,
                               .max_top_logprobs = MLR_MAX_TOP_LOGPROBS,
                               .max_lora_rank = e->params.max_lora_rank,
-                              .lora_dtype = e->params.lora_dtype};
+                              .lora_dtype = e->params.lora_dtype,
+                              .raw_logprobs = 1};
     return MLR_OK;
 }
 

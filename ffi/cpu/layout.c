@@ -117,6 +117,7 @@ static const layout_entry LAYOUT[] = {
     FIELD(mlr_capabilities, max_top_logprobs),
     FIELD(mlr_capabilities, max_lora_rank),
     FIELD(mlr_capabilities, lora_dtype),
+    FIELD(mlr_capabilities, raw_logprobs),
     SIZE(mlr_stats),
     FIELD(mlr_stats, running),
     FIELD(mlr_stats, queued),

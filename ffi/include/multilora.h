@@ -185,13 +185,14 @@ typedef struct mlr_trtllm_params {
     int32_t max_num_tokens;      /* < 0 = the engine's */
     int32_t gather_generation_logits; /* engine built with --gather_generation_logits: top-k logprobs work */
     float kv_cache_free_gpu_mem_fraction; /* < 0 = TensorRT-LLM's default (0.9) */
-    int32_t kv_cache_reuse;      /* block reuse: 0 off, 1 on, < 0 = TensorRT-LLM's default */
+    int32_t kv_cache_reuse;      /* block reuse: 0 off, 1 on (serve's default), < 0 = TensorRT-LLM's default */
     int64_t lora_host_cache_bytes;  /* PeftCacheConfig hostCacheSize; < 0 = default (1 GiB) */
     float lora_device_cache_percent; /* PeftCacheConfig deviceCachePercent; < 0 = default */
     int32_t lora_optimal_adapter_size; /* < 0 = default (8) */
     int32_t lora_max_adapter_size;     /* < 0 = default (64) */
     int32_t max_loras;           /* > 0: numDeviceModuleLayer = max_lora_rank x layers x modules x max_loras */
-    const char *worker_path;     /* orchestrator worker executable; NULL = TensorRT-LLM's executorWorker */
+    const char *worker_path;     /* orchestrator worker executable (<tensorrt_llm>/bin/executorWorker); required
+                                  * when world_size > 1: the executor has no default */
 } mlr_trtllm_params;
 
 /* Builds the executor over engine_dir. Every exception is caught; err says what went wrong. */
@@ -242,8 +243,17 @@ typedef struct mlr_request {
 
 void mlr_request_default(mlr_request *request);
 
+/*
+ * The shim's sampling decision for a request, as text ("topK=1 topP=unset temperature=unset minP=unset"),
+ * and where a streaming result's new tokens' logprobs start. Plain C (ffi/common/trtllm_plan.c), in
+ * libmultilora.so too, so both are tested where no TensorRT-LLM exists. Returns snprintf's count.
+ */
+int32_t mlr_trtllm_sampling_text(const mlr_request *request, char *buf, size_t len);
+int64_t mlr_trtllm_logprob_offset(int64_t n_logprobs, int64_t n_tokens);
+
 /* One generated token, or the end of a request. Log-probabilities are the log-softmax of the model's
- * logits before any sampling transform (temperature, penalties, top-k/p, min-p).
+ * logits before any sampling transform (temperature, penalties, top-k/p, min-p), where the backend's
+ * mlr_capabilities.raw_logprobs is 1; where it is 0 they are the sampling layer's (see there).
  * A failed forward step (out of memory) ends every request that had tokens in it with one response of
  * status MLR_OUT_OF_MEMORY and finish_reason ERROR; tokens answered before it stand, their slots and KV are
  * freed, and the engine goes on with the other requests and later ones. */
@@ -296,6 +306,9 @@ typedef struct mlr_capabilities {
     int32_t max_top_logprobs;
     int32_t max_lora_rank;
     int32_t lora_dtype;          /* mlr_float_dtype adapters must have */
+    int32_t raw_logprobs;        /* 1: logprobs are the log-softmax of the raw logits, as mlr_response says;
+                                  * 0: they are the sampling layer's (after temperature and penalties):
+                                  * TensorRT-LLM engines built without --gather_generation_logits */
 } mlr_capabilities;
 
 int32_t mlr_capabilities_get(mlr_engine *engine, mlr_capabilities *out);

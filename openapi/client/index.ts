@@ -49,6 +49,7 @@ export type ListModelsResponse = {
       "dtype"?: string;
       "bytes"?: number;
       "base_model"?: string | null;
+      "warnings"?: Array<string>;
       "loaded_at"?: number;
       "last_used_step"?: number | null;
     };
@@ -78,6 +79,7 @@ export type RetrieveModelResponse = {
     "dtype"?: string;
     "bytes"?: number;
     "base_model"?: string | null;
+    "warnings"?: Array<string>;
     "loaded_at"?: number;
     "last_used_step"?: number | null;
   };
@@ -230,6 +232,7 @@ export type ListAdaptersResponse = {
     "dtype"?: string;
     "bytes"?: number;
     "base_model"?: string | null;
+    "warnings"?: Array<string>;
     "loaded_at"?: number;
     "last_used_step"?: number | null;
   }>;
@@ -258,6 +261,7 @@ export type RetrieveAdapterResponse = {
   "dtype"?: string;
   "bytes"?: number;
   "base_model"?: string | null;
+  "warnings"?: Array<string>;
   "loaded_at"?: number;
   "last_used_step"?: number | null;
 };
@@ -283,6 +287,7 @@ export type LoadAdapterResponse = {
   "dtype"?: string;
   "bytes"?: number;
   "base_model"?: string | null;
+  "warnings"?: Array<string>;
   "loaded_at"?: number;
   "last_used_step"?: number | null;
 };
@@ -303,6 +308,7 @@ export type UnloadAdapterResponse = {
   "dtype"?: string;
   "bytes"?: number;
   "base_model"?: string | null;
+  "warnings"?: Array<string>;
   "loaded_at"?: number;
   "last_used_step"?: number | null;
 };

@@ -28,7 +28,8 @@ const Generation = {
   top_p: v.nullish(v.pipe(v.number(), v.gtValue(0), v.maxValue(1))),
   n: v.optional(v.pipe(Int, v.minValue(1), v.maxValue(16)), 1),
   stop: v.nullish(v.union([v.string(), v.pipe(v.array(v.string()), v.maxLength(16))])),
-  seed: v.nullish(Int),
+  // The engine's seed is a uint64: a seed outside [0, 2^64) is refused, never wrapped.
+  seed: v.nullish(v.pipe(Int, v.minValue(0), v.ltValue(2 ** 64))),
   presence_penalty: v.nullish(between(-2, 2)),
   frequency_penalty: v.nullish(between(-2, 2)),
   stream: v.optional(v.boolean(), false),
@@ -175,6 +176,8 @@ export const AdapterSchema = v.object({
   dtype: v.optional(v.string()),
   bytes: v.optional(v.number()),
   base_model: v.optional(v.nullable(v.string())),
+  /** E.g. trained on another base model than the served one. */
+  warnings: v.optional(v.array(v.string())),
   loaded_at: v.optional(v.number()),
   last_used_step: v.optional(v.nullable(v.number())),
 });

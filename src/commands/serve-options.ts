@@ -154,6 +154,14 @@ export const SERVE_SETTINGS = {
     help: "host copies of adapter files kept to resend after an eviction; beyond, the least recently used are read again from disk when needed",
     arg: "<n>",
   },
+  "max-adapter-mb": {
+    schema: v.optional(v.nullable(Megabytes), null),
+    read: "number",
+    group: "general",
+    help: "largest adapter file read, checked from its size and header before it is read (a file holds padded rows, so it may be larger than its place in the cache)",
+    arg: "<n>",
+    shown: "4 x --lora-cache-mb",
+  },
   "converted-cache-mb": {
     schema: v.optional(Megabytes, 4096),
     read: "number",
@@ -182,6 +190,14 @@ export const SERVE_SETTINGS = {
     help: "requests waiting or running before 503",
     arg: "<n>",
   },
+  "max-concurrent-per-key": {
+    schema: v.optional(v.nullable(v.pipe(v.number(), v.integer(), v.minValue(0))), null),
+    read: "number",
+    group: "general",
+    help: "requests one API key may have waiting or running at once (429 beyond), so one tenant cannot take every place",
+    arg: "<n>",
+    shown: "half of --max-queue with --api-keys-file, else none; 0: no limit",
+  },
   "queue-timeout": {
     schema: v.optional(NonNegative, 60),
     read: "number",
@@ -197,12 +213,27 @@ export const SERVE_SETTINGS = {
     arg: "<s>",
     shown: "600; 0: none",
   },
+  "drain-timeout": {
+    schema: v.optional(NonNegative, 30),
+    read: "number",
+    group: "general",
+    help: "on SIGTERM: queued requests get a 503 at once, running ones may finish this long, then end with an error",
+    arg: "<s>",
+  },
   "max-body-mb": {
     schema: v.optional(Megabytes, 16),
     read: "number",
     group: "general",
     help: "largest request body (413 beyond)",
     arg: "<n>",
+  },
+  "body-timeout": {
+    schema: v.optional(NonNegative, 30),
+    read: "number",
+    group: "general",
+    help: "longest a request body may take to arrive (408 beyond)",
+    arg: "<s>",
+    shown: "30; 0: none",
   },
   "cache-dir": {
     schema: v.optional(v.nullable(v.string()), null),
@@ -211,6 +242,13 @@ export const SERVE_SETTINGS = {
     help: "converted PEFT adapters and the demo model",
     arg: "<dir>",
     shown: "$XDG_CACHE_HOME/multilora",
+  },
+  "model-memory": {
+    schema: v.optional(v.picklist(["auto", "map", "copy"] as const), "auto"),
+    read: "string",
+    group: "general",
+    help: "model weights memory-mapped (map) or read into memory the server owns (copy), so that a model file truncated or rewritten in place cannot crash the server; auto maps read-only files (no write permission) and copies the others",
+    arg: "auto|map|copy",
   },
   backend: {
     schema: v.optional(v.picklist(BACKENDS), "auto"),
@@ -229,12 +267,11 @@ export const SERVE_SETTINGS = {
     shown: "0.9",
   },
   "kv-cache-reuse": {
-    schema: v.optional(v.nullable(v.picklist(ON_OFF)), null),
+    schema: v.optional(v.picklist(ON_OFF), "on"),
     read: "string",
     group: "trtllm",
-    help: "reuse KV blocks across requests with a common prefix",
+    help: "reuse KV blocks across requests with a common prefix (safe with adapters: the blocks are keyed by LoRA task id, and each adapter version has its own)",
     arg: ON_OFF.join("|"),
-    shown: "TensorRT-LLM's",
   },
   "lora-host-cache-mb": {
     schema: v.optional(Megabytes, 1024),
@@ -271,7 +308,7 @@ export const SERVE_SETTINGS = {
     group: "trtllm",
     help: "executorWorker for multi-GPU engines",
     arg: "<path>",
-    shown: "TensorRT-LLM's",
+    shown: "$TRTLLM_ROOT/bin/executorWorker, else the installed tensorrt_llm's",
   },
   "api-key": {
     schema: v.optional(v.array(Key), []),
@@ -302,6 +339,12 @@ export const SERVE_SETTINGS = {
     read: "boolean",
     group: "security",
     help: "/metrics needs a key too",
+  },
+  "open-admin-routes": {
+    schema: v.optional(v.boolean(), false),
+    read: "boolean",
+    group: "security",
+    help: "with --api-keys-file: /metrics stays open and the admin routes answer loopback clients without --admin-key (by default both need the admin key)",
   },
   "log-level": {
     schema: v.optional(v.picklist(LOG_LEVELS), "info"),

@@ -5,7 +5,7 @@
  * template), then runs one warm-up request. SIGTERM stops accepting, lets running requests finish
  * (bounded), then exits 0.
  */
-import { existsSync, mkdirSync } from "node:fs";
+import { existsSync } from "node:fs";
 import { homedir } from "node:os";
 import { basename, join, resolve } from "node:path";
 import { type OpenedModel, openEngine } from "../engine/backend.ts";
@@ -20,6 +20,7 @@ import { loadAuth } from "../server/auth.ts";
 import type { ServerContext } from "../server/context.ts";
 import { createLogger, Observer } from "../server/observe.ts";
 import { printErr } from "./args.ts";
+import { checkCacheDir } from "./cache-dir.ts";
 import { SERVE_HELP, type ServeConfig, serveConfig } from "./serve-options.ts";
 
 export { SERVE_HELP, type ServeConfig, ServeConfigSchema, serveConfig } from "./serve-options.ts";
@@ -39,6 +40,7 @@ export interface RunningServer {
 /** The engine for the model dir, on the backend its kind or --backend picks, sized by the settings. */
 function openServedEngine(config: ServeConfig, modelDir: string): OpenedModel {
   return openEngine(modelDir, config.backend, {
+    modelMemory: config["model-memory"],
     cpu: {
       maxBatch: config["max-batch"] ?? undefined,
       maxSeqLen: config["max-seq-len"] ?? undefined,
@@ -52,7 +54,7 @@ function openServedEngine(config: ServeConfig, modelDir: string): OpenedModel {
     trtllm: {
       maxBatch: config["max-batch"] ?? undefined,
       kvCacheFreeGpuMemFraction: config["kv-cache-free-gpu-mem-fraction"] ?? undefined,
-      kvCacheReuse: config["kv-cache-reuse"] === null ? undefined : config["kv-cache-reuse"] === "on",
+      kvCacheReuse: config["kv-cache-reuse"] === "on",
       loraHostCacheBytes: config["lora-host-cache-mb"] * 1024 * 1024,
       loraDeviceCachePercent: config["lora-device-cache-percent"] ?? undefined,
       loraOptimalAdapterSize: config["lora-optimal-adapter-size"],
@@ -71,6 +73,7 @@ export async function startServer(
   const cacheDir = resolve(config["cache-dir"] ?? defaultCacheDir());
   let modelDir = config["model-dir"];
   let loraDir = config["lora-dir"];
+  checkCacheDir(cacheDir);
   if (!modelDir) {
     modelDir = join(cacheDir, "multilora-demo");
     if (!existsSync(join(modelDir, "config.json"))) {
@@ -82,7 +85,6 @@ export async function startServer(
   modelDir = resolve(modelDir);
   if (!existsSync(modelDir))
     throw new MultiloraError(`model dir ${modelDir} does not exist`, { code: "invalid_model" });
-  mkdirSync(cacheDir, { recursive: true });
 
   const model = openServedEngine(config, modelDir);
   const engine = model.engine;
@@ -108,6 +110,9 @@ export async function startServer(
           },
           convertedCacheMaxBytes: Math.floor(config["converted-cache-mb"] * 1024 * 1024),
           hostMaxBytes: Math.floor(config["adapter-memory-mb"] * 1024 * 1024),
+          maxAdapterBytes: Math.floor(
+            (config["max-adapter-mb"] ?? 4 * config["lora-cache-mb"]) * 1024 * 1024,
+          ),
           onLoad: (name, seconds) => observer.adapterLoaded(name, seconds),
         })
       : null;
@@ -120,6 +125,7 @@ export async function startServer(
       maxRequests: config["max-queue"],
       queueTimeoutMs: config["queue-timeout"] * 1000,
       requestTimeoutMs: config["request-timeout"] * 1000,
+      maxPerKey: perKeyLimit(config),
       onAdapterUse: (a, wasCached) => observer.adapterUsed(a.name, a.taskId, wasCached),
     });
     let ready = false;
@@ -127,12 +133,14 @@ export async function startServer(
       core,
       observer,
       maxBodyBytes: Math.floor(config["max-body-mb"] * 1024 * 1024),
+      bodyTimeoutMs: config["body-timeout"] * 1000,
       created: Math.floor(Date.now() / 1000),
       auth: loadAuth({
         apiKeys: config["api-key"],
         keysFile: config["api-keys-file"],
         adminKey: config["admin-key"],
         protectMetrics: config["protect-metrics"],
+        openAdminRoutes: config["open-admin-routes"],
       }),
       isReady: () => ready && !core.admission.isDraining,
     };
@@ -163,9 +171,11 @@ export async function startServer(
       port: server.port as number,
       ctx,
       stop: async () => {
-        const drained = core.drain(30_000);
-        server.stop(false);
+        const drained = core.drain(config["drain-timeout"] * 1000);
+        const closed = server.stop(false); // no new connections; the open ones get their answers
         await drained;
+        // The last bytes (a 503, a stream's error event) reach their clients before the engine goes.
+        await Promise.race([closed, new Promise((resolve) => setTimeout(resolve, 1000))]);
         registry?.close();
         await engine.close();
       },
@@ -175,6 +185,13 @@ export async function startServer(
     await engine.close();
     throw e;
   }
+}
+
+/** `--max-concurrent-per-key`; unset: half of --max-queue with tenant keys (--api-keys-file), else none. */
+function perKeyLimit(config: ServeConfig): number {
+  const set = config["max-concurrent-per-key"];
+  if (set !== null) return set;
+  return config["api-keys-file"] !== null ? Math.max(1, Math.ceil(config["max-queue"] / 2)) : 0;
 }
 
 export async function runServe(argv: string[]): Promise<number> {
@@ -195,7 +212,9 @@ export async function runServe(argv: string[]): Promise<number> {
   const server = await startServer(config);
   await new Promise<void>((resolveStop) => {
     const shutdown = (signal: string) => {
-      printErr(`${signal}: finishing running requests, then exiting`);
+      printErr(
+        `${signal}: finishing running requests, then exiting (queued ones are answered 503 now; running ones are ended after --drain-timeout ${config["drain-timeout"]} s)`,
+      );
       server.stop().then(resolveStop, resolveStop);
     };
     process.once("SIGTERM", () => shutdown("SIGTERM"));

@@ -5,7 +5,7 @@
  */
 import { MultiloraError } from "../errors.ts";
 import type { BaseModel, ModelDims } from "../formats/model-config.ts";
-import { loadCheckpoint } from "./checkpoint.ts";
+import { loadCheckpoint, type ModelMemory } from "./checkpoint.ts";
 import { CpuEngine, type CpuEngineOptions } from "./cpu-engine.ts";
 import type { Engine } from "./engine.ts";
 import { isTrtllmEngineDir, TrtllmEngine, type TrtllmEngineOptions } from "./trtllm-engine.ts";
@@ -47,7 +47,7 @@ export function chooseBackend(modelDir: string, requested: Backend | "auto"): Ba
 export function openEngine(
   modelDir: string,
   requested: Backend | "auto",
-  options: { cpu?: CpuEngineOptions; trtllm?: TrtllmEngineOptions } = {},
+  options: { cpu?: CpuEngineOptions; trtllm?: TrtllmEngineOptions; modelMemory?: ModelMemory } = {},
 ): OpenedModel {
   const backend = chooseBackend(modelDir, requested);
   if (backend === "trtllm") {
@@ -64,7 +64,7 @@ export function openEngine(
       engineConfig: m,
     };
   }
-  const checkpoint = loadCheckpoint(modelDir);
+  const checkpoint = loadCheckpoint(modelDir, { memory: options.modelMemory });
   return {
     engine: CpuEngine.create(checkpoint, options.cpu),
     backend,

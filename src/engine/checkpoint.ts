@@ -1,10 +1,18 @@
 /**
  * A Hugging Face checkpoint folder opened for the CPU engine: `config.json` checked for what the engine
  * supports (every unsupported field named), and `model.safetensors` (or the shards listed by
- * `model.safetensors.index.json`) memory-mapped, so the engine reads the weights in place: nothing is
- * copied at load.
+ * `model.safetensors.index.json`) memory-mapped, so the engine reads the weights in place, or read into
+ * memory the server owns.
+ *
+ * Why not always map: a mapping is backed by the file, so a file truncated or rewritten in place while
+ * serving (`cp new.safetensors model.safetensors` does exactly that) kills the process with SIGBUS on the
+ * next touch of a page that is gone; no check at start prevents a later write, and a SIGBUS cannot be
+ * caught safely inside the engine's compute threads. So `auto` maps only files nobody may write without
+ * first changing their mode (no write permission bit: `chmod a-w`), and reads the others into owned
+ * memory (a copy: the process holds the weights once, the page cache keeps its reclaimable pages).
+ * Replacing a file by rename (a new inode) is safe either way.
  */
-import { existsSync } from "node:fs";
+import { existsSync, statSync } from "node:fs";
 import { join } from "node:path";
 import * as v from "valibot";
 import { listProblems, MultiloraError } from "../errors.ts";
@@ -16,7 +24,7 @@ import {
   hfModelDims,
   type ModelDims,
 } from "../formats/model-config.ts";
-import { mmapSafetensors, type SafetensorsFile } from "../formats/safetensors-reader.ts";
+import { mmapSafetensors, readSafetensors, type SafetensorsFile } from "../formats/safetensors-reader.ts";
 
 export const SUPPORTED_ARCHITECTURES = [
   "LlamaForCausalLM",
@@ -77,8 +85,11 @@ export interface Checkpoint {
 
 const IndexSchema = v.looseObject({ weight_map: v.record(v.string(), v.string()) });
 
+/** How the weights are held: mapped, read into owned memory, or mapped only when the file is read-only. */
+export type ModelMemory = "auto" | "map" | "copy";
+
 /** Opens the checkpoint in `dir`; one error lists every unsupported setting. */
-export function loadCheckpoint(dir: string): Checkpoint {
+export function loadCheckpoint(dir: string, options: { memory?: ModelMemory } = {}): Checkpoint {
   const configPath = join(dir, "config.json");
   if (!existsSync(configPath)) {
     throw new MultiloraError(`${dir}: no config.json; give a Hugging Face model folder`, {
@@ -87,7 +98,7 @@ export function loadCheckpoint(dir: string): Checkpoint {
   }
   const hf = readJsonFile(configPath, HfModelConfigSchema, "invalid_model");
   const config = engineConfig(hf, configPath);
-  const files = mapWeights(dir);
+  const files = openWeights(dir, options.memory ?? "auto");
   const tensors: CheckpointTensor[] = [];
   const problems: string[] = [];
   for (const file of files) {
@@ -180,10 +191,24 @@ function engineConfig(hf: HfModelConfig, path: string): EngineModelConfig {
   };
 }
 
-/** Maps model.safetensors, or every shard named by model.safetensors.index.json. */
-function mapWeights(dir: string): SafetensorsFile[] {
+/** Whether a weights file is mapped: always, never, or (auto) when no one may write it in place. */
+export function mapsWeights(path: string, memory: ModelMemory): boolean {
+  if (memory !== "auto") return memory === "map";
+  try {
+    return (statSync(path).mode & 0o222) === 0;
+  } catch {
+    return true; // the open reports the problem
+  }
+}
+
+function openWeightsFile(path: string, memory: ModelMemory): SafetensorsFile {
+  return mapsWeights(path, memory) ? mmapSafetensors(path) : readSafetensors(path);
+}
+
+/** Opens model.safetensors, or every shard named by model.safetensors.index.json. */
+function openWeights(dir: string, memory: ModelMemory): SafetensorsFile[] {
   const single = join(dir, "model.safetensors");
-  if (existsSync(single)) return [mmapSafetensors(single)];
+  if (existsSync(single)) return [openWeightsFile(single, memory)];
   const indexPath = join(dir, "model.safetensors.index.json");
   if (!existsSync(indexPath)) {
     throw new MultiloraError(`${dir}: neither model.safetensors nor model.safetensors.index.json is there`, {
@@ -192,5 +217,5 @@ function mapWeights(dir: string): SafetensorsFile[] {
   }
   const index = parseWith(IndexSchema, readJson(indexPath, "invalid_model"), indexPath, "invalid_model");
   const shards = [...new Set(Object.values(index.weight_map))].sort();
-  return shards.map((shard) => mmapSafetensors(join(dir, shard)));
+  return shards.map((shard) => openWeightsFile(join(dir, shard), memory));
 }

@@ -93,6 +93,9 @@ export interface EngineCapabilities {
   maxTopLogprobs: number;
   maxLoraRank: number;
   loraDtype: FloatDType;
+  /** Logprobs are the log-softmax of the raw logits (true), or the sampling layer's, after temperature and
+   * penalties (false: TensorRT-LLM engines built without --gather_generation_logits). */
+  rawLogprobs: boolean;
 }
 
 export interface LoraTaskStats {
@@ -127,6 +130,8 @@ export interface Engine {
   readonly capabilities: EngineCapabilities;
   /** Prompt + generated tokens per sequence. */
   readonly maxSeqLen: number;
+  /** Token ids the model knows: [0, vocabSize). */
+  readonly vocabSize: number;
   /** Queues a request; argument errors throw at once, everything else arrives through the events. */
   enqueue(request: GenerateRequest): RequestHandle;
   stats(): EngineStats;

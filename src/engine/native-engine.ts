@@ -114,7 +114,7 @@ export class NativeEngine implements Engine {
     libraryPath: string,
     private readonly handle: Pointer,
     readonly maxSeqLen: number,
-    private readonly vocabSize: number,
+    readonly vocabSize: number,
   ) {
     const caps = new StructView(CAPABILITIES);
     lib.mlr_capabilities_get(handle, ptr(caps.bytes));
@@ -127,6 +127,7 @@ export class NativeEngine implements Engine {
       maxTopLogprobs: caps.get("max_top_logprobs"),
       maxLoraRank: caps.get("max_lora_rank"),
       loraDtype: DTYPE_BY_CODE[caps.get("lora_dtype")] ?? "F32",
+      rawLogprobs: caps.get("raw_logprobs") === 1,
     };
     this.pump = new Worker(workerUrl("engine/response-pump.ts"));
     this.pump.onmessage = (event: MessageEvent<{ responses?: RawResponse[]; stopped?: boolean }>) => {

@@ -39,6 +39,8 @@ const SYMBOLS = {
   mlr_layout: { args: [P, P], returns: i64 },
   mlr_enum_name: { args: [P, i32], returns: P },
   mlr_trtllm_error_status: { args: [P], returns: i32 },
+  mlr_trtllm_sampling_text: { args: [P, P, u64], returns: i32 },
+  mlr_trtllm_logprob_offset: { args: [i64, i64], returns: i64 },
   mlr_cpu_test_fail_allocs: { args: [P, i32], returns: i32 },
 } as const;
 
@@ -313,6 +315,7 @@ export const CAPABILITIES = new StructLayout("mlr_capabilities", [
   ["max_top_logprobs", "i32"],
   ["max_lora_rank", "i32"],
   ["lora_dtype", "i32"],
+  ["raw_logprobs", "i32"],
 ]);
 
 export const STATS = new StructLayout("mlr_stats", [

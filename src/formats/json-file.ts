@@ -35,6 +35,11 @@ export function readJson(path: string, code: ErrorCode = "invalid_config"): unkn
   } catch (e) {
     throw fileError(path, e, "read");
   }
+  return parseJsonText(text, path, code);
+}
+
+/** Parses `text`, read from `path`, as JSON (no schema). */
+export function parseJsonText(text: string, path: string, code: ErrorCode = "invalid_config"): unknown {
   try {
     return JSON.parse(text);
   } catch (e) {

@@ -86,27 +86,57 @@ function invalid(path: string, what: string): MultiloraError {
 
 /** Parses and validates a whole safetensors file held in `bytes`. */
 export function parseSafetensors(bytes: Uint8Array, path: string): SafetensorsFile {
-  if (bytes.length < 8) {
+  const headerLength = headerLengthOf(bytes, bytes.length, path);
+  const header = parseSafetensorsHeader(bytes.subarray(8, 8 + headerLength), bytes.length, path);
+  return new SafetensorsFile(path, bytes, header.dataStart, header.metadata, header.tensors);
+}
+
+/** What a safetensors header says: where the data starts, the metadata and every tensor's place. */
+export interface SafetensorsHeader {
+  dataStart: number;
+  metadata: Record<string, string>;
+  /** Sorted by offset, tiling the data block of a file `fileLength` long. */
+  tensors: TensorInfo[];
+}
+
+/**
+ * The header length a file of `fileLength` bytes declares in its first 8 bytes (`prefix`), checked
+ * against the format's limit and the file's length: what to read next, before anything else is read.
+ */
+export function headerLengthOf(prefix: Uint8Array, fileLength: number, path: string): number {
+  if (prefix.length < 8 || fileLength < 8) {
     throw invalid(
       path,
-      `is ${bytes.length} bytes long, too short for a safetensors file (8-byte header length)`,
+      `is ${Math.min(prefix.length, fileLength)} bytes long, too short for a safetensors file (8-byte header length)`,
     );
   }
-  const headerLength = new DataView(bytes.buffer, bytes.byteOffset, 8).getBigUint64(0, true);
+  const headerLength = new DataView(prefix.buffer, prefix.byteOffset, 8).getBigUint64(0, true);
   if (headerLength < 2n || headerLength > BigInt(MAX_HEADER_BYTES)) {
     throw invalid(
       path,
       `header length ${headerLength} is outside 2..${MAX_HEADER_BYTES}: not a safetensors file`,
     );
   }
-  const dataStart = 8 + Number(headerLength);
-  if (dataStart > bytes.length) {
+  if (8 + Number(headerLength) > fileLength) {
     throw invalid(
       path,
-      `header length ${headerLength} runs past the end of the file (${bytes.length} bytes): the file is truncated`,
+      `header length ${headerLength} runs past the end of the file (${fileLength} bytes): the file is truncated`,
     );
   }
-  const header = parseHeaderJson(bytes.subarray(8, dataStart), path);
+  return Number(headerLength);
+}
+
+/**
+ * Parses and checks the JSON header (`headerBytes`, after the 8-byte length) of a file `fileLength` bytes
+ * long: every tensor's dtype, shape and offsets, tiling the data block to the file's end. Needs no data.
+ */
+export function parseSafetensorsHeader(
+  headerBytes: Uint8Array,
+  fileLength: number,
+  path: string,
+): SafetensorsHeader {
+  const dataStart = 8 + headerBytes.length;
+  const header = parseHeaderJson(headerBytes, path);
 
   let metadata: Record<string, string> = {};
   const tensors: TensorInfo[] = [];
@@ -121,8 +151,8 @@ export function parseSafetensors(bytes: Uint8Array, path: string): SafetensorsFi
   }
   if (problems.length > 0) throw invalid(path, problems.join("; "));
 
-  checkCoverage(tensors, dataStart, bytes.length, path);
-  return new SafetensorsFile(path, bytes, dataStart, metadata, tensors);
+  checkCoverage(tensors, dataStart, fileLength, path);
+  return { dataStart, metadata, tensors };
 }
 
 function parseHeaderJson(headerBytes: Uint8Array, path: string): Record<string, unknown> {

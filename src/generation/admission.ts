@@ -11,6 +11,12 @@
  *
  * KV cache room is the engine's own admission (its scheduler starts a queued request when its KV fits, as
  * TensorRT-LLM's capacity scheduler does); the requests held here bound how many can wait for it.
+ *
+ * A request is held from when its body has arrived and its task is built (a stalled upload holds nothing),
+ * and one key holds at most `maxPerKey` (`--max-concurrent-per-key`), so one tenant cannot take every
+ * place. Draining (SIGTERM): nothing new is admitted, the requests not yet running (waiting for adapter
+ * room, or queued in the engine) are stopped at once (503 with Retry-After), the running ones may finish
+ * until the drain timeout and are then stopped (an error event for streams, a 503 otherwise).
  */
 import { MultiloraError } from "../errors.ts";
 
@@ -23,11 +29,30 @@ interface Waiter {
 /** A request's hold on the server; `release` is idempotent. */
 export interface Slot {
   release(): void;
+  /**
+   * How to end the request when the server drains: called at once while it is not running yet, at the
+   * drain timeout once it is (`running`). The last one given counts.
+   */
+  onDrain(stop: () => void): void;
+  /** Its first events are in: it may run on until the drain timeout. */
+  running(): void;
 }
+
+interface Hold {
+  running: boolean;
+  stop: (() => void) | null;
+}
+
+/** After the drain timeout, how long stopped requests get to end before the drain gives up on them. */
+const STOP_GRACE_MS = 2000;
 
 export class Admission {
   private held = 0;
   private draining = false;
+  /** The drain timeout passed: every request is being stopped. */
+  private stopping = false;
+  private readonly holds = new Set<Hold>();
+  private readonly perKey = new Map<string, number>();
   private readonly waiters: Waiter[] = [];
   private readonly onIdle: (() => void)[] = [];
   private readonly onFree: (() => void)[] = [];
@@ -41,6 +66,8 @@ export class Admission {
     readonly queueTimeoutMs: number,
     /** Whether the engine holds an adapter now (the waiters whose adapter is cached go first). */
     private readonly isCached: (taskId: bigint) => boolean,
+    /** Requests one API key holds at once (0: no limit). */
+    readonly maxPerKey = 0,
   ) {}
 
   /** Requests held now. */
@@ -48,28 +75,46 @@ export class Admission {
     return this.held;
   }
 
-  /** Takes a slot for one request, or refuses it: 503 while draining or at the limit. */
-  enter(): Slot {
-    if (this.draining) {
-      throw new MultiloraError(
-        "the server is shutting down; send the request to another replica or retry later",
-        { code: "shutting_down" },
-      );
-    }
+  /** Takes a slot for one request of `key` (null: no key), or refuses it: 503 while draining or at the limit, 429 at the key's. */
+  enter(key: string | null = null): Slot {
+    if (this.draining) throw shuttingDown();
     if (this.held >= this.maxRequests) {
       throw new MultiloraError(
         `the server is at its limit of ${this.maxRequests} requests (--max-queue); retry later`,
         { code: "overloaded" },
       );
     }
+    const keyHeld = key === null ? 0 : (this.perKey.get(key) ?? 0);
+    if (key !== null && this.maxPerKey > 0 && keyHeld >= this.maxPerKey) {
+      throw new MultiloraError(
+        `this API key has ${keyHeld} requests running or waiting, its limit (--max-concurrent-per-key); retry when one ends`,
+        { code: "too_many_requests" },
+      );
+    }
     this.held++;
+    if (key !== null) this.perKey.set(key, keyHeld + 1);
+    const hold: Hold = { running: false, stop: null };
+    this.holds.add(hold);
     let released = false;
     return {
       release: () => {
         if (released) return;
         released = true;
         this.held--;
+        this.holds.delete(hold);
+        if (key !== null) {
+          const n = (this.perKey.get(key) ?? 1) - 1;
+          if (n === 0) this.perKey.delete(key);
+          else this.perKey.set(key, n);
+        }
         if (this.held === 0) for (const resolve of this.onIdle.splice(0)) resolve();
+      },
+      onDrain: (stop) => {
+        hold.stop = stop;
+        if (!released && (this.stopping || (this.draining && !hold.running))) stop();
+      },
+      running: () => {
+        hold.running = true;
       },
     };
   }
@@ -80,7 +125,7 @@ export class Admission {
    */
   waitForRoom(taskId: bigint, since: number): Promise<boolean> {
     const budget = since + this.queueTimeoutMs - Date.now();
-    if (budget <= 0) return Promise.resolve(false);
+    if (budget <= 0 || this.draining) return Promise.resolve(false);
     return new Promise((resolve) => {
       const waiter: Waiter = {
         taskId,
@@ -111,14 +156,27 @@ export class Admission {
     return new Promise((resolve) => this.onFree.push(resolve));
   }
 
-  /** Stops admitting; resolves when no request is held, or after `timeoutMs`. */
+  /**
+   * Stops admitting and stops the requests not running yet; the running ones are stopped after `timeoutMs`.
+   * Resolves when no request is held (or a short grace after the timeout).
+   */
   drain(timeoutMs: number): Promise<void> {
-    this.draining = true;
+    if (!this.draining) {
+      this.draining = true;
+      for (const w of [...this.waiters]) w.wake(false); // waiting for adapter room: answered now
+      for (const h of [...this.holds]) if (!h.running) h.stop?.();
+    }
     if (this.held === 0) return Promise.resolve();
     return new Promise((resolve) => {
-      const timer = setTimeout(resolve, timeoutMs);
+      let grace: ReturnType<typeof setTimeout> | undefined;
+      const timer = setTimeout(() => {
+        this.stopping = true;
+        for (const h of [...this.holds]) h.stop?.();
+        grace = setTimeout(resolve, STOP_GRACE_MS);
+      }, timeoutMs);
       this.onIdle.push(() => {
         clearTimeout(timer);
+        clearTimeout(grace);
         resolve();
       });
     });
@@ -127,4 +185,11 @@ export class Admission {
   get isDraining(): boolean {
     return this.draining;
   }
+}
+
+export function shuttingDown(): MultiloraError {
+  return new MultiloraError(
+    "the server is shutting down; send the request to another replica or retry later",
+    { code: "shutting_down" },
+  );
 }

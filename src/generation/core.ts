@@ -22,11 +22,17 @@ import {
   CompletionRequestSchema,
 } from "../api/schemas.ts";
 import type { ChatTemplate } from "../engine/chat-template.ts";
-import { type Engine, EngineError, type GenerateRequest, type LoraRef } from "../engine/engine.ts";
+import {
+  type Engine,
+  EngineError,
+  type GenerateRequest,
+  type LoraRef,
+  type RequestHandle,
+} from "../engine/engine.ts";
 import type { Tokenizer } from "../engine/tokenizer.ts";
 import { MultiloraError } from "../errors.ts";
 import type { AdapterVersion, LoraRegistry } from "../lora/registry.ts";
-import { Admission } from "./admission.ts";
+import { Admission, shuttingDown } from "./admission.ts";
 import { Generation, type StartedRequest } from "./generation.ts";
 import { resolveTarget, type Target } from "./target.ts";
 import {
@@ -46,6 +52,8 @@ export interface CoreSettings {
   queueTimeoutMs: number;
   /** Longest generation (`--request-timeout`); 0 = none. */
   requestTimeoutMs: number;
+  /** Requests one API key holds at once (`--max-concurrent-per-key`); 0 or absent = no limit. */
+  maxPerKey?: number;
   /** Told, for each request with an adapter, whether the engine had it cached when the request came. */
   onAdapterUse?: (adapter: AdapterVersion, wasCached: boolean) => void;
 }
@@ -68,11 +76,17 @@ export class GenerationCore {
     readonly settings: CoreSettings,
   ) {
     this.servedNames = settings.servedNames;
-    this.admission = new Admission(settings.maxRequests, settings.queueTimeoutMs, (id) => this.isCached(id));
+    this.admission = new Admission(
+      settings.maxRequests,
+      settings.queueTimeoutMs,
+      (id) => this.isCached(id),
+      settings.maxPerKey ?? 0,
+    );
     this.taskSettings = {
       tokenizer,
       chatTemplate,
       maxSeqLen: engine.maxSeqLen,
+      vocabSize: engine.vocabSize,
       requestTimeoutMs: settings.requestTimeoutMs,
     };
   }
@@ -98,22 +112,38 @@ export class GenerationCore {
   }
 
   /**
-   * Admits the task and starts every choice; resolves once each has its first event. If one fails
-   * before that, the others are cancelled and its error is thrown.
+   * Admits the task (`key`: the caller's API key name, for the per-key limit) and starts every choice;
+   * resolves once each has its first event. If one fails before that, the others are cancelled and its
+   * error is thrown. A drain stops it at once while it is not running yet (503 shutting_down), and once it
+   * runs, at the drain timeout (its generation ends with a shutting_down error).
    */
-  async start(task: GenerationTask): Promise<Generation> {
-    const slot = this.admission.enter();
+  async start(task: GenerationTask, options: { key?: string | null } = {}): Promise<Generation> {
+    const slot = this.admission.enter(options.key ?? null);
     const arrived = Date.now();
-    const settled = await Promise.allSettled(task.choices.map((c) => this.startChoice(task, c, arrived)));
+    const starting = new Starting();
+    slot.onDrain(() => starting.stop());
+    const settled = await Promise.allSettled(
+      task.choices.map((c) => this.startChoice(task, c, arrived, starting)),
+    );
     const failed = settled.find((s) => s.status === "rejected");
     const started = settled.flatMap((s) => (s.status === "fulfilled" ? [s.value] : []));
-    if (failed) {
+    if (failed || starting.stopped) {
       // The started ones are followed to their end, cancelled, so their room is seen to come free.
       const aborted = new Generation(task, started, this.tokenizer, this.roomFreed, slot.release);
       aborted.cancel();
-      throw (failed as PromiseRejectedResult).reason;
+      throw starting.stopped ? shuttingDown() : (failed as PromiseRejectedResult).reason;
     }
-    return new Generation(task, started, this.tokenizer, this.roomFreed, slot.release);
+    const generation = new Generation(task, started, this.tokenizer, this.roomFreed, slot.release);
+    slot.running();
+    slot.onDrain(() =>
+      generation.stop(
+        new MultiloraError(
+          "the server is shutting down and its drain timeout (--drain-timeout) passed before this request finished; retry on another replica",
+          { code: "shutting_down" },
+        ),
+      ),
+    );
+    return generation;
   }
 
   private readonly roomFreed = () => {
@@ -139,16 +169,18 @@ export class GenerationCore {
     task: GenerationTask,
     choice: TaskChoice,
     arrived: number,
+    starting: Starting,
   ): Promise<StartedRequest> {
     const adapter = task.adapter;
-    if (!adapter) return this.first(choice.request);
+    if (!adapter) return this.first(choice.request, starting);
     const wasCached = this.isCached(adapter.taskId);
     let withWeights = task.loadMode === "always" || (task.loadMode === "auto" && !wasCached);
     for (;;) {
       const epoch = this.admission.epoch;
       const lora = await this.loraPart(adapter, task.loraScale, withWeights);
       try {
-        const started = await this.first({ ...choice.request, lora });
+        if (starting.stopped) throw shuttingDown();
+        const started = await this.first({ ...choice.request, lora }, starting);
         this.known.add(adapter.taskId);
         this.settings.onAdapterUse?.(adapter, wasCached);
         return started;
@@ -178,9 +210,10 @@ export class GenerationCore {
   }
 
   /** Sends a request and waits for its first event (a failure there never held room in the engine). */
-  private async first(request: GenerateRequest): Promise<StartedRequest> {
+  private async first(request: GenerateRequest, starting: Starting): Promise<StartedRequest> {
     this.stateChanges++;
     const handle = this.engine.enqueue(request);
+    starting.add(handle);
     this.unstarted++;
     try {
       const rest = handle.events[Symbol.asyncIterator]();
@@ -246,6 +279,22 @@ export class GenerationCore {
   /** Stops admitting; resolves when every held request has ended, or after `timeoutMs`. */
   drain(timeoutMs: number): Promise<void> {
     return this.admission.drain(timeoutMs);
+  }
+}
+
+/** The engine requests of one task before it runs: cancelled together when the server drains. */
+class Starting {
+  stopped = false;
+  private readonly handles: RequestHandle[] = [];
+
+  add(handle: RequestHandle): void {
+    this.handles.push(handle);
+    if (this.stopped) handle.cancel();
+  }
+
+  stop(): void {
+    this.stopped = true;
+    for (const h of this.handles) h.cancel();
   }
 }
 

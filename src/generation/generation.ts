@@ -88,6 +88,7 @@ export class Generation {
   private timedOut = false;
   private readonly timer: ReturnType<typeof setTimeout> | undefined;
   private cancelled = false;
+  private ended = false;
 
   constructor(
     readonly task: GenerationTask,
@@ -110,6 +111,7 @@ export class Generation {
       }),
     );
     Promise.all(running).then(() => {
+      this.ended = true;
       clearTimeout(this.timer);
       this.channel.close();
       onEnd();
@@ -124,6 +126,17 @@ export class Generation {
   /** Ends every choice still running (the client went away). */
   cancel(): void {
     this.cancelled = true;
+    for (const s of this.started) s.handle.cancel();
+  }
+
+  /**
+   * Ends every choice still running with `error` (the server is shutting down): a stream gets it as its
+   * last event, a whole response fails with it.
+   */
+  stop(error: MultiloraError): void {
+    if (this.ended) return;
+    this.cancelled = true;
+    this.channel.push({ type: "error", index: 0, error });
     for (const s of this.started) s.handle.cancel();
   }
 

@@ -61,6 +61,8 @@ export interface TaskSettings {
   chatTemplate: ChatTemplate;
   /** Prompt + generated tokens per sequence. */
   maxSeqLen: number;
+  /** Token ids the model knows: [0, vocabSize); a prompt id outside is a 400, never wrapped to int32. */
+  vocabSize: number;
   requestTimeoutMs: number;
 }
 
@@ -184,6 +186,18 @@ export function buildCompletionTask(
   });
 }
 
+/** 400 naming the first id of `prompt` that is not a token of the model (the engine takes int32 ids). */
+function checkTokenIds(prompt: readonly number[], vocabSize: number, promptIndex: number | null): void {
+  const limit = vocabSize > 0 ? vocabSize : 2 ** 31; // a backend that does not know its vocab: int32 still
+  const bad = prompt.findIndex((id) => !Number.isInteger(id) || id < 0 || id >= limit);
+  if (bad < 0) return;
+  const where = promptIndex === null ? `prompt[${bad}]` : `prompt[${promptIndex}][${bad}]`;
+  throw new MultiloraError(
+    `${where} is token id ${prompt[bad]}; this model's token ids are 0 to ${limit - 1}${vocabSize > 0 ? ` (vocab_size ${vocabSize})` : ""}`,
+    { code: "invalid_token_id", param: "prompt" },
+  );
+}
+
 function buildTask(
   settings: TaskSettings,
   kind: GenerationTask["kind"],
@@ -196,6 +210,7 @@ function buildTask(
   const endIds = Int32Array.from(settings.tokenizer.eosTokenIds);
   const choices: TaskChoice[] = [];
   prompts.forEach((prompt, promptIndex) => {
+    checkTokenIds(prompt, settings.vocabSize, prompts.length > 1 ? promptIndex : null);
     const room = settings.maxSeqLen - prompt.length;
     if (room <= 0 || (maxTokens !== null && maxTokens !== undefined && maxTokens > room)) {
       throw new MultiloraError(

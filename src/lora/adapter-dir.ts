@@ -8,19 +8,17 @@
  * dir marks it stale on any event, and each call checks the mtime of the dir and of every folder in it
  * (a PEFT folder filled after it appeared changes its own mtime, not the dir's). The mtime check does not
  * wait for the watcher, so a file written just before a request is already listed for it.
+ *
+ * `servable()` is the listing without what cannot serve: a file whose header declares more than the file
+ * holds (half-copied), a FIFO or other non-file, a PEFT folder without its weights, or an adapter whose
+ * load failed for its current fingerprint (`markBroken`). Those few are watched by fingerprint, so they
+ * are listed again once they change.
  */
-import {
-  existsSync,
-  type FSWatcher,
-  lstatSync,
-  readdirSync,
-  readlinkSync,
-  realpathSync,
-  statSync,
-  watch,
-} from "node:fs";
-import { dirname, join, resolve, sep } from "node:path";
+import { type FSWatcher, lstatSync, readdirSync, readSync, realpathSync, statSync, watch } from "node:fs";
+import { join } from "node:path";
 import { MultiloraError } from "../errors.ts";
+import { headerLengthOf, parseSafetensorsHeader } from "../formats/safetensors-reader.ts";
+import { confinedPath, MAX_CONFIG_BYTES, openAdapterFile } from "./adapter-files.ts";
 
 export type AdapterFormat = "trtllm" | "peft";
 
@@ -57,7 +55,12 @@ interface Listing {
   mtimes: Map<string, bigint>;
   /** Wall-clock time (ns) when the scan began. */
   scannedAt: bigint;
+  /** The entries that can serve, once asked for, and the fingerprints of those left out. */
+  servable?: { entries: AdapterEntry[]; suspects: Map<AdapterEntry, string> };
 }
+
+/** A header longer than this is not read to list a file (its load checks it). */
+const LISTING_HEADER_BYTES = 1 << 20;
 
 export class AdapterDir {
   /** The dir's real path: every adapter's path is inside it. */
@@ -68,6 +71,8 @@ export class AdapterDir {
   /** The listing was checked against the disk during this turn of the event loop. */
   private checkedThisTurn = false;
   private watcher: FSWatcher | null = null;
+  /** Adapters whose load failed, with the fingerprint they had. */
+  private readonly broken = new Map<string, string>();
 
   constructor(readonly dir: string) {
     try {
@@ -84,6 +89,33 @@ export class AdapterDir {
   /** Every adapter in the dir, by name (see `Freshness`). */
   list(freshness: Freshness = "now"): readonly AdapterEntry[] {
     return this.current(freshness).sorted;
+  }
+
+  /**
+   * The adapters that can serve, as far as their headers tell (see the file's comment); the same array
+   * while nothing changed.
+   */
+  servable(freshness: Freshness = "now"): readonly AdapterEntry[] {
+    const listing = this.current(freshness);
+    listing.servable ??= this.servableOf(listing.sorted);
+    return listing.servable.entries;
+  }
+
+  /** The fingerprint of `entry`'s files (links inside the dir followed, none outside it). */
+  fingerprint(entry: AdapterEntry): string {
+    return fingerprintOf(entry, this.realDir);
+  }
+
+  /** `name` failed to load with this fingerprint: it is not servable until it changes. */
+  markBroken(name: string, fingerprint: string): void {
+    if (this.broken.get(name) === fingerprint) return;
+    this.broken.set(name, fingerprint);
+    if (this.listing) this.listing.servable = undefined;
+  }
+
+  /** `name` loaded: whatever failed before is forgotten. */
+  markLoaded(name: string): void {
+    if (this.broken.delete(name) && this.listing) this.listing.servable = undefined;
   }
 
   /** Whether `name` is an adapter in the dir (false for any name that is not one, valid or not). */
@@ -133,7 +165,10 @@ export class AdapterDir {
     if (l !== null && freshness === "this-turn" && this.checkedThisTurn) return l;
     const unchanged =
       l !== null &&
-      [...l.mtimes].every(([path, mtime]) => mtime < l.scannedAt - RACY_NS && mtimeOf(path) === mtime);
+      [...l.mtimes].every(([path, mtime]) => mtime < l.scannedAt - RACY_NS && mtimeOf(path) === mtime) &&
+      [...(l.servable?.suspects ?? [])].every(
+        ([entry, fingerprint]) => fingerprintOf(entry, this.realDir) === fingerprint,
+      );
     if (!unchanged) this.listing = this.scan();
     if (!this.checkedThisTurn) {
       this.checkedThisTurn = true;
@@ -167,6 +202,52 @@ export class AdapterDir {
     return { byName, sorted, mtimes, scannedAt };
   }
 
+  private servableOf(sorted: AdapterEntry[]): NonNullable<Listing["servable"]> {
+    const suspects = new Map<AdapterEntry, string>();
+    const entries = sorted.filter((entry) => {
+      const fingerprint = fingerprintOf(entry, this.realDir);
+      const whole = this.broken.get(entry.name) !== fingerprint && this.looksWhole(entry);
+      if (!whole) suspects.set(entry, fingerprint);
+      return whole;
+    });
+    return { entries, suspects };
+  }
+
+  /** Whether an adapter's files are there, regular, and as long as their headers say. */
+  private looksWhole(entry: AdapterEntry): boolean {
+    if (entry.format === "trtllm") return this.headerFits(entry.path);
+    const config = confinedPath(join(entry.path, "adapter_config.json"), this.realDir);
+    if (config === "missing" || config === "outside") return false;
+    try {
+      const s = lstatSync(config);
+      if (!s.isFile() || s.size === 0 || s.size > MAX_CONFIG_BYTES) return false;
+    } catch {
+      return false;
+    }
+    return this.headerFits(join(entry.path, "adapter_model.safetensors"));
+  }
+
+  /** Whether `path` is a regular file in the dir whose safetensors header fits it (unread when long). */
+  private headerFits(path: string): boolean {
+    try {
+      const file = openAdapterFile(path, { root: this.realDir });
+      try {
+        const prefix = new Uint8Array(Math.min(8, file.size));
+        readSync(file.fd, prefix, 0, prefix.length, 0);
+        const length = headerLengthOf(prefix, file.size, path);
+        if (length > LISTING_HEADER_BYTES) return true;
+        const header = new Uint8Array(length);
+        if (readSync(file.fd, header, 0, length, 8) !== length) return false;
+        parseSafetensorsHeader(header, file.size, path);
+        return true;
+      } finally {
+        file.close();
+      }
+    } catch {
+      return false;
+    }
+  }
+
   /** A watcher that marks the listing stale on any event; none where the system has no watch to give. */
   private watch(): FSWatcher | null {
     try {
@@ -189,33 +270,27 @@ export class AdapterDir {
    * is checked as a path before anything there is looked at, so no file outside the dir is ever touched.
    */
   private confined(path: string): string | "missing" | "outside" {
-    let current = path;
-    for (let hops = 0; hops < 8; hops++) {
-      let link: string;
-      try {
-        if (!lstatSync(current).isSymbolicLink()) return current;
-        link = readlinkSync(current);
-      } catch {
-        return "missing";
-      }
-      current = resolve(dirname(current), link);
-      if (!current.startsWith(this.realDir + sep)) return "outside";
-    }
-    return "outside"; // a chain of links this long is not an adapter
+    return confinedPath(path, this.realDir);
   }
 }
 
-/** (device, inode, size, mtime in ns) of the file that holds the weights, and of a PEFT config. */
-export function fingerprintOf(entry: Pick<AdapterEntry, "format" | "path">): string {
+/**
+ * (device, inode, size, mtime and ctime in ns) of the file that holds the weights, and of a PEFT config.
+ * The ctime catches a rewrite that put the old size and mtime back; a fingerprint that changed only by it
+ * costs a re-read and a hash, which tells whether the content changed.
+ */
+export function fingerprintOf(entry: Pick<AdapterEntry, "format" | "path">, root?: string): string {
   const files =
     entry.format === "trtllm"
       ? [entry.path]
       : [join(entry.path, "adapter_model.safetensors"), join(entry.path, "adapter_config.json")];
   return files
     .map((f) => {
+      const target = root === undefined ? f : confinedPath(f, root);
+      if (target === "missing" || target === "outside") return target;
       try {
-        const s = statSync(f, { bigint: true });
-        return `${s.dev}:${s.ino}:${s.size}:${s.mtimeNs}`;
+        const s = statSync(target, { bigint: true });
+        return `${s.dev}:${s.ino}:${s.size}:${s.mtimeNs}:${s.ctimeNs}`;
       } catch {
         return "missing";
       }
@@ -225,7 +300,9 @@ export function fingerprintOf(entry: Pick<AdapterEntry, "format" | "path">): str
 
 function isPeftFolder(path: string): boolean {
   try {
-    return statSync(path).isDirectory() && existsSync(join(path, "adapter_config.json"));
+    if (!statSync(path).isDirectory()) return false;
+    lstatSync(join(path, "adapter_config.json")); // a link is looked at, not followed
+    return true;
   } catch {
     return false;
   }

@@ -29,7 +29,7 @@ import { SafetensorsWriter } from "../formats/safetensors-writer.ts";
 import { VERSION } from "../version.ts";
 import { adapterProblems } from "./invalid-adapter.ts";
 import { hasFatal, type LoraPair, type PeftAdapter } from "./peft-adapter.ts";
-import { checkAgainstBase } from "./validate.ts";
+import { checkAgainstBase, MODULE_WIDTHS_KEY } from "./validate.ts";
 
 export interface ConvertOptions {
   /** The output file. */
@@ -157,6 +157,9 @@ function provenance(adapter: PeftAdapter, dtype: FloatDType, sha256: string): Re
     alpha_pattern: JSON.stringify(c.alpha_pattern ?? {}),
     target_modules: JSON.stringify(targets),
     dtype: floatDTypeName(dtype),
+    [MODULE_WIDTHS_KEY]: JSON.stringify(
+      Object.fromEntries(adapter.pairs.map((p) => [p.module, [p.in, p.out]])),
+    ),
     [SOURCE_SHA256_KEY]: sha256,
     converter: `multilora ${VERSION}`,
   };

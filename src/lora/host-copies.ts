@@ -5,7 +5,7 @@
  */
 import type { LoraRef } from "../engine/engine.ts";
 import { MultiloraError } from "../errors.ts";
-import { parseSafetensors, readFileHashed } from "../formats/safetensors-reader.ts";
+import type { SafetensorsFile } from "../formats/safetensors-reader.ts";
 import { loraRefOf, parseTrtllmAdapter } from "./trtllm-adapter.ts";
 
 /** One content version's weights: its task id and the hash its file must still have. */
@@ -42,8 +42,19 @@ export class HostCopies {
     }
   }
 
-  /** The weights of `origin`: the host copy, else read again from `file()` and checked to be the same content. */
-  async weights(origin: WeightsOrigin, file: () => Promise<string>): Promise<LoraRef> {
+  /** Drops the copy of `taskId` (an unloaded adapter: its next use reads the file again). */
+  drop(taskId: bigint): void {
+    const copy = this.copies.get(taskId);
+    if (!copy) return;
+    this.copies.delete(taskId);
+    this.bytes -= copy.bytes;
+  }
+
+  /** The weights of `origin`: the host copy, else read again by `read()` and checked to be the same content. */
+  async weights(
+    origin: WeightsOrigin,
+    read: () => Promise<{ file: SafetensorsFile; sha256: string }>,
+  ): Promise<LoraRef> {
     const copy = this.copies.get(origin.taskId);
     if (copy) {
       this.copies.delete(origin.taskId); // most recently used last
@@ -51,16 +62,15 @@ export class HostCopies {
       return copy.lora;
     }
     this.rereads++;
-    const path = await file();
-    let read: ReturnType<typeof readFileHashed>;
+    let again: { file: SafetensorsFile; sha256: string };
     try {
-      read = readFileHashed(path);
+      again = await read();
     } catch (e) {
       throw changed(origin, ` (it cannot be read again: ${(e as Error).message})`);
     }
-    if ((await read.sha256) !== origin.sha256) throw changed(origin);
-    const lora = loraRefOf(parseTrtllmAdapter(parseSafetensors(read.bytes, path)), origin.taskId);
-    this.keep(origin.taskId, lora, read.bytes.length);
+    if (again.sha256 !== origin.sha256) throw changed(origin);
+    const lora = loraRefOf(parseTrtllmAdapter(again.file), origin.taskId);
+    this.keep(origin.taskId, lora, again.file.bytes.length);
     return lora;
   }
 }

@@ -8,10 +8,10 @@ import { MultiloraError } from "../errors.ts";
 import { floatDTypeName } from "../formats/dtypes.ts";
 import { MODULE_IDS, type ModuleName } from "../formats/lora-modules.ts";
 import type { BaseModel } from "../formats/model-config.ts";
-import { readSafetensors } from "../formats/safetensors-reader.ts";
+import { readAdapterSafetensorsSync } from "./adapter-files.ts";
 import { readPeftAdapter } from "./peft-adapter.ts";
 import { parseTrtllmAdapter } from "./trtllm-adapter.ts";
-import { checkAgainstBase, formatLayers, type RowShape } from "./validate.ts";
+import { checkAgainstBase, checkTrtllmAgainstBase, formatLayers, type RowShape } from "./validate.ts";
 
 export interface ModuleReport {
   module: ModuleName;
@@ -110,13 +110,15 @@ function inspectPeft(dir: string, base?: BaseModel): AdapterReport {
 function inspectTrtllm(path: string, size: number, base?: BaseModel): AdapterReport {
   let adapter: ReturnType<typeof parseTrtllmAdapter>;
   try {
-    adapter = parseTrtllmAdapter(readSafetensors(path));
+    const read = readAdapterSafetensorsSync(path);
+    read.sha256.catch(() => {});
+    adapter = parseTrtllmAdapter(read.file);
   } catch (e) {
     if (e instanceof MultiloraError) return emptyReport(path, "trtllm", size, e.message);
     throw e;
   }
   const meta = adapter.file.metadata;
-  const problems = base ? checkAgainstBase(adapter.rows, base, adapter.dtype, adapter.rowLength) : [];
+  const problems = base ? checkTrtllmAgainstBase(adapter, base) : [];
   return {
     path,
     format: "trtllm",

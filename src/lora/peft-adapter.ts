@@ -3,7 +3,7 @@
  * memory and sorted into (module, layer) pairs of lora_A / lora_B tensors, with everything that cannot be
  * converted listed at once.
  */
-import { existsSync, statSync } from "node:fs";
+import { existsSync, lstatSync, statSync } from "node:fs";
 import { basename, join, resolve } from "node:path";
 import { MultiloraError } from "../errors.ts";
 import type { FloatDType } from "../formats/dtypes.ts";
@@ -14,12 +14,13 @@ import {
   LLAMA_MODULES,
   type ModuleName,
 } from "../formats/lora-modules.ts";
+import type { SafetensorsFile, TensorInfo } from "../formats/safetensors-reader.ts";
 import {
-  parseSafetensors,
-  readFileHashed,
-  type SafetensorsFile,
-  type TensorInfo,
-} from "../formats/safetensors-reader.ts";
+  type AdapterFileOptions,
+  type ReadAdapter,
+  readAdapterSafetensors,
+  readAdapterSafetensorsSync,
+} from "./adapter-files.ts";
 import { adapterProblems } from "./invalid-adapter.ts";
 import {
   configWarnings,
@@ -98,9 +99,33 @@ const LAYER = /(?:^|\.)layers\.(\d+)\./;
  * Reads the adapter in `dir`. Throws one error listing every problem found in the files themselves
  * (missing pairs, shapes that disagree with the config, dtypes that are not floats); what merely
  * cannot be converted is returned in `unsupported` so the caller can apply `--skip-unsupported`.
+ * Files are opened as src/lora/adapter-files.ts says (confined to `options.root` when given).
  */
-export function readPeftAdapter(dir: string): PeftAdapter {
-  dir = resolve(dir);
+export function readPeftAdapter(dir: string, options: AdapterFileOptions = {}): PeftAdapter {
+  const { configPath, weightsPath } = peftFiles(resolve(dir));
+  const config = readPeftConfig(configPath, options);
+  return peftAdapterOf(resolve(dir), config, readAdapterSafetensorsSync(weightsPath, options));
+}
+
+/** `readPeftAdapter`, with the weights read off the event loop (the server's way). */
+export async function loadPeftAdapter(dir: string, options: AdapterFileOptions = {}): Promise<PeftAdapter> {
+  const { configPath, weightsPath } = peftFiles(resolve(dir));
+  const config = readPeftConfig(configPath, options);
+  const read = await readAdapterSafetensors(weightsPath, options);
+  return peftAdapterOf(resolve(dir), config, { file: read.file, sha256: Promise.resolve(read.sha256) });
+}
+
+/** Whether anything (a file, a link, even a dangling one) is at `path`, without following a link. */
+function present(path: string): boolean {
+  try {
+    lstatSync(path);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+function peftFiles(dir: string): { configPath: string; weightsPath: string } {
   if (!existsSync(dir)) throw new MultiloraError(`${dir}: does not exist`, { code: "file_not_found" });
   if (!statSync(dir).isDirectory()) {
     throw new MultiloraError(`${dir}: is a file; give the PEFT adapter's folder (with adapter_config.json)`, {
@@ -108,15 +133,15 @@ export function readPeftAdapter(dir: string): PeftAdapter {
     });
   }
   const configPath = join(dir, "adapter_config.json");
-  if (!existsSync(configPath)) {
+  if (!present(configPath)) {
     throw new MultiloraError(`${dir}: has no adapter_config.json; is it a PEFT adapter folder?`, {
       code: "invalid_adapter",
     });
   }
   const weightsPath = join(dir, "adapter_model.safetensors");
-  if (!existsSync(weightsPath)) {
+  if (!present(weightsPath)) {
     const bin = join(dir, "adapter_model.bin");
-    if (existsSync(bin)) {
+    if (present(bin)) {
       throw new MultiloraError(
         `${bin}: PyTorch pickle files are not read (they can run code). Save the adapter as safetensors: ` +
           "`model.save_pretrained(dir, safe_serialization=True)`, or convert it with " +
@@ -126,11 +151,16 @@ export function readPeftAdapter(dir: string): PeftAdapter {
     }
     throw new MultiloraError(`${dir}: has no adapter_model.safetensors`, { code: "invalid_adapter" });
   }
-  const config = readPeftConfig(configPath);
-  const read = readFileHashed(weightsPath);
-  const file = parseSafetensors(read.bytes, weightsPath);
+  return { configPath, weightsPath };
+}
+
+function peftAdapterOf(dir: string, config: PeftConfig, read: ReadAdapter): PeftAdapter {
+  const configPath = join(dir, "adapter_config.json");
+  const weightsPath = join(dir, "adapter_model.safetensors");
+  const file = read.file;
   const { pairs, unsupported, problems } = pairTensors(file, config);
   if (problems.length > 0) {
+    read.sha256.catch(() => {});
     throw adapterProblems(`${weightsPath} cannot be converted:`, problems, { code: "invalid_adapter" });
   }
   return {

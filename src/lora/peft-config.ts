@@ -5,7 +5,8 @@
  */
 import * as v from "valibot";
 import { MultiloraError } from "../errors.ts";
-import { readJsonFile } from "../formats/json-file.ts";
+import { parseJsonText, parseWith } from "../formats/json-file.ts";
+import { type AdapterFileOptions, readConfigText } from "./adapter-files.ts";
 
 const Rank = v.pipe(v.number(), v.integer(), v.minValue(1));
 const LayerIndex = v.pipe(v.number(), v.integer(), v.minValue(0));
@@ -44,8 +45,10 @@ export interface Unsupported {
   skippable: boolean;
 }
 
-export function readPeftConfig(path: string): PeftConfig {
-  return readJsonFile(path, PeftConfigSchema, "invalid_adapter_config");
+/** Reads and checks `adapter_config.json` (a regular file of at most 1 MB, confined per `options`). */
+export function readPeftConfig(path: string, options: AdapterFileOptions = {}): PeftConfig {
+  const code = "invalid_adapter_config";
+  return parseWith(PeftConfigSchema, parseJsonText(readConfigText(path, options), path, code), path, code);
 }
 
 /** Every setting of `config` that changes the adapter in a way TensorRT-LLM's LoRA format cannot carry. */

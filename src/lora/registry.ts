@@ -2,34 +2,31 @@
  * The adapters in the LoRA dir, by name: `<dir>/<name>.safetensors` (TensorRT-LLM's format) or a PEFT
  * folder `<dir>/<name>/` (converted on first use, the result cached under the cache dir by content hash).
  *
- * Every load reads the file into memory we own, hashes it and validates it against the engine; the engine
- * gets exactly those bytes. Each content version gets its own task id, never reused for other content, so
+ * Every load reads the file into memory we own (off the event loop, header first, confined to the LoRA dir,
+ * regular files only: adapter-files.ts), hashes it and validates it against the engine; the engine gets
+ * exactly those bytes. Each content version gets its own task id, never reused for other content, so
  * after a file is replaced new requests get the new weights while running ones finish on the old. A change
- * is noticed from (device, inode, size, mtime in ns) and confirmed by the hash.
+ * is noticed from (device, inode, size, mtime and ctime in ns) and confirmed by the hash. Unloading an
+ * adapter forgets its version and host copy, so its next use reads and hashes the file again. A load that
+ * failed is remembered for the fingerprint it had, and the adapter is left out of listings until it changes.
  *
  * The parts: the dir and its names (adapter-dir.ts), task ids (task-ids.ts), weights kept in host memory
  * (host-copies.ts), converted PEFT folders (converted-cache.ts); validation is validate.ts.
  */
-import { existsSync } from "node:fs";
 import type { LoraRef } from "../engine/engine.ts";
 import { MultiloraError } from "../errors.ts";
 import { type FloatDType, floatDTypeName } from "../formats/dtypes.ts";
 import type { ModuleName } from "../formats/lora-modules.ts";
 import type { BaseModel, ModelDims } from "../formats/model-config.ts";
-import { parseSafetensors, readFileHashed } from "../formats/safetensors-reader.ts";
-import {
-  AdapterDir,
-  type AdapterEntry,
-  type AdapterFormat,
-  type Freshness,
-  fingerprintOf,
-} from "./adapter-dir.ts";
+import type { SafetensorsFile } from "../formats/safetensors-reader.ts";
+import { AdapterDir, type AdapterEntry, type AdapterFormat, type Freshness } from "./adapter-dir.ts";
+import { readAdapterSafetensors } from "./adapter-files.ts";
 import { ConvertedCache } from "./converted-cache.ts";
 import { HostCopies } from "./host-copies.ts";
 import { AdapterInvalidError, adapterProblems, asInvalidLora } from "./invalid-adapter.ts";
 import { TaskIds } from "./task-ids.ts";
 import { loraRefOf, parseTrtllmAdapter, type TrtllmAdapter } from "./trtllm-adapter.ts";
-import { checkAgainstBase } from "./validate.ts";
+import { checkTrtllmAgainstBase } from "./validate.ts";
 
 export type { AdapterFormat, Freshness } from "./adapter-dir.ts";
 
@@ -62,6 +59,8 @@ export interface AdapterVersion {
   ranks: number[];
   modules: ModuleName[];
   baseModel: string | undefined;
+  /** What may surprise but does not stop it serving (e.g. trained on another base model). */
+  warnings: string[];
   loadedAt: Date;
 }
 
@@ -80,6 +79,8 @@ export interface LoraRegistryOptions {
   convertedCacheMaxBytes?: number;
   /** Most bytes of adapter weights kept in host memory (to resend after an engine eviction). Default 4 GiB. */
   hostMaxBytes?: number;
+  /** Largest adapter file read (--max-adapter-mb), checked before it is read. Default 4 GiB. */
+  maxAdapterBytes?: number;
   /** Told of every adapter version read from disk, and how long reading, hashing and validating took. */
   onLoad?: (name: string, seconds: number) => void;
 }
@@ -103,16 +104,21 @@ export class LoraRegistry {
     | { entries: readonly AdapterEntry[]; versions: number; listing: readonly AdapterListing[] }
     | undefined;
   private readonly loading = new Map<string, Promise<AdapterVersion>>();
+  /** The last failed load of each adapter, by the fingerprint it had. */
+  private readonly failures = new Map<string, { fingerprint: string; error: AdapterInvalidError }>();
+  private readonly maxAdapterBytes: number;
 
   constructor(options: LoraRegistryOptions) {
     this.dir = options.dir;
     this.requirements = options.requirements;
     this.adapterDir = new AdapterDir(options.dir);
     this.hostCopies = new HostCopies(options.hostMaxBytes ?? DEFAULT_MAX_BYTES);
+    this.maxAdapterBytes = options.maxAdapterBytes ?? DEFAULT_MAX_BYTES;
     this.converted = new ConvertedCache(
       options.cacheDir,
       options.convertedCacheMaxBytes ?? DEFAULT_MAX_BYTES,
       options.requirements.dtype,
+      { base: this.base(), loraDir: this.adapterDir.realDir, maxAdapterBytes: this.maxAdapterBytes },
     );
     this.onLoad = options.onLoad ?? (() => {});
   }
@@ -123,12 +129,13 @@ export class LoraRegistry {
   }
 
   /**
-   * Every adapter in the dir (from memory while the dir is unchanged; new files appear at once). The same
-   * array comes back while neither the dir nor a loaded version changed, so callers may cache what they
-   * derive from it by identity.
+   * Every adapter in the dir that can serve (from memory while the dir is unchanged; new files appear at
+   * once): not those whose files are half-copied or not regular files, nor those whose load failed, until
+   * they change. The same array comes back while neither the dir nor a loaded version changed, so callers
+   * may cache what they derive from it by identity.
    */
   list(freshness: Freshness = "now"): readonly AdapterListing[] {
-    const entries = this.adapterDir.list(freshness);
+    const entries = this.adapterDir.servable(freshness);
     const last = this.lastListing;
     if (last && last.entries === entries && last.versions === this.versionChanges) return last.listing;
     const listing = entries.map((entry) => ({ ...entry, version: this.versions.get(entry.name) }));
@@ -150,9 +157,11 @@ export class LoraRegistry {
   /** The adapter's current version: the cached one when the file has not changed, else loaded anew. */
   async get(name: string): Promise<AdapterVersion> {
     const entry = this.adapterDir.locate(name);
-    const fingerprint = fingerprintOf(entry);
+    const fingerprint = this.adapterDir.fingerprint(entry);
     const current = this.versions.get(name);
     if (current && current.fingerprint === fingerprint) return current;
+    const failed = this.failures.get(name);
+    if (failed && failed.fingerprint === fingerprint) throw failed.error;
     const key = `${name}\u0000${fingerprint}`;
     let pending = this.loading.get(key);
     if (!pending) {
@@ -173,23 +182,32 @@ export class LoraRegistry {
    */
   weights(version: AdapterVersion): Promise<LoraRef> {
     return this.hostCopies.weights(version, async () => {
-      if (version.format === "trtllm" || existsSync(version.path)) return version.path;
-      // The converted file was trimmed from the cache: convert again (a changed folder fails the hash check).
       const entry = this.adapterDir.locate(version.name);
-      return entry.format === "peft" ? this.converted.convert(version.name, entry.path) : version.path;
+      // A PEFT folder's converted file is read back from the cache, or converted again when it was
+      // trimmed; a changed folder or file fails the hash check.
+      return entry.format === "peft"
+        ? this.converted.read(version.name, entry.path)
+        : this.readTrtllm(entry.path);
     });
+  }
+
+  /**
+   * Forgets the loaded version of `name` and its host copy (after the engine released it): the next use
+   * reads and hashes the file again, and listings show it as on disk.
+   */
+  unload(name: string): void {
+    const version = this.versions.get(name);
+    if (!version) return;
+    this.versions.delete(name);
+    this.hostCopies.drop(version.taskId);
+    this.versionChanges++;
   }
 
   /** Every problem `name` has against this model, without loading it for the engine. */
   async validate(name: string): Promise<{ problems: string[]; warnings: string[] }> {
     try {
       const v = await this.get(name);
-      const warnings: string[] = [];
-      const base = this.requirements.baseModelName;
-      if (v.baseModel && base && v.baseModel !== base) {
-        warnings.push(`the adapter was trained on ${v.baseModel}, but the served model is ${base}`);
-      }
-      return { problems: [], warnings };
+      return { problems: [], warnings: [...v.warnings] };
     } catch (e) {
       // Problems with the adapter itself are the answer; a bad or unknown name is the request's error.
       if (e instanceof AdapterInvalidError) return { problems: [...e.problems], warnings: [] };
@@ -203,37 +221,62 @@ export class LoraRegistry {
   }
 
   private async load(entry: AdapterEntry, fingerprint: string): Promise<AdapterVersion> {
+    try {
+      const version = await this.read(entry, fingerprint);
+      this.failures.delete(entry.name);
+      this.adapterDir.markLoaded(entry.name);
+      return version;
+    } catch (e) {
+      if (e instanceof AdapterInvalidError) {
+        // An I/O failure may pass (a full or read-only cache dir): only the adapter's own faults are kept.
+        if (!causedByIo(e)) this.failures.set(entry.name, { fingerprint, error: e });
+        this.adapterDir.markBroken(entry.name, fingerprint);
+      }
+      throw e;
+    }
+  }
+
+  /** Reads and validates the adapter: every check of the validate route, load and the engine. */
+  private async read(entry: AdapterEntry, fingerprint: string): Promise<AdapterVersion> {
     const { name, format } = entry;
     this.loads++;
     const startedAt = performance.now();
-    const file = format === "trtllm" ? entry.path : await this.converted.convert(name, entry.path);
-    const read = readFileHashed(file);
-    // Parse and validate while a worker finishes the hash.
+    let read: { path: string; file: SafetensorsFile; sha256: string };
     let adapter: TrtllmAdapter;
     try {
-      adapter = parseTrtllmAdapter(parseSafetensors(read.bytes, file));
+      read =
+        format === "trtllm"
+          ? { path: entry.path, ...(await this.readTrtllm(entry.path)) }
+          : await this.converted.read(name, entry.path);
+      adapter = parseTrtllmAdapter(read.file);
     } catch (e) {
-      await read.sha256.catch(() => {});
-      throw e instanceof MultiloraError ? asInvalidLora(e) : e;
+      throw e instanceof MultiloraError && e.code !== "invalid_lora" ? asInvalidLora(e) : e;
     }
-    const sha256 = await read.sha256;
     this.check(name, adapter);
+    const sha256 = read.sha256;
     const taskId = this.taskIds.idOf(sha256);
-    this.hostCopies.keep(taskId, loraRefOf(adapter, taskId), read.bytes.length);
+    const bytes = read.file.bytes.length;
+    this.hostCopies.keep(taskId, loraRefOf(adapter, taskId), bytes);
+    const baseModel = adapter.file.metadata.base_model_name_or_path || undefined;
+    const served = this.requirements.baseModelName;
     const version: AdapterVersion = {
       name,
       format,
-      path: file,
+      path: read.path,
       taskId,
       sha256,
       fingerprint,
       dtype: adapter.dtype,
-      bytes: read.bytes.length,
+      bytes,
       rows: adapter.rows.length,
       layers: new Set(adapter.rows.map((r) => r.layer)).size,
       ranks: [...new Set(adapter.rows.map((r) => r.rank))].sort((a, b) => a - b),
       modules: [...new Set(adapter.rows.map((r) => r.module))],
-      baseModel: adapter.file.metadata.base_model_name_or_path || undefined,
+      baseModel,
+      warnings:
+        baseModel && served && baseModel !== served
+          ? [`the adapter was trained on ${baseModel}, but the served model is ${served}`]
+          : [],
       loadedAt: new Date(),
     };
     this.versions.set(name, version);
@@ -242,16 +285,21 @@ export class LoraRegistry {
     return version;
   }
 
+  private readTrtllm(path: string): Promise<{ file: SafetensorsFile; sha256: string }> {
+    return readAdapterSafetensors(path, { root: this.adapterDir.realDir, maxBytes: this.maxAdapterBytes });
+  }
+
+  /** The model adapters are checked against: the engine's config, or the checkpoint's dims. */
+  private base(): BaseModel {
+    const r = this.requirements;
+    return r.engine ?? { path: r.modelPath, kind: "huggingface", architecture: undefined, dims: r.dims };
+  }
+
   /** The engine's checks, before anything is sent: every problem in one 400. */
   private check(name: string, adapter: TrtllmAdapter): void {
     const r = this.requirements;
-    const base = r.engine ?? {
-      path: r.modelPath,
-      kind: "huggingface",
-      architecture: undefined,
-      dims: r.dims,
-    };
-    const problems = checkAgainstBase(adapter.rows, base, adapter.dtype, adapter.rowLength);
+    const base = this.base();
+    const problems = checkTrtllmAgainstBase(adapter, base);
     if (!base.engine) {
       // An engine config brings its own dtype and rank checks; the CPU engine's come from its settings.
       if (adapter.dtype !== r.dtype) {
@@ -266,4 +314,12 @@ export class LoraRegistry {
     if (problems.length > 0)
       throw adapterProblems(`adapter "${name}" does not fit the served model:`, problems);
   }
+}
+
+/** Whether an I/O error (not the adapter's content) is anywhere in `e`'s causes. */
+function causedByIo(e: unknown): boolean {
+  for (let c = e; c instanceof Error; c = c.cause) {
+    if (c instanceof MultiloraError && (c.code === "io_error" || c.code === "file_not_found")) return true;
+  }
+  return false;
 }

@@ -6,6 +6,10 @@
 import { type FloatDType, floatDTypeName } from "../formats/dtypes.ts";
 import { type ModuleName, moduleShape } from "../formats/lora-modules.ts";
 import type { BaseModel } from "../formats/model-config.ts";
+import type { TrtllmAdapter } from "./trtllm-adapter.ts";
+
+/** `__metadata__` key where `extract` records each module's [in, out] widths (JSON). */
+export const MODULE_WIDTHS_KEY = "module_widths";
 
 /** What is known of one row: PEFT rows know their widths; TensorRT-LLM rows only their rank. */
 export interface RowShape {
@@ -73,6 +77,65 @@ export function checkAgainstBase(
     }
   }
   return [...problems, ...grouped.lines()];
+}
+
+/**
+ * The problems of a TensorRT-LLM file against `base`: its rows' ranks and modules (`checkAgainstBase`),
+ * and its widths, which its rows do not carry: the widths `extract` recorded in `__metadata__`, when
+ * there, must be the model's, and each row's values beyond rank x (in + out) must be zero padding (a
+ * non-zero value there means the rows were made for wider modules).
+ */
+export function checkTrtllmAgainstBase(adapter: TrtllmAdapter, base: BaseModel): string[] {
+  const problems = checkAgainstBase(adapter.rows, base, adapter.dtype, adapter.rowLength);
+  const grouped = new LayerGroups();
+  const recorded = recordedWidths(adapter.file.metadata[MODULE_WIDTHS_KEY], problems);
+  const weights = adapter.file.view("weights") as Uint16Array | Float32Array;
+  const wide = adapter.dtype === "F32";
+  const bits = wide
+    ? new Uint32Array(weights.buffer, weights.byteOffset, weights.length)
+    : (weights as Uint16Array);
+  const magnitude = wide ? 0x7fffffff : 0x7fff; // -0 is padding too
+  adapter.rows.forEach((row, i) => {
+    const shape = moduleShape(row.module, base.dims);
+    if (!shape) return;
+    const widths = recorded?.[row.module];
+    if (widths && (widths[0] !== shape.in || widths[1] !== shape.out)) {
+      grouped.add(
+        row,
+        `was extracted for widths ${widths[0]} -> ${widths[1]} but the model's are ${shape.in} -> ${shape.out}`,
+      );
+    }
+    const needed = row.rank * (shape.in + shape.out);
+    const start = i * adapter.rowLength;
+    for (let j = start + needed; j < start + adapter.rowLength; j++) {
+      if (((bits[j] as number) & magnitude) !== 0) {
+        grouped.add(
+          row,
+          `non-zero values beyond rank ${row.rank} x (${shape.in} + ${shape.out}): the rows were made for other widths`,
+        );
+        break;
+      }
+    }
+  });
+  return [...problems, ...grouped.lines()];
+}
+
+/** The widths in `__metadata__`, by module; undefined when absent, a problem when unreadable. */
+function recordedWidths(
+  text: string | undefined,
+  problems: string[],
+): Record<string, [number, number]> | undefined {
+  if (text === undefined) return undefined;
+  try {
+    const parsed = JSON.parse(text) as unknown;
+    if (typeof parsed === "object" && parsed !== null && !Array.isArray(parsed)) {
+      const entries = Object.entries(parsed);
+      if (entries.every(([, w]) => Array.isArray(w) && w.length === 2 && w.every(Number.isSafeInteger)))
+        return parsed as Record<string, [number, number]>;
+    }
+  } catch {}
+  problems.push(`__metadata__ ${MODULE_WIDTHS_KEY} is not {module: [in, out]}: ${text.slice(0, 80)}`);
+  return undefined;
 }
 
 /** Collects the same problem of one module over many layers into one line. */

@@ -3,7 +3,9 @@
  * document and docs page, and /metrics (unless --protect-metrics). `--api-keys-file` gives keys that may
  * use only some adapters (a request for another is a 403, and /v1/models lists only what the key may
  * use): one server, many tenants. `--admin-key` guards the adapter admin routes, which without it answer
- * loopback clients only. Keys are compared in constant time (as SHA-256 digests).
+ * loopback clients only. With tenant keys, /metrics (which names every adapter) and the admin routes
+ * need the admin key (403 when none is set) unless `--open-admin-routes`: a tenant must not see other
+ * tenants' adapters nor unload them. Keys are compared in constant time (as SHA-256 digests).
  */
 import { createHash, timingSafeEqual } from "node:crypto";
 import type { Context, MiddlewareHandler } from "hono";
@@ -25,6 +27,8 @@ export interface AuthConfig {
   /** sha256 of the admin keys. */
   adminKeys: string[];
   protectMetrics: boolean;
+  /** Tenant keys are set and not opted out: /metrics and the admin routes need the admin key. */
+  adminOnly: boolean;
 }
 
 export const KeysFileSchema = v.object({
@@ -46,6 +50,7 @@ export function loadAuth(options: {
   keysFile?: string | null;
   adminKey?: string | null;
   protectMetrics?: boolean;
+  openAdminRoutes?: boolean;
 }): AuthConfig {
   const keys = new Map<string, Principal>();
   options.apiKeys.forEach((key, i) => {
@@ -62,7 +67,12 @@ export function loadAuth(options: {
     });
   }
   const adminKeys = options.adminKey ? [digest(options.adminKey)] : [];
-  return { keys, adminKeys, protectMetrics: options.protectMetrics ?? false };
+  return {
+    keys,
+    adminKeys,
+    protectMetrics: options.protectMetrics ?? false,
+    adminOnly: Boolean(options.keysFile) && !options.openAdminRoutes,
+  };
 }
 
 /** Looks `presented` up among `digests` comparing every one in constant time. */
@@ -94,12 +104,18 @@ export function authMiddleware(auth: AuthConfig): MiddlewareHandler<AppEnv> {
   return async (c, next) => {
     const path = c.req.path;
     const isAdmin = path.startsWith("/v1/lora/");
-    if (isAdmin) {
+    const adminOnly = isAdmin || (auth.adminOnly && path === "/metrics");
+    if (adminOnly) {
+      const what = isAdmin ? "the adapter admin routes" : "/metrics";
       if (auth.adminKeys.length > 0) {
         const presented = bearer(c);
-        if (!presented || !find(presented, auth.adminKeys))
-          throw unauthorized("the adapter admin routes need the admin key");
+        if (!presented || !find(presented, auth.adminKeys)) throw unauthorized(`${what} need the admin key`);
         c.set("principal", { name: "admin", adapters: null, admin: true });
+      } else if (auth.adminOnly) {
+        throw new MultiloraError(
+          `with tenant keys (--api-keys-file), ${what} need the admin key: start the server with --admin-key (or --open-admin-routes)`,
+          { code: "admin_key_required" },
+        );
       } else {
         const address = c.env?.remoteAddress;
         if (address !== undefined && !LOOPBACK.has(address)) {

@@ -1,23 +1,26 @@
 /**
- * Reading a request body, JSON or MessagePack (by Content-Type): size limit (413), valid encoding (400),
- * its schema (400 listing every problem).
+ * Reading a request body, JSON or MessagePack (by Content-Type): size limit (413, counted as the bytes
+ * arrive), read timeout (408: a client that stalls mid-upload holds its connection no longer), valid
+ * encoding (400), its schema (400 listing every problem).
  */
 import * as v from "valibot";
 import { MultiloraError } from "../errors.ts";
 import { invalidBody } from "./errors.ts";
 import { decodeMsgpack, isMsgpack } from "./wire.ts";
 
-/** `optional`: an empty body reads as `{}` (routes whose every field has a default, e.g. an adapter load). */
+/**
+ * `optional`: an empty body reads as `{}` (routes whose every field has a default, e.g. an adapter load).
+ * `timeoutMs`: the longest the whole body may take to arrive (`--body-timeout`; 0 or absent: none).
+ */
 export async function readBody<const S extends v.GenericSchema>(
   request: Request,
   schema: S,
   maxBytes: number,
-  options: { optional?: boolean } = {},
+  options: { optional?: boolean; timeoutMs?: number } = {},
 ): Promise<v.InferOutput<S>> {
   const declared = Number(request.headers.get("content-length") ?? "0");
   if (declared > maxBytes) throw tooLarge(declared, maxBytes);
-  const bytes = new Uint8Array(await request.arrayBuffer());
-  if (bytes.length > maxBytes) throw tooLarge(bytes.length, maxBytes);
+  const bytes = await readBytes(request, maxBytes, options.timeoutMs ?? 0);
   const body =
     bytes.length === 0 && options.optional
       ? {}
@@ -32,6 +35,50 @@ export async function readBody<const S extends v.GenericSchema>(
   const result = v.safeParse(schema, body);
   if (!result.success) throw invalidBody(result.issues);
   return result.output;
+}
+
+/** The body's bytes, at most `maxBytes`, within `timeoutMs` (0: no limit). */
+async function readBytes(request: Request, maxBytes: number, timeoutMs: number): Promise<Uint8Array> {
+  if (!request.body) return new Uint8Array(0);
+  const reader = request.body.getReader();
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  const deadline =
+    timeoutMs > 0
+      ? new Promise<never>((_, reject) => {
+          timer = setTimeout(() => reject(stalled(timeoutMs)), timeoutMs);
+        })
+      : null;
+  const chunks: Uint8Array[] = [];
+  let total = 0;
+  try {
+    for (;;) {
+      const { done, value } = await (deadline ? Promise.race([reader.read(), deadline]) : reader.read());
+      if (done) break;
+      total += value.length;
+      if (total > maxBytes) throw tooLarge(total, maxBytes);
+      chunks.push(value);
+    }
+  } catch (e) {
+    reader.cancel().catch(() => {});
+    throw e;
+  } finally {
+    clearTimeout(timer);
+  }
+  if (chunks.length === 1) return chunks[0] as Uint8Array;
+  const bytes = new Uint8Array(total);
+  let at = 0;
+  for (const c of chunks) {
+    bytes.set(c, at);
+    at += c.length;
+  }
+  return bytes;
+}
+
+function stalled(timeoutMs: number): MultiloraError {
+  return new MultiloraError(
+    `the request body did not arrive within ${timeoutMs / 1000} s (--body-timeout); send it whole, without pauses`,
+    { code: "request_timeout" },
+  );
 }
 
 function parseJson(bytes: Uint8Array): unknown {

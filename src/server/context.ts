@@ -11,6 +11,8 @@ export interface ServerContext {
   core: GenerationCore;
   /** Largest request body in bytes (413 beyond). */
   maxBodyBytes: number;
+  /** Longest a request body may take to arrive, in ms (408 beyond; 0 or absent: no limit). */
+  bodyTimeoutMs?: number;
   /** Seconds since the epoch when the model was loaded (`created` in /v1/models). */
   created: number;
   /** Request log lines and Prometheus metrics. */

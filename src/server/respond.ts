@@ -8,6 +8,7 @@
 import type { Context } from "hono";
 import type * as v from "valibot";
 import type { Tokenizer } from "../engine/tokenizer.ts";
+import { MultiloraError } from "../errors.ts";
 import type { ChoiceResult, Generation, GenerationEvent } from "../generation/generation.ts";
 import type { Target } from "../generation/target.ts";
 import type { GenerationTask } from "../generation/task.ts";
@@ -43,13 +44,15 @@ export async function generationRoute<B extends { model: string; lora_model?: st
   buildTask: (body: B, target: Target) => GenerationTask,
   codec: (tokenizer: Tokenizer, task: GenerationTask) => ResponseCodec,
 ): Promise<Response> {
-  const body = await readBody(c.req.raw, schema, ctx.maxBodyBytes);
+  // The request is admitted (counted against --max-queue and its key's limit) only once its body is in.
+  const body = await readBody(c.req.raw, schema, ctx.maxBodyBytes, { timeoutMs: ctx.bodyTimeoutMs });
   const record = c.get("record");
-  const target = await ctx.core.target(body.model, body.lora_model, c.get("principal")?.adapters ?? null);
+  const principal = c.get("principal");
+  const target = await ctx.core.target(body.model, body.lora_model, principal?.adapters ?? null);
   record.adapter = target.adapter?.name ?? null;
   const task = buildTask(body, target);
   record.engineAt = performance.now();
-  const generation = await ctx.core.start(task);
+  const generation = await ctx.core.start(task, { key: principal?.name ?? null });
   record.promptTokens = task.promptTokens;
   return respond(ctx, c.req.raw, record, generation, codec(ctx.core.tokenizer, task));
 }
@@ -62,14 +65,28 @@ export async function respond(
   generation: Generation,
   codec: ResponseCodec,
 ): Promise<Response> {
-  const cancel = () => generation.cancel();
   if (!generation.task.output.stream) {
+    // The client may have left already (while the request waited for its first token): then stop at once.
+    const cancel = () => generation.cancel();
     request.signal.addEventListener("abort", cancel, { once: true });
-    const results = await generation.collect(() => ctx.observer.token(record));
-    request.signal.removeEventListener("abort", cancel);
+    if (request.signal.aborted) cancel();
+    let results: ChoiceResult[];
+    try {
+      results = await generation.collect(() => ctx.observer.token(record));
+    } finally {
+      request.signal.removeEventListener("abort", cancel);
+    }
+    if (request.signal.aborted) throw clientLeft();
     return reply(request, codec.body(results, generation.usage()));
   }
   return stream(ctx, request, record, generation, codec);
+}
+
+/** What a request whose client went away is recorded as (nobody reads the response). */
+function clientLeft(): MultiloraError {
+  return new MultiloraError("the client closed the connection before the response was complete", {
+    code: "cancelled",
+  });
 }
 
 function stream(
@@ -87,6 +104,12 @@ function stream(
   const perToken = returnTokenIds || generation.task.topLogprobs !== null;
   let closed = false;
   let status = 200;
+  // A client that left before the response began never pulls the stream: stop the generation all the same.
+  const left = () => {
+    closed = true;
+    if (status === 200) status = httpStatus("cancelled");
+    generation.cancel();
+  };
   const body = new ReadableStream<Uint8Array>({
     async start(controller) {
       const send = (chunk: unknown) => {
@@ -114,6 +137,7 @@ function stream(
         if (status === 200 && generation.task.output.includeUsage) send(codec.usageChunk(generation.usage()));
         if (!closed && !msgpack && status === 200) controller.enqueue(encoder.encode("data: [DONE]\n\n"));
       } finally {
+        request.signal.removeEventListener("abort", left);
         if (!closed) {
           closed = true;
           controller.close();
@@ -121,11 +145,10 @@ function stream(
         ctx.observer.end(record, status);
       }
     },
-    cancel() {
-      closed = true;
-      generation.cancel();
-    },
+    cancel: left,
   });
+  request.signal.addEventListener("abort", left, { once: true });
+  if (request.signal.aborted) left();
   const contentType = msgpack ? MSGPACK : "text/event-stream; charset=utf-8";
   return new Response(body, {
     headers: { "content-type": contentType, "cache-control": "no-cache", connection: "keep-alive" },

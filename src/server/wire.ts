@@ -27,8 +27,31 @@ export function encodeMsgpack(value: unknown): Uint8Array {
   return packr.pack(value);
 }
 
+/**
+ * The value of a MessagePack body. 64-bit integers (int64 0xd3, uint64 0xcf, which Go, Java and some Python
+ * encoders write even for small numbers) come out as numbers when they are exact ones (|n| <= 2^53 - 1);
+ * a larger one throws, naming where it is.
+ */
 export function decodeMsgpack(bytes: Uint8Array): unknown {
-  return packr.unpack(bytes);
+  return exactNumbers(packr.unpack(bytes), "");
+}
+
+function exactNumbers(value: unknown, path: string): unknown {
+  if (typeof value === "bigint") {
+    if (value >= BigInt(Number.MIN_SAFE_INTEGER) && value <= BigInt(Number.MAX_SAFE_INTEGER))
+      return Number(value);
+    throw new Error(
+      `the integer ${value}${path ? ` at ${path}` : ""} is too large to be read exactly (at most 2^53 - 1 in magnitude)`,
+    );
+  }
+  if (Array.isArray(value)) {
+    for (let i = 0; i < value.length; i++) value[i] = exactNumbers(value[i], `${path}[${i}]`);
+  } else if (typeof value === "object" && value !== null && !(value instanceof Uint8Array)) {
+    const record = value as Record<string, unknown>;
+    for (const key of Object.keys(record))
+      record[key] = exactNumbers(record[key], path ? `${path}.${key}` : key);
+  }
+  return value;
 }
 
 /** A response with `body` in the format the request wants. */

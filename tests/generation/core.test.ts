@@ -199,6 +199,42 @@ describe("admission with a full adapter cache", () => {
     await drain;
     expect(drained).toBe(true);
   });
+
+  test("draining answers a request waiting for adapter room and one queued in the engine at once; a running one is stopped at the timeout", async () => {
+    const engine = new FakeEngine({ vocab: DEMO_PRESETS.tiny.vocab, loraSlots: 1 });
+    const core = coreOver(engine);
+    const running = await begin(core, { lora_model: "demo-all", max_tokens: 100 });
+    engine.step();
+    await running.started;
+    const waiting = await begin(core, { lora_model: "third" });
+    engine.step(); // LORA_CACHE_FULL: waits for room
+    await settle();
+    const queued = await begin(core, {}); // enqueued, no step yet: queued in the engine
+    expect(core.admission.size).toBe(3);
+    let drained = false;
+    const drain = core.drain(80).then(() => {
+      drained = true;
+    });
+    await settle();
+    engine.step(); // the engine answers the cancelled queued request
+    await Promise.all([waiting.started, queued.started]);
+    expect((waiting.state.error as MultiloraError).code).toBe("shutting_down");
+    expect((queued.state.error as MultiloraError).code).toBe("shutting_down");
+    const events = (async () => {
+      const seen: string[] = [];
+      for await (const e of running.state.generation?.events ?? [])
+        seen.push(e.type === "error" ? e.error.code : "token");
+      return seen;
+    })();
+    engine.step(); // the running one goes on while the drain waits
+    await settle();
+    expect(drained).toBe(false);
+    await new Promise((resolve) => setTimeout(resolve, 100)); // the drain timeout: the running one is stopped
+    engine.step();
+    await drain;
+    expect((await events).at(-1)).toBe("shutting_down");
+    expect(core.admission.size).toBe(0);
+  });
 });
 
 describe("load modes", () => {

@@ -45,6 +45,7 @@ export interface Enqueued {
 export class FakeEngine implements Engine {
   readonly capabilities: EngineCapabilities;
   readonly maxSeqLen: number;
+  readonly vocabSize: number;
   readonly enqueued: Enqueued[] = [];
   private readonly queue: FakeRequest[] = [];
   private readonly running: FakeRequest[] = [];
@@ -64,6 +65,7 @@ export class FakeEngine implements Engine {
     },
   ) {
     this.maxSeqLen = options.maxSeqLen ?? 512;
+    this.vocabSize = options.vocab;
     this.capabilities = {
       loraPin: true,
       loraRelease: true,
@@ -73,6 +75,7 @@ export class FakeEngine implements Engine {
       maxTopLogprobs: 20,
       maxLoraRank: 64,
       loraDtype: "F32",
+      rawLogprobs: true,
     };
   }
 

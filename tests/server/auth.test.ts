@@ -114,13 +114,36 @@ test("MULTILORA_API_KEY sets the key; a key is taken whole, commas included", ()
   }
 });
 
-test("/metrics is open unless --protect-metrics", async () => {
-  expect((await get("/metrics")).status).toBe(200);
+test("/metrics is open unless --protect-metrics, but with tenant keys it needs the admin key unless --open-admin-routes", async () => {
+  // This server has --api-keys-file: /metrics names every adapter, so a tenant's key is not enough.
+  expect((await get("/metrics")).status).toBe(401);
+  expect((await get("/metrics", KEY)).status).toBe(401);
+  expect((await get("/metrics", ADMIN)).status).toBe(200);
   const { createApp } = await import("../../src/server/app.ts");
   const ctx = t.server.ctx;
-  const app = createApp({ ...ctx, auth: { ...ctx.auth, protectMetrics: true } });
+  const open = createApp({ ...ctx, auth: { ...ctx.auth, adminOnly: false } });
+  expect((await open.request("/metrics", {}, {})).status).toBe(200);
+  const app = createApp({ ...ctx, auth: { ...ctx.auth, adminOnly: false, protectMetrics: true } });
   expect((await app.request("/metrics", {}, {})).status).toBe(401);
   expect((await app.request("/metrics", { headers: { authorization: `Bearer ${KEY}` } }, {})).status).toBe(
     200,
   );
+});
+
+test("with tenant keys and no --admin-key, /metrics and the admin routes are refused, even from loopback", async () => {
+  const { createApp } = await import("../../src/server/app.ts");
+  const ctx = t.server.ctx;
+  const app = createApp({ ...ctx, auth: { ...ctx.auth, adminKeys: [] } });
+  const env = { remoteAddress: "127.0.0.1" };
+  for (const [path, method] of [
+    ["/metrics", "GET"],
+    ["/v1/lora/adapters/demo-all/unload", "POST"],
+  ] as const) {
+    const r = await app.request(path, { method, headers: { authorization: `Bearer ${KEY}` } }, env);
+    expect(r.status).toBe(403);
+    expect(await error(r)).toMatchObject({ code: "admin_key_required" });
+  }
+  // The operator's opt-out: loopback admin and open metrics, as without tenants.
+  const optedOut = createApp({ ...ctx, auth: { ...ctx.auth, adminKeys: [], adminOnly: false } });
+  expect((await optedOut.request("/metrics", {}, env)).status).toBe(200);
 });

@@ -69,6 +69,7 @@ export function adapterRoutes(app: Hono<AppEnv>, ctx: ServerContext): void {
       const registry = registryOf(ctx);
       const { pin } = await readBody(c.req.raw, LoadAdapterRequestSchema, ctx.maxBodyBytes, {
         optional: true,
+        timeoutMs: ctx.bodyTimeoutMs,
       });
       if (pin && !ctx.core.engine.capabilities.loraPin)
         throw unsupported("this backend cannot pin adapters (TensorRT-LLM's executor has no pin call)");
@@ -100,6 +101,7 @@ export function adapterRoutes(app: Hono<AppEnv>, ctx: ServerContext): void {
       if (version) {
         await ctx.core.releaseAdapter(version);
         ctx.observer.released(version.taskId);
+        registry.unload(name); // its next use reads and hashes the file again
       }
       return reply(c.req.raw, { name, state: "on_disk" });
     }),

@@ -36,6 +36,7 @@ export function describeAdapter(
           dtype: floatDTypeName(v.dtype),
           bytes: v.bytes,
           base_model: v.baseModel ?? null,
+          warnings: v.warnings,
           loaded_at: Math.floor(v.loadedAt.getTime() / 1000),
           last_used_step: task?.lastUse ?? null,
         }
