@@ -163,7 +163,7 @@ export async function startServer(
     ready = true;
     const url = `http://${config.host === "0.0.0.0" ? "127.0.0.1" : config.host}:${server.port}`;
     log(
-      `multilora serving ${core.servedNames.join(", ")} (${model.architecture}, ${model.dtype}, ${model.backend} backend) on ${url}` +
+      `multilora serving ${core.servedNames.join(", ")} (${model.architecture}, ${model.dtype}, ${model.backend} backend${model.weights ? `, ${model.weights}` : ""}) on ${url}` +
         (registry ? `, adapters from ${registry.dir}` : ", no LoRA dir"),
     );
     return {

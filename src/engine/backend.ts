@@ -23,6 +23,8 @@ export interface OpenedModel {
   modelType: string;
   /** The Hugging Face name the checkpoint was made from, when known. */
   baseModelName: string | undefined;
+  /** How the CPU engine holds the weights, for the start-up line. */
+  weights?: string;
   /** A TensorRT-LLM engine's config, which adapters are checked against before they are sent. */
   engineConfig?: BaseModel;
 }
@@ -73,5 +75,6 @@ export function openEngine(
     dtype: checkpoint.dtype,
     modelType: checkpoint.modelType,
     baseModelName: checkpoint.hf._name_or_path,
+    weights: checkpoint.mapped ? "weights memory-mapped" : "weights read into memory (--model-memory)",
   };
 }

@@ -12,7 +12,7 @@
  * memory (a copy: the process holds the weights once, the page cache keeps its reclaimable pages).
  * Replacing a file by rename (a new inode) is safe either way.
  */
-import { existsSync, statSync } from "node:fs";
+import { accessSync, constants, existsSync, statSync } from "node:fs";
 import { join } from "node:path";
 import * as v from "valibot";
 import { listProblems, MultiloraError } from "../errors.ts";
@@ -79,8 +79,10 @@ export interface Checkpoint {
   tensors: CheckpointTensor[];
   /** The mapped files: they must stay referenced while the engine runs. */
   files: SafetensorsFile[];
-  /** Bytes of weights mapped. */
+  /** Bytes of weights. */
   bytes: number;
+  /** Whether the weights are memory-mapped (else read into memory the server owns). */
+  mapped: boolean;
 }
 
 const IndexSchema = v.looseObject({ weight_map: v.record(v.string(), v.string()) });
@@ -130,6 +132,7 @@ export function loadCheckpoint(dir: string, options: { memory?: ModelMemory } = 
     tensors,
     files,
     bytes: files.reduce((sum, f) => sum + f.bytes.length, 0),
+    mapped: files.every((f) => f.mapped),
   };
 }
 
@@ -191,22 +194,29 @@ function engineConfig(hf: HfModelConfig, path: string): EngineModelConfig {
   };
 }
 
-/** Whether a weights file is mapped: always, never, or (auto) when no one may write it in place. */
+/**
+ * Whether a weights file is mapped: always, never, or (auto) when it cannot be written in place: no write
+ * permission bit, or not writable by this process (a read-only mount, as Kubernetes volumes often are).
+ */
 export function mapsWeights(path: string, memory: ModelMemory): boolean {
   if (memory !== "auto") return memory === "map";
   try {
-    return (statSync(path).mode & 0o222) === 0;
-  } catch {
-    return true; // the open reports the problem
+    if ((statSync(path).mode & 0o222) === 0) return true;
+    accessSync(path, constants.W_OK);
+    return false;
+  } catch (e) {
+    const code = (e as NodeJS.ErrnoException).code;
+    return code === "EROFS" || code === "EACCES" || code === "EPERM" || code === "ENOENT"; // ENOENT: the open reports it
   }
 }
 
-function openWeightsFile(path: string, memory: ModelMemory): SafetensorsFile {
-  return mapsWeights(path, memory) ? mmapSafetensors(path) : readSafetensors(path);
+function openWeightsFile(path: string, memory: ModelMemory): SafetensorsFile & { mapped: boolean } {
+  const mapped = mapsWeights(path, memory);
+  return Object.assign(mapped ? mmapSafetensors(path) : readSafetensors(path), { mapped });
 }
 
 /** Opens model.safetensors, or every shard named by model.safetensors.index.json. */
-function openWeights(dir: string, memory: ModelMemory): SafetensorsFile[] {
+function openWeights(dir: string, memory: ModelMemory): (SafetensorsFile & { mapped: boolean })[] {
   const single = join(dir, "model.safetensors");
   if (existsSync(single)) return [openWeightsFile(single, memory)];
   const indexPath = join(dir, "model.safetensors.index.json");
