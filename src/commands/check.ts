@@ -99,8 +99,9 @@ class Client {
     readonly model: string,
   ) {}
 
-  async complete(body: Record<string, unknown>): Promise<Completion> {
-    const response = await fetch(`${this.url}/v1/completions`, {
+  /** A greedy completion of the check's prompt, with logprobs; `body` overrides. */
+  private post(body: Record<string, unknown>): RequestInit {
+    return {
       method: "POST",
       headers: { "content-type": "application/json" },
       body: JSON.stringify({
@@ -111,7 +112,11 @@ class Client {
         logprobs: 0,
         ...body,
       }),
-    });
+    };
+  }
+
+  async complete(body: Record<string, unknown>): Promise<Completion> {
+    const response = await fetch(`${this.url}/v1/completions`, this.post(body));
     const json = (await response.json()) as {
       choices?: {
         text: string;
@@ -136,17 +141,7 @@ class Client {
   async stream(body: Record<string, unknown>, abortAfter?: number): Promise<Completion> {
     const abort = new AbortController();
     const response = await fetch(`${this.url}/v1/completions`, {
-      method: "POST",
-      headers: { "content-type": "application/json" },
-      body: JSON.stringify({
-        model: this.model,
-        prompt: PROMPT,
-        max_tokens: TOKENS,
-        temperature: 0,
-        logprobs: 0,
-        ...body,
-        stream: true,
-      }),
+      ...this.post({ ...body, stream: true }),
       signal: abort.signal,
     });
     const out: Completion = {
