@@ -46,4 +46,4 @@ ENV PATH=/opt/multilora/bin:$PATH \
 EXPOSE 3000
 # `multilora serve` listens on $PORT; arguments after the image name are added to the command.
 # On a new GPU, first: docker run --rm --gpus all -v ... --entrypoint multilora multilora check /models/engine /models/lora
-ENTRYPOINT ["multilora", "serve", "/models/engine", "/models/lora"]
+ENTRYPOINT ["multilora", "serve", "/models/engine", "/models/lora", "--host", "0.0.0.0"]

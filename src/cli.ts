@@ -1,5 +1,5 @@
 #!/usr/bin/env bun
-import { printErr, UsageError } from "./commands/args.ts";
+import { closestName, printErr, UsageError } from "./commands/args.ts";
 /**
  * multilora's command line: one entry point, one module per command under src/commands/.
  */
@@ -47,12 +47,15 @@ export async function main(argv: string[]): Promise<number> {
   }
   const run = COMMANDS[command];
   try {
-    if (!run) throw new UsageError(`unknown command "${command}"`);
+    if (!run) {
+      const near = closestName(command, Object.keys(COMMANDS));
+      throw new UsageError(`unknown command "${command}"${near ? `; did you mean "${near}"?` : ""}`);
+    }
     return await run(rest);
   } catch (e) {
     if (e instanceof UsageError) {
       printErr(
-        `multilora ${run ? command : ""}: ${e.message}\nRun "multilora ${run ? `${command} ` : ""}--help" for usage.`,
+        `multilora${run ? ` ${command}` : ""}: ${e.message}\nRun "multilora ${run ? `${command} ` : ""}--help" for usage.`,
       );
       return 2;
     }

@@ -35,6 +35,8 @@ export const ERROR_CODES = [
   "lora_not_cached",
   "lora_changed",
   "pin_limit",
+  "lora_path_not_allowed",
+  "lora_already_loaded",
   // auth
   "invalid_api_key",
   "admin_loopback_only",
@@ -45,6 +47,7 @@ export const ERROR_CODES = [
   "too_many_requests",
   "queue_timeout",
   "shutting_down",
+  "starting",
   "lora_cache_full",
   "out_of_memory",
   "engine_closed",

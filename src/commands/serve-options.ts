@@ -64,10 +64,10 @@ export const SERVE_SETTINGS = {
     shown: "none; the demo's with the demo model",
   },
   host: {
-    schema: v.optional(v.string(), "0.0.0.0"),
+    schema: v.optional(v.string(), "127.0.0.1"),
     read: "string",
     group: "general",
-    help: "address to listen on",
+    help: "address to listen on (0.0.0.0: every interface; then set --api-key)",
     arg: "<addr>",
   },
   port: {

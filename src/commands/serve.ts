@@ -8,6 +8,10 @@
 import { existsSync } from "node:fs";
 import { homedir } from "node:os";
 import { basename, join, resolve } from "node:path";
+import type { Server as BunServer } from "bun";
+
+type Server = BunServer<undefined>;
+
 import { type OpenedModel, openEngine } from "../engine/backend.ts";
 import { loadChatTemplate } from "../engine/chat-template.ts";
 import { writeDemoModel } from "../engine/demo-model.ts";
@@ -18,7 +22,9 @@ import { LoraRegistry } from "../lora/registry.ts";
 import { createApp } from "../server/app.ts";
 import { loadAuth } from "../server/auth.ts";
 import type { ServerContext } from "../server/context.ts";
+import { errorResponse } from "../server/errors.ts";
 import { createLogger, Observer } from "../server/observe.ts";
+import { registerVllmMetrics } from "../server/vllm-metrics.ts";
 import { printErr } from "./args.ts";
 import { checkCacheDir } from "./cache-dir.ts";
 import { SERVE_HELP, type ServeConfig, serveConfig } from "./serve-options.ts";
@@ -85,7 +91,59 @@ export async function startServer(
   modelDir = resolve(modelDir);
   if (!existsSync(modelDir))
     throw new MultiloraError(`model dir ${modelDir} does not exist`, { code: "invalid_model" });
+  // A lora/ folder inside the model dir is its LoRA dir unless one is given (multilora demo-model writes one).
+  if (loraDir === null && existsSync(join(modelDir, "lora"))) loraDir = join(modelDir, "lora");
 
+  // The port is taken before the model loads: a busy one is one line at once, not an error after a long
+  // load; until the app is ready, liveness answers and everything else is a 503 "starting".
+  let handle: (request: Request, server: Server) => Response | Promise<Response> = whileStarting;
+  const server = listen(config, (request, bunServer) => handle(request, bunServer));
+  try {
+    return await startServing(config, modelDir, loraDir, cacheDir, server, log, (h) => {
+      handle = h;
+    });
+  } catch (e) {
+    server.stop(true);
+    throw e;
+  }
+}
+
+/** Answers during start-up: alive, not ready. */
+function whileStarting(request: Request): Response {
+  const path = new URL(request.url).pathname;
+  if (path === "/health" || path === "/v1/health/live") return Response.json({ status: "starting" });
+  return errorResponse(
+    new MultiloraError("the server is starting (loading the model); retry shortly", { code: "starting" }),
+    request,
+  );
+}
+
+/** Listens on --host/--port; a port in use is one clear error. */
+function listen(
+  config: ServeConfig,
+  fetch: (request: Request, server: Server) => Response | Promise<Response>,
+): Server {
+  try {
+    return Bun.serve({ hostname: config.host, port: config.port, idleTimeout: 0, fetch });
+  } catch (e) {
+    const code = (e as { code?: string }).code;
+    const why =
+      code === "EADDRINUSE"
+        ? "is in use (another server?); choose another with --port"
+        : `cannot be used: ${(e as Error).message}`;
+    throw new MultiloraError(`${config.host}:${config.port} ${why}`, { code: "invalid_config" });
+  }
+}
+
+async function startServing(
+  config: ServeConfig,
+  modelDir: string,
+  loraDir: string | null,
+  cacheDir: string,
+  server: Server,
+  log: (line: string) => void,
+  serveWith: (handle: (request: Request, server: Server) => Response | Promise<Response>) => void,
+): Promise<RunningServer> {
   const model = openServedEngine(config, modelDir);
   const engine = model.engine;
   const tokenizer = loadTokenizer(modelDir);
@@ -128,6 +186,7 @@ export async function startServer(
       maxPerKey: perKeyLimit(config),
       onAdapterUse: (a, wasCached) => observer.adapterUsed(a.name, a.taskId, wasCached),
     });
+    registerVllmMetrics(observer.registry, core);
     let ready = false;
     const ctx: ServerContext = {
       core,
@@ -153,17 +212,23 @@ export async function startServer(
     }
 
     const app = createApp(ctx);
-    const server = Bun.serve({
-      hostname: config.host,
-      port: config.port,
-      idleTimeout: 0,
-      fetch: (request, bunServer) =>
-        app.fetch(request, { remoteAddress: bunServer.requestIP(request)?.address }),
-    });
+    // The client's address is looked up only where it is used (the admin routes' loopback check).
+    serveWith((request, bunServer) =>
+      app.fetch(request, {
+        get remoteAddress() {
+          return bunServer.requestIP(request)?.address;
+        },
+      }),
+    );
     ready = true;
-    const url = `http://${config.host === "0.0.0.0" ? "127.0.0.1" : config.host}:${server.port}`;
+    const bound = server.hostname ?? config.host;
+    const url = `http://${bound === "0.0.0.0" ? "127.0.0.1" : bound.includes(":") ? `[${bound}]` : bound}:${server.port}`;
+    if (!LOOPBACK_HOSTS.has(bound) && config["api-key"].length === 0 && config["api-keys-file"] === null)
+      log(
+        `warning: listening on ${bound} without --api-key or --api-keys-file: anyone who can reach this address can use the server`,
+      );
     log(
-      `multilora serving ${core.servedNames.join(", ")} (${model.architecture}, ${model.dtype}, ${model.backend} backend${model.weights ? `, ${model.weights}` : ""}) on ${url}` +
+      `multilora serving ${core.servedNames.join(", ")} (${model.architecture}, ${model.dtype}, ${model.backend} backend${model.weights ? `, ${model.weights}` : ""}) on ${url} (bound to ${bound})` +
         (registry ? `, adapters from ${registry.dir}` : ", no LoRA dir"),
     );
     return {
@@ -186,6 +251,8 @@ export async function startServer(
     throw e;
   }
 }
+
+const LOOPBACK_HOSTS = new Set(["127.0.0.1", "::1", "localhost"]);
 
 /** `--max-concurrent-per-key`; unset: half of --max-queue with tenant keys (--api-keys-file), else none. */
 function perKeyLimit(config: ServeConfig): number {

@@ -44,6 +44,7 @@ const STATUS: Partial<Record<ErrorCode, number>> = {
   overloaded: 503,
   queue_timeout: 503,
   shutting_down: 503,
+  starting: 503,
   lora_cache_full: 503,
   out_of_memory: 503,
   engine_closed: 503,

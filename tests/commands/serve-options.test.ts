@@ -27,7 +27,7 @@ const POSITIONALS = NAMES.filter((name) => SERVE_SETTINGS[name].read === "positi
 const SAMPLES: { [K in keyof ServeConfig]: { texts: string[]; value: ServeConfig[K] } } = {
   "model-dir": { texts: ["models/m"], value: "models/m" },
   "lora-dir": { texts: ["loras"], value: "loras" },
-  host: { texts: ["127.0.0.1"], value: "127.0.0.1" },
+  host: { texts: ["0.0.0.0"], value: "0.0.0.0" },
   port: { texts: ["8080"], value: 8080 },
   "served-model-name": { texts: ["one,two", "three"], value: ["one", "two", "three"] },
   "max-batch": { texts: ["12"], value: 12 },
@@ -110,7 +110,7 @@ test("the defaults", () => {
   expect(serveConfig([]).config).toEqual({
     "model-dir": null,
     "lora-dir": null,
-    host: "0.0.0.0",
+    host: "127.0.0.1",
     port: 3000,
     "served-model-name": [],
     "max-batch": null,

@@ -38,7 +38,7 @@ describe("settings", () => {
       pin: ["a"],
       preload: ["x", "y"],
       "served-model-name": ["one", "two"],
-      host: "0.0.0.0",
+      host: "127.0.0.1",
       "queue-timeout": 60,
       backend: "auto",
     });
