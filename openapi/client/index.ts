@@ -321,6 +321,23 @@ export type ValidateAdapterResponse = {
   "warnings": Array<string>;
 };
 
+/** The body of loadLoraAdapter. */
+export type LoadLoraAdapterRequest = {
+  "lora_name": string;
+  "lora_path": string;
+};
+
+/** The answer of loadLoraAdapter. */
+export type LoadLoraAdapterResponse = unknown;
+
+/** The body of unloadLoraAdapter. */
+export type UnloadLoraAdapterRequest = {
+  "lora_name": string;
+};
+
+/** The answer of unloadLoraAdapter. */
+export type UnloadLoraAdapterResponse = unknown;
+
 /** An error answer, in OpenAI's shape. */
 export interface ApiErrorBody {
   error: { message: string; type: string; param: string | null; code: string | null };
@@ -419,5 +436,15 @@ export class MultiloraClient {
   /** Check an adapter against the served model without loading it into the engine (POST /v1/lora/adapters/{name}/validate) */
   validateAdapter(name: string): Promise<ValidateAdapterResponse> {
     return this.call("POST", `/v1/lora/adapters/${encodeURIComponent(name)}/validate`, undefined);
+  }
+
+  /** vLLM's runtime load: serve the adapter at lora_path as lora_name, and load it into the engine (POST /v1/load_lora_adapter) */
+  loadLoraAdapter(body: LoadLoraAdapterRequest): Promise<LoadLoraAdapterResponse> {
+    return this.call("POST", `/v1/load_lora_adapter`, body);
+  }
+
+  /** vLLM's runtime unload: release an adapter from the engine (one loaded by path is forgotten) (POST /v1/unload_lora_adapter) */
+  unloadLoraAdapter(body: UnloadLoraAdapterRequest): Promise<UnloadLoraAdapterResponse> {
+    return this.call("POST", `/v1/unload_lora_adapter`, body);
   }
 }

@@ -69,6 +69,16 @@ export const CompletionRequestSchema = v.looseObject({
 
 export const LoadAdapterRequestSchema = v.looseObject({ pin: v.optional(v.boolean(), false) });
 
+/** vLLM's runtime LoRA routes: POST /v1/load_lora_adapter and /v1/unload_lora_adapter. */
+const LoraName = v.pipe(v.string(), v.minLength(1, "Both 'lora_name' and 'lora_path' must be provided."));
+export const LoadLoraAdapterRequestSchema = v.looseObject({
+  lora_name: LoraName,
+  lora_path: v.pipe(v.string(), v.minLength(1, "Both 'lora_name' and 'lora_path' must be provided.")),
+});
+export const UnloadLoraAdapterRequestSchema = v.looseObject({
+  lora_name: v.pipe(v.string(), v.minLength(1)),
+});
+
 export type ChatCompletionRequest = v.InferOutput<typeof ChatCompletionRequestSchema>;
 export type CompletionRequest = v.InferOutput<typeof CompletionRequestSchema>;
 export type ChatMessageInput = v.InferOutput<typeof ChatMessageSchema>;

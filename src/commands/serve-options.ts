@@ -169,6 +169,13 @@ export const SERVE_SETTINGS = {
     help: "PEFT folders converted into the cache dir; least recently used removed",
     arg: "<n>",
   },
+  "allowed-lora-paths": {
+    schema: v.optional(v.array(v.string()), []),
+    read: "list",
+    group: "security",
+    help: "dirs besides lora-dir whose adapters POST /v1/load_lora_adapter may name by lora_path (checked with links resolved); the LoRA dir always may",
+    arg: "a,b",
+  },
   preload: {
     schema: v.optional(v.array(v.string()), []),
     read: "list",

@@ -171,6 +171,7 @@ async function startServing(
           maxAdapterBytes: Math.floor(
             (config["max-adapter-mb"] ?? 4 * config["lora-cache-mb"]) * 1024 * 1024,
           ),
+          allowedPaths: config["allowed-lora-paths"].map((p) => resolve(p)),
           onLoad: (name, seconds) => observer.adapterLoaded(name, seconds),
         })
       : null;

@@ -75,6 +75,11 @@ export class Admission {
     return this.held;
   }
 
+  /** Requests waiting for room in a full adapter cache now. */
+  get waitingForRoom(): number {
+    return this.waiters.length;
+  }
+
   /** Takes a slot for one request of `key` (null: no key), or refuses it: 503 while draining or at the limit, 429 at the key's. */
   enter(key: string | null = null): Slot {
     if (this.draining) throw shuttingDown();

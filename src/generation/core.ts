@@ -32,6 +32,7 @@ import {
 import type { Tokenizer } from "../engine/tokenizer.ts";
 import { MultiloraError } from "../errors.ts";
 import type { AdapterVersion, LoraRegistry } from "../lora/registry.ts";
+import { AdapterUse } from "./adapter-use.ts";
 import { Admission, shuttingDown } from "./admission.ts";
 import { Generation, type StartedRequest } from "./generation.ts";
 import { resolveTarget, type Target } from "./target.ts";
@@ -60,6 +61,8 @@ export interface CoreSettings {
 
 export class GenerationCore {
   readonly admission: Admission;
+  /** Which adapters requests wait for and run with now (for vLLM's lora_requests_info gauge). */
+  readonly adapterUse = new AdapterUse();
   /** Task ids sent to the engine and not known to be gone (the estimate where the engine cannot list). */
   private readonly known = new Set<bigint>();
   private readonly taskSettings: TaskSettings;
@@ -119,6 +122,11 @@ export class GenerationCore {
    */
   async start(task: GenerationTask, options: { key?: string | null } = {}): Promise<Generation> {
     const slot = this.admission.enter(options.key ?? null);
+    const use = task.adapter ? this.adapterUse.enter(task.adapter.name) : undefined;
+    const release = () => {
+      use?.end();
+      slot.release();
+    };
     const arrived = Date.now();
     const starting = new Starting();
     slot.onDrain(() => starting.stop());
@@ -129,12 +137,13 @@ export class GenerationCore {
     const started = settled.flatMap((s) => (s.status === "fulfilled" ? [s.value] : []));
     if (failed || starting.stopped) {
       // The started ones are followed to their end, cancelled, so their room is seen to come free.
-      const aborted = new Generation(task, started, this.tokenizer, this.roomFreed, slot.release);
+      const aborted = new Generation(task, started, this.tokenizer, this.roomFreed, release);
       aborted.cancel();
       throw starting.stopped ? shuttingDown() : (failed as PromiseRejectedResult).reason;
     }
-    const generation = new Generation(task, started, this.tokenizer, this.roomFreed, slot.release);
+    const generation = new Generation(task, started, this.tokenizer, this.roomFreed, release);
     slot.running();
+    use?.running();
     slot.onDrain(() =>
       generation.stop(
         new MultiloraError(

@@ -125,12 +125,7 @@ export class AdapterDir {
 
   /** The file or folder for `name`, looked up now; 400 for a bad name, 404 when absent. */
   locate(name: string): AdapterEntry {
-    if (!NAME.test(name) || name.includes("..")) {
-      throw new MultiloraError(
-        `invalid adapter name ${JSON.stringify(name)}: use letters, digits, '_', '-' and '.', without '/' or '..'`,
-        { code: "invalid_lora_name", param: "lora_model" },
-      );
-    }
+    this.checkName(name);
     const candidates: [AdapterFormat, string][] = [
       ["trtllm", join(this.realDir, `${name}.safetensors`)],
       ["peft", join(this.realDir, name)],
@@ -151,6 +146,16 @@ export class AdapterDir {
       code: "lora_not_found",
       param: "lora_model",
     });
+  }
+
+  /** 400 unless `name` may name an adapter: letters, digits, '_', '-' and '.', without '/' or '..'. */
+  checkName(name: string, param = "lora_model"): void {
+    if (!NAME.test(name) || name.includes("..")) {
+      throw new MultiloraError(
+        `invalid adapter name ${JSON.stringify(name)}: use letters, digits, '_', '-' and '.', without '/' or '..'`,
+        { code: "invalid_lora_name", param },
+      );
+    }
   }
 
   /** Stops watching the dir (listings still stay current, by the mtime check alone). */

@@ -74,11 +74,11 @@ export class ConvertedCache {
    * The converted file of the PEFT folder `folder` (adapter `name`), read and checked: the cached one
    * when this content was converted before and the file still has its recorded hash, else converted now.
    * A folder that cannot be converted, or does not fit the served model, is an invalid_lora listing its
-   * problems.
+   * problems. Its files must be inside `root` (by default the LoRA dir).
    */
-  async read(name: string, folder: string): Promise<ConvertedFile> {
+  async read(name: string, folder: string, root = this.options.loraDir): Promise<ConvertedFile> {
     try {
-      const files = { root: this.options.loraDir, maxBytes: this.options.maxAdapterBytes };
+      const files = { root, maxBytes: this.options.maxAdapterBytes };
       const peft = await loadPeftAdapter(folder, files);
       const base = this.options.base;
       if (base) {

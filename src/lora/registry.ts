@@ -19,9 +19,16 @@ import { type FloatDType, floatDTypeName } from "../formats/dtypes.ts";
 import type { ModuleName } from "../formats/lora-modules.ts";
 import type { BaseModel, ModelDims } from "../formats/model-config.ts";
 import type { SafetensorsFile } from "../formats/safetensors-reader.ts";
-import { AdapterDir, type AdapterEntry, type AdapterFormat, type Freshness } from "./adapter-dir.ts";
+import {
+  AdapterDir,
+  type AdapterEntry,
+  type AdapterFormat,
+  type Freshness,
+  fingerprintOf,
+} from "./adapter-dir.ts";
 import { readAdapterSafetensors } from "./adapter-files.ts";
 import { ConvertedCache } from "./converted-cache.ts";
+import { ExtraAdapters } from "./extra-adapters.ts";
 import { HostCopies } from "./host-copies.ts";
 import { AdapterInvalidError, adapterProblems, asInvalidLora } from "./invalid-adapter.ts";
 import { TaskIds } from "./task-ids.ts";
@@ -81,6 +88,11 @@ export interface LoraRegistryOptions {
   hostMaxBytes?: number;
   /** Largest adapter file read (--max-adapter-mb), checked before it is read. Default 4 GiB. */
   maxAdapterBytes?: number;
+  /**
+   * Dirs besides the LoRA dir whose adapters may be named at run time (`add`, vLLM's load_lora_adapter);
+   * the LoRA dir always may.
+   */
+  allowedPaths?: readonly string[];
   /** Told of every adapter version read from disk, and how long reading, hashing and validating took. */
   onLoad?: (name: string, seconds: number) => void;
 }
@@ -94,6 +106,8 @@ export class LoraRegistry {
   /** How many times an adapter file was read and validated (concurrent first uses share one). */
   loads = 0;
   private readonly adapterDir: AdapterDir;
+  /** Adapters named at run time (`add`), served beside the dir's. */
+  private readonly extras: ExtraAdapters;
   private readonly taskIds = new TaskIds();
   private readonly hostCopies: HostCopies;
   private readonly converted: ConvertedCache;
@@ -112,6 +126,7 @@ export class LoraRegistry {
     this.dir = options.dir;
     this.requirements = options.requirements;
     this.adapterDir = new AdapterDir(options.dir);
+    this.extras = new ExtraAdapters([this.adapterDir.realDir, ...(options.allowedPaths ?? [])]);
     this.hostCopies = new HostCopies(options.hostMaxBytes ?? DEFAULT_MAX_BYTES);
     this.maxAdapterBytes = options.maxAdapterBytes ?? DEFAULT_MAX_BYTES;
     this.converted = new ConvertedCache(
@@ -138,26 +153,69 @@ export class LoraRegistry {
     const entries = this.adapterDir.servable(freshness);
     const last = this.lastListing;
     if (last && last.entries === entries && last.versions === this.versionChanges) return last.listing;
-    const listing = entries.map((entry) => ({ ...entry, version: this.versions.get(entry.name) }));
+    const extras = this.extras.entries();
+    const listing = [...entries.filter((e) => !this.extras.get(e.name)), ...extras].map((entry) => ({
+      name: entry.name,
+      format: entry.format,
+      path: entry.path,
+      version: this.versions.get(entry.name),
+    }));
     this.lastListing = { entries, versions: this.versionChanges, listing };
     return listing;
   }
 
   /** Whether `name` is an adapter in the dir, as cheap as `list()`; never throws for a bad name. */
   has(name: string, freshness: Freshness = "now"): boolean {
-    return this.adapterDir.has(name, freshness);
+    return this.extras.get(name) !== undefined || this.adapterDir.has(name, freshness);
   }
 
   /** The file or folder for `name`, confined to the LoRA dir; 400 for a bad name, 404 when absent. */
   locate(name: string): { format: AdapterFormat; path: string } {
-    const { format, path } = this.adapterDir.locate(name);
+    const { format, path } = this.entryOf(name);
     return { format, path };
+  }
+
+  /**
+   * Serves the file or PEFT folder at `path` as `name` (vLLM's load_lora_adapter): the path, links
+   * resolved, must be inside the LoRA dir or a dir of `allowedPaths` (400 lora_path_not_allowed); 400
+   * lora_already_loaded when `name` is served already. Then loaded as any adapter; on failure forgotten.
+   */
+  async add(name: string, path: string): Promise<AdapterVersion> {
+    if (this.has(name)) {
+      throw new MultiloraError(`The lora adapter '${name}' has already been loaded.`, {
+        code: "lora_already_loaded",
+        param: "lora_name",
+      });
+    }
+    this.adapterDir.checkName(name, "lora_name");
+    this.extras.add(name, path);
+    this.versionChanges++;
+    try {
+      return await this.get(name);
+    } catch (e) {
+      this.remove(name);
+      throw e;
+    }
+  }
+
+  /** Whether `name` was named at run time (`add`), not found in the LoRA dir. */
+  isAdded(name: string): boolean {
+    return this.extras.get(name) !== undefined;
+  }
+
+  /** Stops serving an adapter named by `add` (its loaded version forgotten too). */
+  remove(name: string): void {
+    if (!this.extras.get(name)) return;
+    this.unload(name);
+    this.extras.remove(name);
+    this.failures.delete(name);
+    this.versionChanges++;
   }
 
   /** The adapter's current version: the cached one when the file has not changed, else loaded anew. */
   async get(name: string): Promise<AdapterVersion> {
-    const entry = this.adapterDir.locate(name);
-    const fingerprint = this.adapterDir.fingerprint(entry);
+    const entry = this.entryOf(name);
+    const fingerprint = fingerprintOf(entry, this.rootOf(name));
     const current = this.versions.get(name);
     if (current && current.fingerprint === fingerprint) return current;
     const failed = this.failures.get(name);
@@ -182,12 +240,13 @@ export class LoraRegistry {
    */
   weights(version: AdapterVersion): Promise<LoraRef> {
     return this.hostCopies.weights(version, async () => {
-      const entry = this.adapterDir.locate(version.name);
+      const entry = this.entryOf(version.name);
+      const root = this.rootOf(version.name);
       // A PEFT folder's converted file is read back from the cache, or converted again when it was
       // trimmed; a changed folder or file fails the hash check.
       return entry.format === "peft"
-        ? this.converted.read(version.name, entry.path)
-        : this.readTrtllm(entry.path);
+        ? this.converted.read(version.name, entry.path, root)
+        : this.readTrtllm(entry.path, root);
     });
   }
 
@@ -224,13 +283,13 @@ export class LoraRegistry {
     try {
       const version = await this.read(entry, fingerprint);
       this.failures.delete(entry.name);
-      this.adapterDir.markLoaded(entry.name);
+      if (!this.isAdded(entry.name)) this.adapterDir.markLoaded(entry.name);
       return version;
     } catch (e) {
       if (e instanceof AdapterInvalidError) {
         // An I/O failure may pass (a full or read-only cache dir): only the adapter's own faults are kept.
         if (!causedByIo(e)) this.failures.set(entry.name, { fingerprint, error: e });
-        this.adapterDir.markBroken(entry.name, fingerprint);
+        if (!this.isAdded(entry.name)) this.adapterDir.markBroken(entry.name, fingerprint);
       }
       throw e;
     }
@@ -246,8 +305,8 @@ export class LoraRegistry {
     try {
       read =
         format === "trtllm"
-          ? { path: entry.path, ...(await this.readTrtllm(entry.path)) }
-          : await this.converted.read(name, entry.path);
+          ? { path: entry.path, ...(await this.readTrtllm(entry.path, this.rootOf(name))) }
+          : await this.converted.read(name, entry.path, this.rootOf(name));
       adapter = parseTrtllmAdapter(read.file);
     } catch (e) {
       throw e instanceof MultiloraError && e.code !== "invalid_lora" ? asInvalidLora(e) : e;
@@ -285,8 +344,18 @@ export class LoraRegistry {
     return version;
   }
 
-  private readTrtllm(path: string): Promise<{ file: SafetensorsFile; sha256: string }> {
-    return readAdapterSafetensors(path, { root: this.adapterDir.realDir, maxBytes: this.maxAdapterBytes });
+  private readTrtllm(path: string, root: string): Promise<{ file: SafetensorsFile; sha256: string }> {
+    return readAdapterSafetensors(path, { root, maxBytes: this.maxAdapterBytes });
+  }
+
+  /** The adapter `name`: one named at run time, else the LoRA dir's (400 bad name, 404 absent). */
+  private entryOf(name: string): AdapterEntry {
+    return this.extras.get(name) ?? this.adapterDir.locate(name);
+  }
+
+  /** The dir `name`'s files must stay in: its allowed dir, or the LoRA dir. */
+  private rootOf(name: string): string {
+    return this.extras.get(name)?.root ?? this.adapterDir.realDir;
   }
 
   /** The model adapters are checked against: the engine's config, or the checkpoint's dims. */

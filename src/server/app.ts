@@ -14,6 +14,7 @@ import { completionRoutes } from "./routes/completions.ts";
 import { docsRoutes } from "./routes/docs.ts";
 import { healthRoutes } from "./routes/health.ts";
 import { modelRoutes } from "./routes/models.ts";
+import { vllmAdapterRoutes } from "./routes/vllm-adapters.ts";
 
 export function createApp(ctx: ServerContext): Hono<AppEnv> {
   const app = new Hono<AppEnv>();
@@ -53,5 +54,6 @@ export function createApp(ctx: ServerContext): Hono<AppEnv> {
   chatRoutes(app, ctx);
   completionRoutes(app, ctx);
   adapterRoutes(app, ctx);
+  vllmAdapterRoutes(app, ctx);
   return app;
 }

@@ -2,10 +2,11 @@
  * API keys: `--api-key` (or MULTILORA_API_KEY) guards every route but the health checks, the API
  * document and docs page, and /metrics (unless --protect-metrics). `--api-keys-file` gives keys that may
  * use only some adapters (a request for another is a 403, and /v1/models lists only what the key may
- * use): one server, many tenants. `--admin-key` guards the adapter admin routes, which without it answer
- * loopback clients only. With tenant keys, /metrics (which names every adapter) and the admin routes
- * need the admin key (403 when none is set) unless `--open-admin-routes`: a tenant must not see other
- * tenants' adapters nor unload them. Keys are compared in constant time (as SHA-256 digests).
+ * use): one server, many tenants. `--admin-key` guards the adapter admin routes (/v1/lora/*, and vLLM's
+ * /v1/load_lora_adapter and /v1/unload_lora_adapter), which without it answer loopback clients only.
+ * With tenant keys, /metrics (which names every adapter) and the admin routes need the admin key (403
+ * when none is set) unless `--open-admin-routes`: a tenant must not see other tenants' adapters nor
+ * unload them. Keys are compared in constant time (as SHA-256 digests).
  */
 import { createHash, timingSafeEqual } from "node:crypto";
 import type { Context, MiddlewareHandler } from "hono";
@@ -86,6 +87,8 @@ function find(presented: string, digests: Iterable<string>): string | undefined 
 }
 
 const PUBLIC = new Set(["/health", "/v1/health/live", "/v1/health/ready", "/openapi.json"]);
+/** vLLM's runtime LoRA routes, admin routes as /v1/lora/*. */
+const VLLM_ADMIN = new Set(["/v1/load_lora_adapter", "/v1/unload_lora_adapter"]);
 const LOOPBACK = new Set(["127.0.0.1", "::1", "::ffff:127.0.0.1"]);
 
 function bearer(c: Context): string | undefined {
@@ -103,7 +106,7 @@ const unauthorized = (why: string) =>
 export function authMiddleware(auth: AuthConfig): MiddlewareHandler<AppEnv> {
   return async (c, next) => {
     const path = c.req.path;
-    const isAdmin = path.startsWith("/v1/lora/");
+    const isAdmin = path.startsWith("/v1/lora/") || VLLM_ADMIN.has(path);
     const adminOnly = isAdmin || (auth.adminOnly && path === "/metrics");
     if (adminOnly) {
       const what = isAdmin ? "the adapter admin routes" : "/metrics";

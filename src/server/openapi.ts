@@ -17,8 +17,10 @@ import {
   ErrorResponseSchema,
   HealthSchema,
   LoadAdapterRequestSchema,
+  LoadLoraAdapterRequestSchema,
   ModelListSchema,
   ModelSchema,
+  UnloadLoraAdapterRequestSchema,
   ValidationResultSchema,
 } from "../api/schemas.ts";
 import { VERSION } from "../version.ts";
@@ -200,6 +202,36 @@ export const routeDocs = {
     responses: {
       200: { description: "Released", content: body(AdapterSchema) },
       ...errors(400, 401, 403, 404, 501),
+    },
+  }),
+  vllmLoad: describe({
+    operationId: "loadLoraAdapter",
+    summary: "vLLM's runtime load: serve the adapter at lora_path as lora_name, and load it into the engine",
+    description:
+      "`lora_path` (a .safetensors file in TensorRT-LLM's format, or a PEFT folder) must lead, links resolved, inside the LoRA dir or a dir of `--allowed-lora-paths` (else a 400 `lora_path_not_allowed`). A 400 `lora_already_loaded` when the name is served already. The adapter is listed at /v1/models under its name.",
+    tags: ["Adapters"],
+    requestBody: {
+      content: body(LoadLoraAdapterRequestSchema, { lora_name: "sql", lora_path: "/adapters/sql" }),
+    },
+    responses: {
+      200: {
+        description: "Success: LoRA adapter '<name>' added successfully.",
+        content: { "text/plain": { schema: { type: "string" } } },
+      },
+      ...errors(400, 401, 403, 404, 503),
+    },
+  }),
+  vllmUnload: describe({
+    operationId: "unloadLoraAdapter",
+    summary: "vLLM's runtime unload: release an adapter from the engine (one loaded by path is forgotten)",
+    tags: ["Adapters"],
+    requestBody: { content: body(UnloadLoraAdapterRequestSchema, { lora_name: "sql" }) },
+    responses: {
+      200: {
+        description: "Success: LoRA adapter '<name>' removed successfully.",
+        content: { "text/plain": { schema: { type: "string" } } },
+      },
+      ...errors(400, 401, 403, 404),
     },
   }),
   validate: describe({

@@ -38,10 +38,12 @@ test("every route is documented, with the extensions, examples and error respons
       "listModels",
       "liveness",
       "loadAdapter",
+      "loadLoraAdapter",
       "readiness",
       "retrieveAdapter",
       "retrieveModel",
       "unloadAdapter",
+      "unloadLoraAdapter",
       "validateAdapter",
     ].sort(),
   );
