@@ -339,6 +339,7 @@ export const SERVE_SETTINGS = {
     group: "security",
     help: "guards the adapter admin routes",
     arg: "<key>",
+    env: "MULTILORA_ADMIN_KEY",
     shown: "none: loopback clients only",
   },
   "protect-metrics": {

@@ -92,7 +92,7 @@ function failure(run: () => unknown): Error {
   throw new Error("expected an error");
 }
 
-const ENV = ["PORT", "MULTILORA_API_KEY"];
+const ENV = ["PORT", "MULTILORA_API_KEY", "MULTILORA_ADMIN_KEY"];
 const saved: Record<string, string | undefined> = {};
 beforeEach(() => {
   for (const name of ENV) {
@@ -202,6 +202,12 @@ describe("precedence", () => {
     expect(serveConfig(["--config", configFile({ "api-key": ["sk-file-1234"] })]).config["api-key"]).toEqual([
       "sk-file-1234",
     ]);
+  });
+
+  test("$MULTILORA_ADMIN_KEY gives the admin key (from a Kubernetes secret, not the command line)", () => {
+    process.env.MULTILORA_ADMIN_KEY = "admin-key-from-env";
+    expect(serveConfig([]).config["admin-key"]).toBe("admin-key-from-env");
+    expect(serveConfig(["--admin-key", "admin-key-flag"]).config["admin-key"]).toBe("admin-key-flag");
   });
 
   test("an empty env var is unset; a bad one is named", () => {
