@@ -26,6 +26,7 @@ export const ERROR_CODES = [
   // models and adapters
   "model_not_found",
   "route_not_found",
+  "method_not_allowed",
   "not_found",
   "conflicting_adapter",
   "invalid_lora_name",

@@ -16,23 +16,59 @@ import { healthRoutes } from "./routes/health.ts";
 import { modelRoutes } from "./routes/models.ts";
 import { vllmAdapterRoutes } from "./routes/vllm-adapters.ts";
 
+/** A route as metrics and logs name it: `/v1/models/{id}`, not Hono's `/v1/models/:id{.+}`. */
+export function routeLabel(routePath: string): string {
+  return routePath.replace(/:(\w+)(\{[^}]*\})?/g, "{$1}");
+}
+
+/** The methods `path` answers (none: no such route). */
+function methodsOf(app: Hono<AppEnv>, path: string): string[] {
+  const methods = new Set<string>();
+  for (const r of app.routes) {
+    if (r.method !== "ALL" && routeRegExp(r.path).test(path)) methods.add(r.method); // ALL: middleware
+  }
+  return [...methods];
+}
+
+/** A Hono route path as a regular expression: `:name` is one segment, `:name{re}` is `re`. */
+function routeRegExp(routePath: string): RegExp {
+  const escape = (text: string) => text.replace(/[.*+?^${}()|[\]\\]/g, "\\$&");
+  let source = "";
+  let last = 0;
+  for (const m of routePath.matchAll(/:\w+(?:\{([^}]*)\})?/g)) {
+    source += escape(routePath.slice(last, m.index)) + (m[1] === undefined ? "[^/]+" : `(?:${m[1]})`);
+    last = (m.index ?? 0) + m[0].length;
+  }
+  return new RegExp(`^${source}${escape(routePath.slice(last))}$`);
+}
+
 export function createApp(ctx: ServerContext): Hono<AppEnv> {
   const app = new Hono<AppEnv>();
   app.onError((err, c) => errorResponse(err, c.req.raw));
-  app.notFound((c) =>
-    errorResponse(
-      new MultiloraError(`no route ${c.req.method} ${c.req.path}`, {
-        code: "route_not_found",
-      }),
+  app.notFound((c) => {
+    const allowed = methodsOf(app, c.req.path);
+    if (allowed.length > 0) {
+      const response = errorResponse(
+        new MultiloraError(`${c.req.path} answers ${allowed.join(", ")}, not ${c.req.method}`, {
+          code: "method_not_allowed",
+        }),
+        c.req.raw,
+      );
+      response.headers.set("allow", allowed.join(", "));
+      return response;
+    }
+    return errorResponse(
+      new MultiloraError(`no route ${c.req.method} ${c.req.path}`, { code: "route_not_found" }),
       c.req.raw,
-    ),
-  );
+    );
+  });
   // Every request is recorded; a stream's record ends with its last byte (the route ends it).
   app.use("*", async (c, next) => {
     const record = ctx.observer.start(c.req.path);
     c.set("record", record);
     await next();
-    record.route = c.req.routePath;
+    record.route = routeLabel(c.req.routePath);
+    record.tenant = c.get("principal")?.name ?? null;
     if (
       !(c.res.body instanceof ReadableStream && c.res.headers.get("cache-control") === "no-cache") ||
       c.res.status !== 200

@@ -26,6 +26,7 @@ const STATUS: Partial<Record<ErrorCode, number>> = {
   admin_key_required: 403,
   model_not_found: 404,
   route_not_found: 404,
+  method_not_allowed: 405,
   not_found: 404,
   lora_not_found: 404,
   lora_not_cached: 409,
@@ -60,6 +61,7 @@ function errorType(status: number): ErrorType {
   if (status === 401) return "authentication_error";
   if (status === 403) return "permission_error";
   if (status === 404) return "not_found_error";
+  if (status === 405) return "invalid_request_error";
   if (status === 501) return "not_implemented_error";
   if (status === 503 || status === 429) return "overloaded_error";
   return status >= 500 ? "server_error" : "invalid_request_error";

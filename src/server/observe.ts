@@ -61,6 +61,10 @@ export interface RequestRecord {
   id: string;
   route: string;
   adapter: string | null;
+  /** The model or adapter the request named, found or not (logs only: metrics name existing adapters). */
+  requested: string | null;
+  /** The API key's name, when the server has keys. */
+  tenant: string | null;
   promptTokens: number;
   completionTokens: number;
   startedAt: number;
@@ -77,6 +81,8 @@ export class Observer {
   private readonly promptTokens: Counter<"adapter">;
   private readonly completionTokens: Counter<"adapter">;
   private readonly ttft: Histogram;
+  private readonly duration: Histogram<"route">;
+  private readonly durations = new Map<string, Histogram.Internal<"route">>();
   private readonly interToken: Histogram;
   private readonly hits: Counter<"adapter">;
   private readonly misses: Counter<"adapter">;
@@ -109,6 +115,13 @@ export class Observer {
       name: "multilora_time_to_first_token_seconds",
       help: "From arrival to the first generated token",
       buckets: [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30],
+      registers: [r],
+    });
+    this.duration = new Histogram({
+      name: "multilora_request_duration_seconds",
+      help: "From arrival to the last byte (streams: to their end)",
+      labelNames: ["route"],
+      buckets: [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120],
       registers: [r],
     });
     this.interToken = new Histogram({
@@ -202,6 +215,8 @@ export class Observer {
       id: `req-${++this.next}`,
       route,
       adapter: null,
+      requested: null,
+      tenant: null,
       promptTokens: 0,
       completionTokens: 0,
       startedAt: performance.now(),
@@ -231,6 +246,7 @@ export class Observer {
     if (record.promptTokens > 0) this.promptTokens.inc({ adapter }, record.promptTokens);
     if (record.completionTokens > 0) this.completionTokens.inc({ adapter }, record.completionTokens);
     const now = performance.now();
+    this.durationChild(record.route).observe((now - record.startedAt) / 1000);
     const ms = (t: number | undefined) =>
       t === undefined ? null : Number((t - record.startedAt).toFixed(2));
     const level = status >= 500 ? "error" : status === 200 && POLLS.has(record.route) ? "debug" : "info";
@@ -239,6 +255,8 @@ export class Observer {
       id: record.id,
       route: record.route,
       status,
+      tenant: record.tenant,
+      model: record.requested,
       adapter: record.adapter,
       prompt_tokens: record.promptTokens,
       completion_tokens: record.completionTokens,
@@ -246,6 +264,16 @@ export class Observer {
       ttft_ms: ms(record.firstTokenAt),
       total_ms: ms(now),
     });
+  }
+
+  /** The duration histogram of one route, kept (labels hashed once). */
+  private durationChild(route: string): Histogram.Internal<"route"> {
+    let child = this.durations.get(route);
+    if (!child) {
+      child = this.duration.labels({ route });
+      this.durations.set(route, child);
+    }
+    return child;
   }
 
   /** The requests counter of one (route, status, adapter), kept: labels are hashed once, not per request. */

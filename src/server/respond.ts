@@ -47,6 +47,7 @@ export async function generationRoute<B extends { model: string; lora_model?: st
   // The request is admitted (counted against --max-queue and its key's limit) only once its body is in.
   const body = await readBody(c.req.raw, schema, ctx.maxBodyBytes, { timeoutMs: ctx.bodyTimeoutMs });
   const record = c.get("record");
+  record.requested = body.lora_model ?? body.model;
   const principal = c.get("principal");
   const target = await ctx.core.target(body.model, body.lora_model, principal?.adapters ?? null);
   record.adapter = target.adapter?.name ?? null;

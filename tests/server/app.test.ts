@@ -112,3 +112,58 @@ test("a field that would change the output and is not implemented is a 400 namin
   });
   expect(engine.enqueued).toHaveLength(0);
 });
+
+test("a route asked with another method is a 405 naming the methods it answers, with Allow", async () => {
+  const engine = new FakeEngine({ vocab: DEMO_PRESETS.tiny.vocab, loraSlots: 1 });
+  const app = appOver(engine, 4);
+  const get = await app.request("http://test/v1/chat/completions");
+  expect(get.status).toBe(405);
+  expect(get.headers.get("allow")).toBe("POST");
+  expect(((await get.json()) as { error: { code: string } }).error.code).toBe("method_not_allowed");
+  const load = await app.request("http://test/v1/lora/adapters/x/load");
+  expect(load.status).toBe(405);
+  expect((await app.request("http://test/v1/nothing")).status).toBe(404);
+  expect((await app.request("http://test/v1/models", { method: "DELETE" })).headers.get("allow")).toBe("GET");
+});
+
+test("metrics and logs name routes by their pattern; logs carry the tenant and the model asked for; durations are observed", async () => {
+  const engine = new FakeEngine({ vocab: DEMO_PRESETS.tiny.vocab, loraSlots: 1 });
+  const lines: string[] = [];
+  const core = new GenerationCore(engine, loadTokenizer(modelDir), loadChatTemplate(modelDir), null, {
+    servedNames: ["demo"],
+    maxRequests: 4,
+    queueTimeoutMs: 1000,
+    requestTimeoutMs: 0,
+  });
+  const observer = new Observer(
+    createLogger("info", (l) => lines.push(l)),
+    engine,
+    () => [],
+  );
+  const app = createApp({
+    core,
+    maxBodyBytes: 1 << 20,
+    created: 0,
+    observer,
+    auth: loadAuth({ apiKeys: ["sk-test-key-1"], keysFile: null, adminKey: null, protectMetrics: false }),
+    isReady: () => true,
+  });
+  const auth = { authorization: "Bearer sk-test-key-1" };
+  expect((await app.request("http://test/v1/models/nope", { headers: auth })).status).toBe(404);
+  const missing = await app.request(
+    new Request("http://test/v1/completions", {
+      method: "POST",
+      headers: { ...auth, "content-type": "application/json" },
+      body: JSON.stringify({ model: "no-such-adapter", prompt: [1] }),
+    }),
+  );
+  expect(missing.status).toBe(404);
+  const logged = lines.map((l) => JSON.parse(l));
+  expect(logged.map((l) => [l.route, l.status, l.tenant, l.model])).toEqual([
+    ["/v1/models/{id}", 404, "key-1", null],
+    ["/v1/completions", 404, "key-1", "no-such-adapter"],
+  ]);
+  const metrics = await observer.metricsText();
+  expect(metrics).toContain('multilora_requests_total{route="/v1/models/{id}",status="404",adapter=""} 1');
+  expect(metrics).toContain('multilora_request_duration_seconds_count{route="/v1/completions"} 1');
+});
