@@ -32,14 +32,14 @@ function methodsOf(app: Hono<AppEnv>, path: string): string[] {
 
 /** A Hono route path as a regular expression: `:name` is one segment, `:name{re}` is `re`. */
 function routeRegExp(routePath: string): RegExp {
-  const escape = (text: string) => text.replace(/[.*+?^${}()|[\]\\]/g, "\\$&");
+  const literal = (text: string) => text.replace(/[.*+?^${}()|[\]\\]/g, "\\$&");
   let source = "";
   let last = 0;
   for (const m of routePath.matchAll(/:\w+(?:\{([^}]*)\})?/g)) {
-    source += escape(routePath.slice(last, m.index)) + (m[1] === undefined ? "[^/]+" : `(?:${m[1]})`);
+    source += literal(routePath.slice(last, m.index)) + (m[1] === undefined ? "[^/]+" : `(?:${m[1]})`);
     last = (m.index ?? 0) + m[0].length;
   }
-  return new RegExp(`^${source}${escape(routePath.slice(last))}$`);
+  return new RegExp(`^${source}${literal(routePath.slice(last))}$`);
 }
 
 export function createApp(ctx: ServerContext): Hono<AppEnv> {

@@ -258,7 +258,7 @@ export function openApiDocument(app: Hono<AppEnv>) {
       components: { securitySchemes: { bearer: { type: "http", scheme: "bearer" } } },
       security: [{ bearer: [] }],
     },
-    exclude: ["/openapi.json", "/docs", "/docs/scalar.js", "/metrics"],
+    exclude: ["/openapi.json", "/docs", "/docs/docs.js", "/metrics"],
     defaultValidationErrorResponse: false,
   });
 }

@@ -1,6 +1,7 @@
 /**
  * GET /docs in a real headless browser (Debian's chromium) with the network cut off: the API reference
- * renders from our own /openapi.json and our own copy of its script. Skips with a notice where chromium
+ * renders from our own /openapi.json with our own small script (src/server/docs-page/docs.js): every
+ * operation, its request fields with their types, and its error codes. Skips with a notice where chromium
  * is absent outside CI (.ci/run installs it).
  */
 import { afterAll, beforeAll, expect, test } from "bun:test";
@@ -21,7 +22,7 @@ afterAll(async () => {
 });
 
 test.skipIf(!haveChromium)(
-  "the /docs page renders the operations offline, from /openapi.json and a locally served script",
+  "the /docs page renders every operation offline, from /openapi.json and our own script",
   async () => {
     const server = t as TestServer;
     const profile = mkdtempSync(join(tmpdir(), "multilora-chromium-"));
@@ -60,8 +61,40 @@ test.skipIf(!haveChromium)(
         "Completions",
         "Models",
         "Adapters",
+        // Method and path, a request body's fields with their types and defaults, nested fields.
+        "POST /v1/chat/completions",
+        "GET /v1/models/{id}",
+        "lora_model",
+        "load_lora_weights",
+        '"auto" | "always" | "never"',
+        'default "auto"',
+        "messages[]",
+        "Content types: application/json , application/msgpack",
+        // Error codes with their meanings.
+        "409 load_lora_weights is never",
+        "413 The body is larger than --max-body-mb",
+        "No API key needed",
       ]) {
         expect(text).toContain(shown);
+      }
+      // Every operation of the document is on the page, by its summary.
+      const doc = (await (await fetch(`${server.server.url}/openapi.json`)).json()) as {
+        paths: Record<string, Record<string, { summary: string }>>;
+      };
+      const summaries = Object.values(doc.paths).flatMap((item) =>
+        Object.values(item).map((op) => op.summary),
+      );
+      expect(summaries.length).toBeGreaterThanOrEqual(14);
+      for (const summary of summaries) expect(text).toContain(summary);
+      // None of a hosted UI's cloud buttons, and no claim that an open server needs a key.
+      for (const absent of [
+        "Ask AI",
+        "Deploy",
+        "Generate SDK",
+        "Authentication Required",
+        "Could not load",
+      ]) {
+        expect(text).not.toContain(absent);
       }
     } finally {
       rmSync(profile, { recursive: true, force: true });

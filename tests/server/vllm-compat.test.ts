@@ -80,7 +80,7 @@ test("vLLM's metric names: requests, KV cache use, and the adapters requests run
   const streams = await Promise.all(
     ["demo-attention", "demo-all"].map(async (adapter, i) => {
       const s = await t.client.completions.create(
-        { model: adapter, prompt: "once", max_tokens: 4000, stream: true },
+        { model: adapter, prompt: "once", max_tokens: 4000, stream: true, temperature: 0 },
         { signal: controllers[i]?.signal },
       );
       const it = s[Symbol.asyncIterator]();
