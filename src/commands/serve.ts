@@ -279,14 +279,35 @@ export async function runServe(argv: string[]): Promise<number> {
   }
   const server = await startServer(config);
   await new Promise<void>((resolveStop) => {
-    const shutdown = (signal: string) => {
+    let stopping = false;
+    const shutdown = (why: string) => {
+      if (stopping) return;
+      stopping = true;
+      clearInterval(watch);
       printErr(
-        `${signal}: finishing running requests, then exiting (queued ones are answered 503 now; running ones are ended after --drain-timeout ${config["drain-timeout"]} s)`,
+        `${why}: finishing running requests, then exiting (queued ones are answered 503 now; running ones are ended after --drain-timeout ${config["drain-timeout"]} s)`,
       );
       server.stop().then(resolveStop, resolveStop);
     };
     process.once("SIGTERM", () => shutdown("SIGTERM"));
     process.once("SIGINT", () => shutdown("SIGINT"));
+    const watch = followNpmParent(() => shutdown("the npm process that started the server exited"));
   });
   return 0;
+}
+
+/**
+ * Under `npx` (and `npm run` without exec) the server's parent is npm's `sh -c`, which dies on the SIGTERM
+ * npm forwards without passing it on: the server would be orphaned and keep serving. When npm started it,
+ * the server follows its parent: once reparented, it shuts down as on SIGTERM. (Elsewhere, e.g. under
+ * nohup, being reparented is normal and nothing is watched.)
+ */
+function followNpmParent(onGone: () => void): ReturnType<typeof setInterval> | undefined {
+  if (!process.env.npm_command) return undefined;
+  const parent = process.ppid;
+  const watch = setInterval(() => {
+    if (process.ppid !== parent) onGone();
+  }, 500);
+  watch.unref();
+  return watch;
 }
