@@ -326,6 +326,28 @@ export const SERVE_SETTINGS = {
     shown: "none: open",
     env: "MULTILORA_API_KEY",
   },
+  "cors-origin": {
+    schema: v.optional(v.array(v.string()), []),
+    read: "list",
+    group: "security",
+    help: "origins whose browser pages may call the API (CORS, with preflight; * for any)",
+    arg: "a,b",
+    shown: "none: no CORS headers",
+  },
+  "tls-cert": {
+    schema: v.optional(v.nullable(v.string()), null),
+    read: "string",
+    group: "security",
+    help: "PEM certificate (chain): serve HTTPS instead of HTTP, with --tls-key",
+    arg: "<file>",
+  },
+  "tls-key": {
+    schema: v.optional(v.nullable(v.string()), null),
+    read: "string",
+    group: "security",
+    help: "PEM private key of --tls-cert",
+    arg: "<file>",
+  },
   "api-keys-file": {
     schema: v.optional(v.nullable(v.string()), null),
     read: "string",

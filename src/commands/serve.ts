@@ -5,7 +5,7 @@
  * template), then runs one warm-up request. SIGTERM stops accepting, lets running requests finish
  * (bounded), then exits 0.
  */
-import { existsSync } from "node:fs";
+import { existsSync, readFileSync } from "node:fs";
 import { homedir } from "node:os";
 import { basename, join, resolve } from "node:path";
 import type { Server as BunServer } from "bun";
@@ -17,6 +17,7 @@ import { loadChatTemplate } from "../engine/chat-template.ts";
 import { writeDemoModel } from "../engine/demo-model.ts";
 import { loadTokenizer } from "../engine/tokenizer.ts";
 import { MultiloraError } from "../errors.ts";
+import { fileError } from "../formats/files.ts";
 import { GenerationCore } from "../generation/core.ts";
 import { LoraRegistry } from "../lora/registry.ts";
 import { createApp } from "../server/app.ts";
@@ -108,6 +109,25 @@ export async function startServer(
   }
 }
 
+/** --tls-cert and --tls-key, read now (both or neither), so a bad file is an error at start. */
+function tlsOf(config: ServeConfig): { cert: string; key: string } | undefined {
+  const cert = config["tls-cert"];
+  const key = config["tls-key"];
+  if (cert === null && key === null) return undefined;
+  if (cert === null || key === null)
+    throw new MultiloraError("--tls-cert and --tls-key go together: give both, or neither for plain HTTP", {
+      code: "invalid_config",
+    });
+  const read = (path: string) => {
+    try {
+      return readFileSync(path, "utf8");
+    } catch (e) {
+      throw fileError(path, e, "read");
+    }
+  };
+  return { cert: read(cert), key: read(key) };
+}
+
 /** Answers during start-up: alive, not ready. */
 function whileStarting(request: Request): Response {
   const path = new URL(request.url).pathname;
@@ -123,8 +143,15 @@ function listen(
   config: ServeConfig,
   fetch: (request: Request, server: Server) => Response | Promise<Response>,
 ): Server {
+  const tls = tlsOf(config);
   try {
-    return Bun.serve({ hostname: config.host, port: config.port, idleTimeout: 0, fetch });
+    return Bun.serve({
+      hostname: config.host,
+      port: config.port,
+      idleTimeout: 0,
+      fetch,
+      ...(tls ? { tls } : {}),
+    });
   } catch (e) {
     const code = (e as { code?: string }).code;
     const why =
@@ -194,6 +221,7 @@ async function startServing(
       observer,
       maxBodyBytes: Math.floor(config["max-body-mb"] * 1024 * 1024),
       bodyTimeoutMs: config["body-timeout"] * 1000,
+      corsOrigins: config["cors-origin"],
       created: Math.floor(Date.now() / 1000),
       auth: loadAuth({
         apiKeys: config["api-key"],
@@ -223,7 +251,7 @@ async function startServing(
     );
     ready = true;
     const bound = server.hostname ?? config.host;
-    const url = `http://${bound === "0.0.0.0" ? "127.0.0.1" : bound.includes(":") ? `[${bound}]` : bound}:${server.port}`;
+    const url = `${config["tls-cert"] !== null ? "https" : "http"}://${bound === "0.0.0.0" ? "127.0.0.1" : bound.includes(":") ? `[${bound}]` : bound}:${server.port}`;
     if (!LOOPBACK_HOSTS.has(bound) && config["api-key"].length === 0 && config["api-keys-file"] === null)
       log(
         `warning: listening on ${bound} without --api-key or --api-keys-file: anyone who can reach this address can use the server`,

@@ -4,6 +4,7 @@
  * CLI serves it with `Bun.serve`.
  */
 import { Hono } from "hono";
+import { cors } from "hono/cors";
 import { MultiloraError } from "../errors.ts";
 import { authMiddleware } from "./auth.ts";
 import type { AppEnv, ServerContext } from "./context.ts";
@@ -76,6 +77,19 @@ export function createApp(ctx: ServerContext): Hono<AppEnv> {
       ctx.observer.end(record, c.res.status);
     }
   });
+  // Before auth: a browser's preflight carries no key.
+  if (ctx.corsOrigins && ctx.corsOrigins.length > 0) {
+    const origins = [...ctx.corsOrigins];
+    app.use(
+      "*",
+      cors({
+        origin: origins.includes("*") ? "*" : origins,
+        allowHeaders: ["authorization", "x-api-key", "content-type", "accept"],
+        allowMethods: ["GET", "POST", "OPTIONS"],
+        maxAge: 600,
+      }),
+    );
+  }
   app.use("*", authMiddleware(ctx.auth));
   app.get(
     "/metrics",

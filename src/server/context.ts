@@ -13,6 +13,8 @@ export interface ServerContext {
   maxBodyBytes: number;
   /** Longest a request body may take to arrive, in ms (408 beyond; 0 or absent: no limit). */
   bodyTimeoutMs?: number;
+  /** Origins allowed to call the API from a browser (CORS); empty: no CORS headers. */
+  corsOrigins?: readonly string[];
   /** Seconds since the epoch when the model was loaded (`created` in /v1/models). */
   created: number;
   /** Request log lines and Prometheus metrics. */

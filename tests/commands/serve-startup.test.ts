@@ -8,6 +8,7 @@ import * as v from "valibot";
 import { ServeConfigSchema, startServer } from "../../src/commands/serve.ts";
 import { writeDemoModel } from "../../src/engine/demo-model.ts";
 import { MultiloraError } from "../../src/errors.ts";
+import { haveDebianTool } from "../helpers/debian-tool.ts";
 
 const work = mkdtempSync(join(tmpdir(), "multilora-startup-"));
 const modelDir = join(work, "demo");
@@ -66,3 +67,41 @@ test("a mistyped command gets a did-you-mean", () => {
   expect(r.status).toBe(2);
   expect(r.stderr).toContain('multilora: unknown command "srve"; did you mean "serve"?');
 });
+
+test.skipIf(!haveDebianTool("openssl", "version", "the HTTPS test"))(
+  "--tls-cert and --tls-key serve HTTPS (a self-signed certificate made here); one without the other is refused",
+  async () => {
+    const cert = join(work, "cert.pem");
+    const key = join(work, "key.pem");
+    const made = spawnSync("openssl", [
+      "req",
+      "-x509",
+      "-newkey",
+      "ec",
+      "-pkeyopt",
+      "ec_paramgen_curve:prime256v1",
+      "-nodes",
+      "-keyout",
+      key,
+      "-out",
+      cert,
+      "-days",
+      "1",
+      "-subj",
+      "/CN=127.0.0.1",
+    ]);
+    expect(made.status).toBe(0);
+    await expect(startServer(settings({ port: 0, "tls-cert": cert }), () => {})).rejects.toThrow(
+      "--tls-cert and --tls-key go together",
+    );
+    const server = await startServer(settings({ port: 0, "tls-cert": cert, "tls-key": key }), () => {});
+    try {
+      expect(server.url.startsWith("https://127.0.0.1:")).toBe(true);
+      const r = await fetch(`${server.url}/health`, { tls: { rejectUnauthorized: false } } as RequestInit);
+      expect(await r.json()).toEqual({ status: "ok" });
+      await expect(fetch(`http://127.0.0.1:${server.port}/health`)).rejects.toThrow();
+    } finally {
+      await server.stop();
+    }
+  },
+);

@@ -167,3 +167,49 @@ test("metrics and logs name routes by their pattern; logs carry the tenant and t
   expect(metrics).toContain('multilora_requests_total{route="/v1/models/{id}",status="404",adapter=""} 1');
   expect(metrics).toContain('multilora_request_duration_seconds_count{route="/v1/completions"} 1');
 });
+
+test("--cors-origin: a browser's preflight is answered before auth, and allowed origins get their header", async () => {
+  const engine = new FakeEngine({ vocab: DEMO_PRESETS.tiny.vocab, loraSlots: 1 });
+  const core = new GenerationCore(engine, loadTokenizer(modelDir), loadChatTemplate(modelDir), null, {
+    servedNames: ["demo"],
+    maxRequests: 4,
+    queueTimeoutMs: 1000,
+    requestTimeoutMs: 0,
+  });
+  const app = createApp({
+    core,
+    maxBodyBytes: 1 << 20,
+    created: 0,
+    observer: new Observer(createLogger("silent"), engine, () => []),
+    auth: loadAuth({ apiKeys: ["sk-test-key-1"], keysFile: null, adminKey: null, protectMetrics: false }),
+    isReady: () => true,
+    corsOrigins: ["https://app.example"],
+  });
+  const preflight = await app.request("http://test/v1/chat/completions", {
+    method: "OPTIONS",
+    headers: {
+      origin: "https://app.example",
+      "access-control-request-method": "POST",
+      "access-control-request-headers": "authorization, content-type",
+    },
+  });
+  expect(preflight.status).toBe(204);
+  expect(preflight.headers.get("access-control-allow-origin")).toBe("https://app.example");
+  expect(preflight.headers.get("access-control-allow-headers")).toContain("authorization");
+  const allowed = await app.request("http://test/v1/models", {
+    headers: { origin: "https://app.example", authorization: "Bearer sk-test-key-1" },
+  });
+  expect(allowed.status).toBe(200);
+  expect(allowed.headers.get("access-control-allow-origin")).toBe("https://app.example");
+  const other = await app.request("http://test/v1/models", {
+    headers: { origin: "https://evil.example", authorization: "Bearer sk-test-key-1" },
+  });
+  expect(other.headers.get("access-control-allow-origin")).toBeNull();
+  // Without --cors-origin no CORS header is sent.
+  const plain = appOver(engine, 4);
+  expect(
+    (await plain.request("http://test/health", { headers: { origin: "https://app.example" } })).headers.get(
+      "access-control-allow-origin",
+    ),
+  ).toBeNull();
+});
