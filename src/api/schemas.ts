@@ -10,73 +10,153 @@ import * as v from "valibot";
 const Int = v.pipe(v.number(), v.integer());
 const between = (min: number, max: number) => v.pipe(v.number(), v.minValue(min), v.maxValue(max));
 
+/** A field with its meaning, for the OpenAPI document (defaults come from the schema). */
+const doc = <S extends v.GenericSchema>(schema: S, text: string) => v.pipe(schema, v.description(text));
+
 const TextPart = v.looseObject({ type: v.literal("text"), text: v.string() });
 
 export const ChatMessageSchema = v.looseObject({
-  role: v.picklist(["system", "developer", "user", "assistant", "tool"]),
-  content: v.nullish(v.union([v.string(), v.array(TextPart)])),
-  name: v.optional(v.string()),
-  tool_call_id: v.optional(v.string()),
-  tool_calls: v.optional(v.array(v.unknown())),
+  role: doc(
+    v.picklist(["system", "developer", "user", "assistant", "tool"]),
+    "Who wrote the message; developer is the system role of older templates",
+  ),
+  content: doc(
+    v.nullish(v.union([v.string(), v.array(TextPart)])),
+    "The text, or text parts joined with newlines (other part types are refused)",
+  ),
+  name: doc(v.optional(v.string()), "The author's name, passed to the chat template"),
+  tool_call_id: doc(
+    v.optional(v.string()),
+    "For a tool message: the call it answers, passed to the template",
+  ),
+  tool_calls: doc(
+    v.optional(v.array(v.unknown())),
+    "For an assistant message: its tool calls, passed to the template",
+  ),
 });
 
 /** Fields chat and completions share. */
 const Generation = {
-  model: v.pipe(v.string(), v.minLength(1)),
-  max_tokens: v.nullish(v.pipe(Int, v.minValue(1))),
-  temperature: v.nullish(between(0, 2)),
-  top_p: v.nullish(v.pipe(v.number(), v.gtValue(0), v.maxValue(1))),
-  n: v.optional(v.pipe(Int, v.minValue(1), v.maxValue(16)), 1),
-  stop: v.nullish(v.union([v.string(), v.pipe(v.array(v.string()), v.maxLength(16))])),
+  model: doc(
+    v.pipe(v.string(), v.minLength(1)),
+    "The base model (any of its served names) or an adapter of the LoRA dir by name",
+  ),
+  max_tokens: doc(
+    v.nullish(v.pipe(Int, v.minValue(1))),
+    "Most tokens to generate; absent: up to the context length",
+  ),
+  temperature: doc(v.nullish(between(0, 2)), "Sampling temperature; 0 is greedy. Absent: 1"),
+  top_p: doc(
+    v.nullish(v.pipe(v.number(), v.gtValue(0), v.maxValue(1))),
+    "Nucleus sampling: the smallest set of tokens whose probability reaches top_p. Absent: 1 (off)",
+  ),
+  n: doc(
+    v.optional(v.pipe(Int, v.minValue(1), v.maxValue(16)), 1),
+    "Choices per prompt; choice i uses seed + i",
+  ),
+  stop: doc(
+    v.nullish(v.union([v.string(), v.pipe(v.array(v.string()), v.maxLength(16))])),
+    "Text that ends a choice (not included), even across tokens",
+  ),
   // The engine's seed is a uint64: a seed outside [0, 2^64) is refused, never wrapped.
-  seed: v.nullish(v.pipe(Int, v.minValue(0), v.ltValue(2 ** 64))),
-  presence_penalty: v.nullish(between(-2, 2)),
-  frequency_penalty: v.nullish(between(-2, 2)),
-  stream: v.optional(v.boolean(), false),
-  stream_options: v.nullish(v.looseObject({ include_usage: v.optional(v.boolean()) })),
-  user: v.optional(v.string()),
+  seed: doc(
+    v.nullish(v.pipe(Int, v.minValue(0), v.ltValue(2 ** 64))),
+    "Makes sampling reproducible; absent: random",
+  ),
+  presence_penalty: doc(
+    v.nullish(between(-2, 2)),
+    "Subtracted from the logit of every token already generated. Absent: 0",
+  ),
+  frequency_penalty: doc(
+    v.nullish(between(-2, 2)),
+    "Subtracted per occurrence from the logit of tokens already generated. Absent: 0",
+  ),
+  stream: doc(v.optional(v.boolean(), false), "Server-sent events (or MessagePack records) as tokens come"),
+  stream_options: doc(
+    v.nullish(v.looseObject({ include_usage: v.optional(v.boolean()) })),
+    "include_usage: a last chunk with the token counts",
+  ),
+  user: doc(v.optional(v.string()), "An end-user id; accepted and not used"),
   // multilora and vLLM extensions
-  lora_model: v.nullish(v.string()),
-  load_lora_weights: v.optional(v.picklist(["auto", "always", "never"]), "auto"),
-  lora_scale: v.optional(between(0, 100), 1),
-  top_k: v.nullish(v.pipe(Int, v.minValue(-1))),
-  min_p: v.nullish(between(0, 1)),
-  repetition_penalty: v.nullish(v.pipe(v.number(), v.gtValue(0))),
-  return_token_ids: v.optional(v.boolean(), false),
+  lora_model: doc(
+    v.nullish(v.string()),
+    "multilora: the adapter to use, by name (llgtrt's field); or name it in model",
+  ),
+  load_lora_weights: doc(
+    v.optional(v.picklist(["auto", "always", "never"]), "auto"),
+    "multilora: auto sends the adapter's weights only when the engine may not have them (and retries once with them); always with every request; never: a miss is a 409 lora_not_cached",
+  ),
+  lora_scale: doc(
+    v.optional(between(0, 100), 1),
+    "multilora: multiplies the adapter's contribution; 0 is the base model",
+  ),
+  top_k: doc(v.nullish(v.pipe(Int, v.minValue(-1))), "Sample among the k most likely tokens; 0 or -1: off"),
+  min_p: doc(
+    v.nullish(between(0, 1)),
+    "Drop tokens less likely than min_p times the most likely one. Absent: 0 (off)",
+  ),
+  repetition_penalty: doc(
+    v.nullish(v.pipe(v.number(), v.gtValue(0))),
+    "Divides positive and multiplies negative logits of tokens seen in the prompt or output. Absent: 1 (off)",
+  ),
+  return_token_ids: doc(
+    v.optional(v.boolean(), false),
+    "multilora and vLLM: add the token ids of the prompt and of each choice",
+  ),
 };
 
 export const ChatCompletionRequestSchema = v.looseObject({
   ...Generation,
-  messages: v.pipe(v.array(ChatMessageSchema), v.minLength(1)),
-  max_completion_tokens: v.nullish(v.pipe(Int, v.minValue(1))),
-  logprobs: v.optional(v.boolean(), false),
-  top_logprobs: v.nullish(v.pipe(Int, v.minValue(0), v.maxValue(20))),
+  messages: doc(
+    v.pipe(v.array(ChatMessageSchema), v.minLength(1)),
+    "The conversation, rendered by the model's chat template",
+  ),
+  max_completion_tokens: doc(
+    v.nullish(v.pipe(Int, v.minValue(1))),
+    "Most tokens to generate (wins over max_tokens)",
+  ),
+  logprobs: doc(v.optional(v.boolean(), false), "Report each chosen token's log-probability"),
+  top_logprobs: doc(
+    v.nullish(v.pipe(Int, v.minValue(0), v.maxValue(20))),
+    "With logprobs: also the k most likely tokens at each position",
+  ),
 });
 
 const TokenIds = v.pipe(v.array(v.pipe(Int, v.minValue(0))), v.minLength(1));
 
 export const CompletionRequestSchema = v.looseObject({
   ...Generation,
-  prompt: v.union([
-    v.string(),
-    v.pipe(v.array(v.string()), v.minLength(1)),
-    TokenIds,
-    v.pipe(v.array(TokenIds), v.minLength(1)),
-  ]),
-  logprobs: v.nullish(v.pipe(Int, v.minValue(0), v.maxValue(20))),
-  echo: v.optional(v.boolean(), false),
+  prompt: doc(
+    v.union([
+      v.string(),
+      v.pipe(v.array(v.string()), v.minLength(1)),
+      TokenIds,
+      v.pipe(v.array(TokenIds), v.minLength(1)),
+    ]),
+    "Text (tokenized with the model's special tokens), texts, token ids (used as given) or lists of token ids; each prompt gets n choices",
+  ),
+  logprobs: doc(
+    v.nullish(v.pipe(Int, v.minValue(0), v.maxValue(20))),
+    "Report each chosen token's log-probability and the k most likely; absent: none",
+  ),
+  echo: doc(v.optional(v.boolean(), false), "Put the prompt's text before the generated text"),
 });
 
-export const LoadAdapterRequestSchema = v.looseObject({ pin: v.optional(v.boolean(), false) });
+export const LoadAdapterRequestSchema = v.looseObject({
+  pin: doc(v.optional(v.boolean(), false), "Keep the adapter in the engine's cache until unloaded"),
+});
 
 /** vLLM's runtime LoRA routes: POST /v1/load_lora_adapter and /v1/unload_lora_adapter. */
 const LoraName = v.pipe(v.string(), v.minLength(1, "Both 'lora_name' and 'lora_path' must be provided."));
 export const LoadLoraAdapterRequestSchema = v.looseObject({
-  lora_name: LoraName,
-  lora_path: v.pipe(v.string(), v.minLength(1, "Both 'lora_name' and 'lora_path' must be provided.")),
+  lora_name: doc(LoraName, "The name requests will use in model or lora_model"),
+  lora_path: doc(
+    v.pipe(v.string(), v.minLength(1, "Both 'lora_name' and 'lora_path' must be provided.")),
+    "A TensorRT-LLM adapter file or a PEFT folder inside the LoRA dir or an --allowed-lora-paths dir",
+  ),
 });
 export const UnloadLoraAdapterRequestSchema = v.looseObject({
-  lora_name: v.pipe(v.string(), v.minLength(1)),
+  lora_name: doc(v.pipe(v.string(), v.minLength(1)), "The adapter to unload"),
 });
 
 export type ChatCompletionRequest = v.InferOutput<typeof ChatCompletionRequestSchema>;

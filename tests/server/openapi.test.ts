@@ -120,3 +120,18 @@ test("openapi/client is what the document generates, and chats with an adapter e
     await t.close();
   }
 });
+
+test("every field of every request body says what it means", async () => {
+  const doc = (await currentDocument()) as unknown as Doc;
+  const undocumented: string[] = [];
+  for (const [path, methods] of Object.entries(doc.paths)) {
+    for (const [method, op] of Object.entries(methods)) {
+      const schema = op.requestBody?.content["application/json"]?.schema;
+      for (const [field, spec] of Object.entries(schema?.properties ?? {})) {
+        const description = (spec as { description?: string }).description;
+        if (!description || description.length < 10) undocumented.push(`${method} ${path}: ${field}`);
+      }
+    }
+  }
+  expect(undocumented).toEqual([]);
+});
