@@ -20,7 +20,14 @@ const docs: Doc[] = readdirSync(DIR)
 const find = (kind: string) => docs.find((d) => d.kind === kind) as Doc;
 
 test("every manifest parses and names its kind and API", () => {
-  expect(docs.map((d) => d.kind).sort()).toEqual(["Deployment", "HTTPRoute", "InferencePool", "Service"]);
+  expect(docs.map((d) => d.kind).sort()).toEqual([
+    "Deployment",
+    "HTTPRoute",
+    "InferenceObjective",
+    "InferenceObjective",
+    "InferencePool",
+    "Service",
+  ]);
   for (const d of docs) {
     expect(typeof d.apiVersion).toBe("string");
     expect(typeof d.metadata.name).toBe("string");
@@ -68,6 +75,15 @@ test("the Service and the InferencePool select the pods on their port; the route
   expect(pool.spec.selector.matchLabels).toEqual(pod.metadata.labels);
   expect(pool.spec.targetPorts).toEqual([{ number: port }]);
   expect(pool.spec.endpointPickerRef).toMatchObject({ name: "multilora-epp", port: { number: 9002 } });
+
+  for (const objective of docs.filter((d) => d.kind === "InferenceObjective")) {
+    expect(objective.spec.poolRef).toEqual({
+      group: "inference.networking.k8s.io",
+      kind: "InferencePool",
+      name: pool.metadata.name,
+    });
+    expect(Number.isInteger(objective.spec.criticality)).toBe(true);
+  }
 
   const route = find("HTTPRoute");
   expect(route.spec.rules[0].backendRefs[0]).toEqual({
