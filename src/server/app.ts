@@ -6,7 +6,7 @@
 import { Hono } from "hono";
 import { cors } from "hono/cors";
 import { MultiloraError } from "../errors.ts";
-import { authMiddleware } from "./auth.ts";
+import { mountAuth } from "./auth.ts";
 import type { AppEnv, ServerContext } from "./context.ts";
 import { errorResponse } from "./errors.ts";
 import { adapterRoutes } from "./routes/adapters.ts";
@@ -64,18 +64,15 @@ export function createApp(ctx: ServerContext): Hono<AppEnv> {
     );
   });
   // Every request is recorded; a stream's record ends with its last byte (the route ends it).
+  const labels = new Map<string, string>();
   app.use("*", async (c, next) => {
     const record = ctx.observer.start(c.req.path);
     c.set("record", record);
     await next();
-    record.route = routeLabel(c.req.routePath);
+    record.route = labels.get(c.req.routePath) ?? routeLabel(c.req.routePath);
+    labels.set(c.req.routePath, record.route);
     record.tenant = c.get("principal")?.name ?? null;
-    if (
-      !(c.res.body instanceof ReadableStream && c.res.headers.get("cache-control") === "no-cache") ||
-      c.res.status !== 200
-    ) {
-      ctx.observer.end(record, c.res.status);
-    }
+    if (!record.streaming) ctx.observer.end(record, c.res.status);
   });
   // Before auth: a browser's preflight carries no key.
   if (ctx.corsOrigins && ctx.corsOrigins.length > 0) {
@@ -90,7 +87,7 @@ export function createApp(ctx: ServerContext): Hono<AppEnv> {
       }),
     );
   }
-  app.use("*", authMiddleware(ctx.auth));
+  if (ctx.auth) mountAuth(app, ctx.auth); // (an app built only to be described has no auth)
   app.get(
     "/metrics",
     async () =>

@@ -9,7 +9,7 @@
  * unload them. Keys are compared in constant time (as SHA-256 digests).
  */
 import { createHash, timingSafeEqual } from "node:crypto";
-import type { Context, MiddlewareHandler } from "hono";
+import type { Context, Hono, MiddlewareHandler } from "hono";
 import * as v from "valibot";
 import { MultiloraError } from "../errors.ts";
 import { parseWith, readJson } from "../formats/json-file.ts";
@@ -150,6 +150,20 @@ export function authMiddleware(auth: AuthConfig): MiddlewareHandler<AppEnv> {
     c.set("principal", auth.keys.get(match) ?? null);
     return next();
   };
+}
+
+/**
+ * Mounts the auth middleware where it has something to decide: on every route when there are API keys (or
+ * tenant keys put /metrics behind the admin key), else on the admin routes alone (the admin key or the
+ * loopback check), so an open server's other routes pay nothing for it.
+ */
+export function mountAuth(app: Hono<AppEnv>, auth: AuthConfig): void {
+  const middleware = authMiddleware(auth);
+  if (auth.keys.size > 0 || auth.adminOnly) {
+    app.use("*", middleware);
+    return;
+  }
+  for (const path of ["/v1/lora/*", ...VLLM_ADMIN]) app.use(path, middleware);
 }
 
 /** 403 unless `principal` may use `adapter`. */

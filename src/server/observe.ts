@@ -73,6 +73,8 @@ export interface RequestRecord {
   firstTokenAt?: number;
   lastTokenAt?: number;
   ended: boolean;
+  /** Its answer is a stream, which ends the record itself with its last byte. */
+  streaming?: boolean;
 }
 
 export class Observer {

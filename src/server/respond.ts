@@ -97,6 +97,7 @@ function stream(
   generation: Generation,
   codec: ResponseCodec,
 ): Response {
+  record.streaming = true;
   const msgpack = wantsMsgpack(request);
   const encoder = new TextEncoder();
   const encode = (chunk: unknown) =>
