@@ -48,6 +48,8 @@ export async function generationRoute<B extends { model: string; lora_model?: st
   const body = await readBody(c.req.raw, schema, ctx.maxBodyBytes, { timeoutMs: ctx.bodyTimeoutMs });
   const record = c.get("record");
   record.requested = body.lora_model ?? body.model;
+  // An adapter that exists is named even when the request fails (403 for the key, 400 for the adapter).
+  if (ctx.core.registry?.has(record.requested)) record.adapter = record.requested;
   const principal = c.get("principal");
   const target = await ctx.core.target(body.model, body.lora_model, principal?.adapters ?? null);
   record.adapter = target.adapter?.name ?? null;

@@ -86,6 +86,10 @@ describe("tenants", () => {
     );
     expect(denied.status).toBe(403);
     expect(await error(denied)).toMatchObject({ type: "permission_error", code: "adapter_not_allowed" });
+    // The refused request is counted under the adapter it asked for (which exists).
+    expect(await t.server.ctx.observer.metricsText()).toContain(
+      'multilora_requests_total{route="/v1/completions",status="403",adapter="demo-attention"} 1',
+    );
     const base = await postAs("/v1/completions", { model: "llama", prompt: [1], max_tokens: 2 }, TENANT);
     expect(base.status).toBe(200);
   });
