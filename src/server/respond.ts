@@ -49,7 +49,7 @@ export async function generationRoute<B extends { model: string; lora_model?: st
   const record = c.get("record");
   record.requested = body.lora_model ?? body.model;
   // An adapter that exists is named even when the request fails (403 for the key, 400 for the adapter).
-  if (ctx.core.registry?.has(record.requested)) record.adapter = record.requested;
+  if (ctx.core.registry?.has(record.requested, "this-turn")) record.adapter = record.requested;
   const principal = c.get("principal");
   const target = await ctx.core.target(body.model, body.lora_model, principal?.adapters ?? null);
   record.adapter = target.adapter?.name ?? null;

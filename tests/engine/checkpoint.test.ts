@@ -7,20 +7,11 @@ import { loadCheckpoint } from "../../src/engine/checkpoint.ts";
 import { writeLlamaCheckpoint } from "../../src/engine/random-checkpoint.ts";
 import { readSafetensors } from "../../src/formats/safetensors-reader.ts";
 import { writeSafetensors } from "../../src/formats/safetensors-writer.ts";
-import { openEngine } from "../helpers/engine.ts";
+import { openEngine, tinySpec } from "../helpers/engine.ts";
 
 const work = mkdtempSync(join(tmpdir(), "multilora-checkpoint-"));
 afterAll(() => rmSync(work, { recursive: true, force: true }));
-const SPEC = {
-  hidden: 64,
-  intermediate: 96,
-  layers: 2,
-  heads: 4,
-  kvHeads: 2,
-  headDim: 16,
-  vocab: 64,
-  seed: 21,
-};
+const SPEC = tinySpec(21);
 
 function patchConfig(dir: string, patch: Record<string, unknown>): void {
   const path = join(dir, "config.json");

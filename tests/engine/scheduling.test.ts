@@ -7,20 +7,11 @@ import { loadCheckpoint } from "../../src/engine/checkpoint.ts";
 import { CpuEngine } from "../../src/engine/cpu-engine.ts";
 import type { EngineError } from "../../src/engine/engine.ts";
 import { writeLlamaCheckpoint } from "../../src/engine/random-checkpoint.ts";
-import { collect, loraFromPeft, openEngine } from "../helpers/engine.ts";
+import { collect, loraFromPeft, openEngine, tinySpec } from "../helpers/engine.ts";
 import { writePeftAdapter } from "../helpers/peft.ts";
 
 const work = mkdtempSync(join(tmpdir(), "multilora-sched-"));
-const SPEC = {
-  hidden: 64,
-  intermediate: 96,
-  layers: 2,
-  heads: 4,
-  kvHeads: 2,
-  headDim: 16,
-  vocab: 64,
-  seed: 4,
-};
+const SPEC = tinySpec(4);
 const model = writeLlamaCheckpoint(join(work, "model"), SPEC);
 /** KV bytes per token: 2 (K and V) x 2 layers x 32 (kv width) x 4 bytes. */
 const KV_PER_TOKEN = 2 * 2 * 32 * 4;

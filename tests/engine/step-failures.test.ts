@@ -10,21 +10,11 @@ import { join } from "node:path";
 import type { CpuEngine, CpuEngineOptions } from "../../src/engine/cpu-engine.ts";
 import type { EngineError, RequestHandle, TokenEvent } from "../../src/engine/engine.ts";
 import { writeLlamaCheckpoint } from "../../src/engine/random-checkpoint.ts";
-import { collect, loraFromPeft, openEngine } from "../helpers/engine.ts";
+import { collect, loraFromPeft, openEngine, TINY_DIMS, tinySpec } from "../helpers/engine.ts";
 import { ALL_SEVEN, writePeftAdapter } from "../helpers/peft.ts";
 
 const work = mkdtempSync(join(tmpdir(), "multilora-failures-"));
-const SPEC = {
-  hidden: 64,
-  intermediate: 96,
-  layers: 2,
-  heads: 4,
-  kvHeads: 2,
-  headDim: 16,
-  vocab: 64,
-  seed: 8,
-};
-const DIMS = { hidden: 64, intermediate: 96, layers: 2, heads: 4, kvHeads: 2, headDim: 16 };
+const SPEC = tinySpec(8);
 const model = writeLlamaCheckpoint(join(work, "model"), SPEC);
 const PROMPT = [1, 9, 33, 4, 17, 60, 2];
 const engines: CpuEngine[] = [];
@@ -90,7 +80,7 @@ describe("an allocation that fails in a forward step", () => {
   test("in a LoRA delta: the adapter's request ends, the adapter stays cached and unused, and serves again", async () => {
     const e = open();
     const peft = writePeftAdapter(join(work, "peft"), {
-      dims: DIMS,
+      dims: TINY_DIMS,
       modules: ALL_SEVEN,
       rank: 4,
       alpha: 8,

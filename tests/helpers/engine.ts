@@ -10,6 +10,14 @@ import { readTrtllmLora } from "../../src/lora/trtllm-adapter.ts";
 import type { WrittenAdapter } from "./peft.ts";
 import type { LoraModule, LoraWeights } from "./reference-llama.ts";
 
+/** The shape of the small random Llama the engine tests run (GQA: 4 heads over 2 KV heads). */
+export const TINY_DIMS = { hidden: 64, intermediate: 96, layers: 2, heads: 4, kvHeads: 2, headDim: 16 };
+
+/** A small random Llama's spec for writeLlamaCheckpoint: TINY_DIMS, `vocab` tokens, weights from `seed`. */
+export function tinySpec(seed: number, vocab = 64) {
+  return { ...TINY_DIMS, vocab, seed };
+}
+
 /** Two threads at most: CI machines have two cores. */
 export function openEngine(dir: string, options: CpuEngineOptions = {}): CpuEngine {
   return CpuEngine.create(loadCheckpoint(dir), { threads: 2, ...options });
