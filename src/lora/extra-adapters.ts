@@ -5,7 +5,7 @@
  * when read (adapter-files.ts), as the LoRA dir is for its own adapters.
  */
 import { lstatSync, realpathSync, statSync } from "node:fs";
-import { join, sep } from "node:path";
+import { join, resolve, sep } from "node:path";
 import { MultiloraError } from "../errors.ts";
 import type { AdapterEntry } from "./adapter-dir.ts";
 
@@ -17,6 +17,8 @@ export interface ExtraEntry extends AdapterEntry {
 export class ExtraAdapters {
   /** The allowed dirs, real paths. */
   readonly roots: string[];
+  /** The allowed dirs as given and as real paths: a lora_path must name one of them before anything is looked at. */
+  private readonly spellings: string[];
   private readonly byName = new Map<string, ExtraEntry>();
 
   constructor(roots: readonly string[]) {
@@ -31,6 +33,7 @@ export class ExtraAdapters {
         });
       }
     });
+    this.spellings = [...new Set([...roots.map((dir) => resolve(dir)), ...this.roots])];
   }
 
   get(name: string): ExtraEntry | undefined {
@@ -47,6 +50,9 @@ export class ExtraAdapters {
    * folder.
    */
   add(name: string, path: string): ExtraEntry {
+    // Lexically first, so a path elsewhere is refused without touching (or probing) anything there.
+    const lexical = resolve(path);
+    if (!this.spellings.some((r) => lexical.startsWith(r + sep))) throw notAllowed(path);
     let real: string;
     try {
       real = realpathSync(path);
@@ -57,12 +63,7 @@ export class ExtraAdapters {
       });
     }
     const root = this.roots.find((r) => real === r || real.startsWith(r + sep));
-    if (root === undefined || real === root) {
-      throw new MultiloraError(
-        `lora_path ${JSON.stringify(path)} is not inside the LoRA dir or a dir of --allowed-lora-paths`,
-        { code: "lora_path_not_allowed", param: "lora_path" },
-      );
-    }
+    if (root === undefined || real === root) throw notAllowed(path);
     const entry: ExtraEntry = { name, format: formatOf(real, path), path: real, root };
     this.byName.set(name, entry);
     return entry;
@@ -71,6 +72,13 @@ export class ExtraAdapters {
   remove(name: string): void {
     this.byName.delete(name);
   }
+}
+
+function notAllowed(path: string): MultiloraError {
+  return new MultiloraError(
+    `lora_path ${JSON.stringify(path)} is not inside the LoRA dir or a dir of --allowed-lora-paths`,
+    { code: "lora_path_not_allowed", param: "lora_path" },
+  );
 }
 
 function formatOf(real: string, path: string): AdapterEntry["format"] {
