@@ -8,13 +8,9 @@ import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { connect, type Socket } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { loadChatTemplate } from "../../src/engine/chat-template.ts";
 import { DEMO_PRESETS, writeDemoModel } from "../../src/engine/demo-model.ts";
-import { loadTokenizer } from "../../src/engine/tokenizer.ts";
-import { GenerationCore } from "../../src/generation/core.ts";
-import { createApp } from "../../src/server/app.ts";
 import { loadAuth } from "../../src/server/auth.ts";
-import { createLogger, Observer } from "../../src/server/observe.ts";
+import { fakeApp } from "../helpers/fake-app.ts";
 import { FakeEngine, settle } from "../helpers/fake-engine.ts";
 import { post, startTestServer, type TestServer } from "../helpers/server.ts";
 
@@ -92,20 +88,10 @@ test("--max-concurrent-per-key: one tenant at its limit gets a 429, another tena
       }),
     );
     const engine = new FakeEngine({ vocab: DEMO_PRESETS.tiny.vocab, loraSlots: 1 });
-    const core = new GenerationCore(engine, loadTokenizer(modelDir), loadChatTemplate(modelDir), null, {
-      servedNames: ["demo"],
+    const { app } = fakeApp(engine, modelDir, {
       maxRequests: 8,
-      queueTimeoutMs: 1000,
-      requestTimeoutMs: 0,
       maxPerKey: 2,
-    });
-    const app = createApp({
-      core,
-      maxBodyBytes: 1 << 20,
-      created: 0,
-      observer: new Observer(createLogger("silent"), engine, () => []),
       auth: loadAuth({ apiKeys: [], keysFile, adminKey: null }),
-      isReady: () => true,
     });
     const as = (key: string) =>
       app.request(

@@ -6,14 +6,10 @@ import { afterAll, beforeAll, expect, test } from "bun:test";
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { loadChatTemplate } from "../../src/engine/chat-template.ts";
 import { DEMO_PRESETS, writeDemoModel } from "../../src/engine/demo-model.ts";
 import { EngineError } from "../../src/engine/engine.ts";
-import { loadTokenizer } from "../../src/engine/tokenizer.ts";
-import { GenerationCore } from "../../src/generation/core.ts";
-import { createApp } from "../../src/server/app.ts";
 import { loadAuth } from "../../src/server/auth.ts";
-import { createLogger, Observer } from "../../src/server/observe.ts";
+import { fakeApp } from "../helpers/fake-app.ts";
 import { FakeEngine, settle } from "../helpers/fake-engine.ts";
 
 const work = mkdtempSync(join(tmpdir(), "multilora-app-"));
@@ -24,20 +20,7 @@ beforeAll(() => {
 afterAll(() => rmSync(work, { recursive: true, force: true }));
 
 function appOver(engine: FakeEngine, maxRequests: number) {
-  const core = new GenerationCore(engine, loadTokenizer(modelDir), loadChatTemplate(modelDir), null, {
-    servedNames: ["demo"],
-    maxRequests,
-    queueTimeoutMs: 1000,
-    requestTimeoutMs: 0,
-  });
-  return createApp({
-    core,
-    maxBodyBytes: 1 << 20,
-    created: 0,
-    observer: new Observer(createLogger("silent"), engine, () => []),
-    auth: loadAuth({ apiKeys: [], keysFile: null, adminKey: null, protectMetrics: false }),
-    isReady: () => true,
-  });
+  return fakeApp(engine, modelDir, { maxRequests }).app;
 }
 
 const post = (body: unknown) =>
@@ -129,24 +112,9 @@ test("a route asked with another method is a 405 naming the methods it answers, 
 test("metrics and logs name routes by their pattern; logs carry the tenant and the model asked for; durations are observed", async () => {
   const engine = new FakeEngine({ vocab: DEMO_PRESETS.tiny.vocab, loraSlots: 1 });
   const lines: string[] = [];
-  const core = new GenerationCore(engine, loadTokenizer(modelDir), loadChatTemplate(modelDir), null, {
-    servedNames: ["demo"],
-    maxRequests: 4,
-    queueTimeoutMs: 1000,
-    requestTimeoutMs: 0,
-  });
-  const observer = new Observer(
-    createLogger("info", (l) => lines.push(l)),
-    engine,
-    () => [],
-  );
-  const app = createApp({
-    core,
-    maxBodyBytes: 1 << 20,
-    created: 0,
-    observer,
+  const { app, observer } = fakeApp(engine, modelDir, {
     auth: loadAuth({ apiKeys: ["sk-test-key-1"], keysFile: null, adminKey: null, protectMetrics: false }),
-    isReady: () => true,
+    log: (l) => lines.push(l),
   });
   const auth = { authorization: "Bearer sk-test-key-1" };
   expect((await app.request("http://test/v1/models/nope", { headers: auth })).status).toBe(404);
@@ -170,19 +138,8 @@ test("metrics and logs name routes by their pattern; logs carry the tenant and t
 
 test("--cors-origin: a browser's preflight is answered before auth, and allowed origins get their header", async () => {
   const engine = new FakeEngine({ vocab: DEMO_PRESETS.tiny.vocab, loraSlots: 1 });
-  const core = new GenerationCore(engine, loadTokenizer(modelDir), loadChatTemplate(modelDir), null, {
-    servedNames: ["demo"],
-    maxRequests: 4,
-    queueTimeoutMs: 1000,
-    requestTimeoutMs: 0,
-  });
-  const app = createApp({
-    core,
-    maxBodyBytes: 1 << 20,
-    created: 0,
-    observer: new Observer(createLogger("silent"), engine, () => []),
+  const { app } = fakeApp(engine, modelDir, {
     auth: loadAuth({ apiKeys: ["sk-test-key-1"], keysFile: null, adminKey: null, protectMetrics: false }),
-    isReady: () => true,
     corsOrigins: ["https://app.example"],
   });
   const preflight = await app.request("http://test/v1/chat/completions", {
