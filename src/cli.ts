@@ -7,6 +7,7 @@ import { runCheck } from "./commands/check.ts";
 import { runDemoModel } from "./commands/demo-model.ts";
 import { runExtract } from "./commands/extract.ts";
 import { runGenerate } from "./commands/generate.ts";
+import { runGrammar } from "./commands/grammar.ts";
 import { runInspect } from "./commands/inspect.ts";
 import { runServe } from "./commands/serve.ts";
 import { MultiloraError } from "./errors.ts";
@@ -22,6 +23,7 @@ Commands:
   extract    convert a Hugging Face PEFT adapter to TensorRT-LLM's LoRA format
   inspect    show what an adapter (either format) holds, and whether it is valid
   generate   run a model (and an adapter) on the CPU engine once
+  grammar    check a JSON Schema for structured output, and instances against it token by token
   demo-model write the random-weight demo model and its two adapters
 
 Run "multilora <command> --help" for a command's options.`;
@@ -32,6 +34,7 @@ const COMMANDS: Record<string, (argv: string[]) => number | Promise<number>> = {
   extract: runExtract,
   inspect: runInspect,
   generate: runGenerate,
+  grammar: runGrammar,
   "demo-model": runDemoModel,
 };
 

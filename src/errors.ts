@@ -23,6 +23,10 @@ export const ERROR_CODES = [
   "chat_template_error",
   "invalid_argument",
   "cancelled",
+  // output constraints (response_format, structured_outputs)
+  "invalid_schema",
+  "unsupported_schema",
+  "constraint_too_complex",
   // models and adapters
   "model_not_found",
   "route_not_found",

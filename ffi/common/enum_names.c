@@ -35,6 +35,7 @@ static const char *finish_name(mlr_finish v) {
         NAME(MLR_FINISH_STOP_ID);
         NAME(MLR_FINISH_CANCELLED);
         NAME(MLR_FINISH_ERROR);
+        NAME(MLR_FINISH_CONSTRAINT);
     }
     return NULL;
 }

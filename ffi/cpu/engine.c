@@ -8,9 +8,15 @@
  * never holds `mu` during a forward pass, so enqueue, cancel and await never wait for one.
  *
  * Memory: everything a step needs is allocated at create (the step plan, the finished flags, the sampler's
- * and the forward pass's buffers, the first response queue), so a step allocates only the forward pass's
- * per-task work buffers; when one of those fails, the step's requests end with MLR_OUT_OF_MEMORY. Room for
- * a round's responses is reserved before the round, so no response is ever lost (see response_room).
+ * and the forward pass's buffers, the constraint mask, the first response queue), so a step allocates only
+ * the forward pass's per-task work buffers (and a constrained request's matcher, its work buffers); when
+ * one of those fails, the step's requests end with MLR_OUT_OF_MEMORY. Room for a round's responses is
+ * reserved before the round, so no response is ever lost (see response_room).
+ *
+ * Sampling (and a constrained row's mask, ffi/common/constraint_matcher.c) runs after the forward pass
+ * without `mu`, like the pass itself: only the scheduler thread touches a running request's sampler,
+ * tokens and matcher, and the running set changes only on that thread. The step's responses are pushed
+ * under `mu` afterwards (complete_step).
  */
 #include <errno.h>
 #include <inttypes.h>
@@ -22,6 +28,7 @@
 
 #include "../common/dtype_size.h"
 #include "../common/errbuf.h"
+#include "../common/constraint_matcher.h"
 #include "../common/request_check.h"
 #include "forward.h"
 #include "kernels.h"
@@ -48,6 +55,7 @@ typedef struct request {
     int32_t n_generated;
     lora_adapter *lora;
     sampler_state sampler;
+    mlr_matcher *matcher;    /* owned clone of the request's constraint; NULL = unconstrained */
     struct request *next;    /* queue link */
 } request;
 
@@ -57,6 +65,7 @@ typedef struct step_plan {
     int32_t *slot_of_row;    /* [max_batch]: which running slot each logits row belongs to */
     int32_t *in_step;        /* [max_batch]: 1 when the running slot has tokens in the step */
     int32_t *done;           /* [max_batch]: 1 when the running slot finished in the step */
+    mlr_response *picked;    /* [max_batch]: each logits row's response, sampled before complete_step */
 } step_plan;
 
 struct mlr_engine {
@@ -68,6 +77,8 @@ struct mlr_engine {
     forward_scratch scratch;
     float *logits;           /* [max_batch, vocab] */
     sampler_scratch sampling;
+    uint32_t *mask;          /* [mask_words]: a constrained row's allowed tokens (bit id % 32 of word id / 32) */
+    int32_t mask_words;
     step_plan plan;          /* the scheduler thread's */
 
     pthread_t scheduler;
@@ -153,6 +164,7 @@ static void request_free(request *r) {
     free(r->lora_config);
     seq_kv_free(&r->kv);
     sampler_state_free(&r->sampler);
+    mlr_matcher_free(r->matcher);
     free(r);
 }
 
@@ -233,7 +245,8 @@ static int plan_alloc(step_plan *plan, int32_t max_tokens, int32_t max_batch) {
     plan->slot_of_row = malloc((size_t)max_batch * sizeof(int32_t));
     plan->in_step = malloc((size_t)max_batch * sizeof(int32_t));
     plan->done = malloc((size_t)max_batch * sizeof(int32_t));
-    return plan->batch && plan->slot_of_row && plan->in_step && plan->done;
+    plan->picked = malloc((size_t)max_batch * sizeof(mlr_response));
+    return plan->batch && plan->slot_of_row && plan->in_step && plan->done && plan->picked;
 }
 
 static void plan_free(step_plan *plan) {
@@ -241,6 +254,7 @@ static void plan_free(step_plan *plan) {
     free(plan->slot_of_row);
     free(plan->in_step);
     free(plan->done);
+    free(plan->picked);
     *plan = (step_plan){0};
 }
 
@@ -274,7 +288,86 @@ static int32_t plan_step(mlr_engine *e, step_plan *plan, int32_t *rows) {
     return n;
 }
 
-/* After a step: advance every sequence, sample where logits came back, answer, end finished ones.
+static void row_error(mlr_response *resp, int32_t status, const char *text) {
+    resp->status = status;
+    resp->finish_reason = MLR_FINISH_ERROR;
+    resp->token = -1;
+    resp->has_logprob = 0;
+    resp->n_top = 0;
+    snprintf(resp->error, sizeof resp->error, "%s", text);
+}
+
+/*
+ * The constraint's mask for a row into e->mask: its allowed tokens, and the end and stop ids only where
+ * the text so far is complete. Returns MLR_OK, or the status of an error response (resp filled).
+ */
+static int32_t constraint_mask(mlr_engine *e, request *r, mlr_response *resp) {
+    int32_t complete = 0;
+    if (mlr_matcher_fill_mask(r->matcher, e->mask, e->mask_words, &complete) != MLR_OK) {
+        row_error(resp, MLR_OUT_OF_MEMORY, "out of memory computing the constraint's token mask");
+        return MLR_OUT_OF_MEMORY;
+    }
+    const int32_t vocab = e->m.cfg.vocab_size;
+    for (int32_t list = 0; list < 2; list++) {
+        const int32_t *ids = list ? r->stop_ids : r->end_ids;
+        const int32_t n = list ? r->p.n_stop_ids : r->p.n_end_ids;
+        for (int32_t i = 0; i < n; i++) {
+            if (ids[i] < 0 || ids[i] >= vocab) continue;
+            if (complete) e->mask[ids[i] >> 5] |= 1u << (ids[i] & 31);
+            else e->mask[ids[i] >> 5] &= ~(1u << (ids[i] & 31));
+        }
+    }
+    uint32_t any = 0;
+    for (int32_t w = 0; w < e->mask_words; w++) any |= e->mask[w];
+    if (!any) {
+        row_error(resp, MLR_INTERNAL, "the constraint allows no token here (its grammar has a dead end)");
+        return MLR_INTERNAL;
+    }
+    return MLR_OK;
+}
+
+/*
+ * Samples every logits row of a step into plan->picked: the token (under the row's constraint), its
+ * logprobs, and whether the request finishes with it. Advances the rows' samplers, tokens and matchers.
+ * Runs without mu (see the top of this file); rows of requests cancelled meanwhile are sampled too and
+ * their responses dropped by complete_step.
+ */
+static void sample_rows(mlr_engine *e, const step_plan *plan, int32_t rows) {
+    const int32_t vocab = e->m.cfg.vocab_size;
+    for (int32_t row = 0; row < rows; row++) {
+        request *r = e->running[plan->slot_of_row[row]];
+        mlr_response *resp = &plan->picked[row];
+        *resp = (mlr_response){.request_id = r->id, .status = MLR_OK, .token = -1};
+        if (r->matcher && constraint_mask(e, r, resp) != MLR_OK) continue;
+        const sampler_params sp = {r->p.temperature, r->p.top_p, r->p.min_p, r->p.top_k,
+                                   r->p.repetition_penalty, r->p.frequency_penalty, r->p.presence_penalty};
+        const int32_t token = sampler_pick(&sp, &r->sampler, e->logits + (int64_t)row * vocab, vocab, r->p.top_logprobs,
+                                           r->matcher ? e->mask : NULL, &e->sampling, resp);
+        sampler_state_record(&r->sampler, token);
+        r->tokens[r->n_tokens++] = token;
+        r->n_generated++;
+        if (find_id(r->end_ids, r->p.n_end_ids, token)) {
+            resp->finish_reason = MLR_FINISH_END_ID;
+        } else if (find_id(r->stop_ids, r->p.n_stop_ids, token)) {
+            resp->finish_reason = MLR_FINISH_STOP_ID;
+        } else if (r->matcher) {
+            const int32_t status = mlr_matcher_accept(r->matcher, token);
+            if (status != MLR_OK) {
+                char text[160];
+                snprintf(text, sizeof text, status == MLR_OUT_OF_MEMORY ? "out of memory advancing the constraint"
+                                                                        : "the constraint refused token %d, which its mask allowed",
+                         token);
+                row_error(resp, status == MLR_OUT_OF_MEMORY ? MLR_OUT_OF_MEMORY : MLR_INTERNAL, text);
+                continue;
+            }
+            if (mlr_matcher_state(r->matcher) == MLR_MATCHER_COMPLETE) resp->finish_reason = MLR_FINISH_CONSTRAINT;
+        }
+        if (resp->finish_reason == MLR_FINISH_NONE && r->n_generated >= r->p.max_new_tokens)
+            resp->finish_reason = MLR_FINISH_LENGTH;
+    }
+}
+
+/* After a step and its sampling: advance every sequence, answer, end finished ones.
  * Caller holds mu and reserved room for max_batch responses. */
 static void complete_step(mlr_engine *e, const step_plan *plan, int32_t n, int32_t rows) {
     for (int32_t t = 0; t < n; t++) { /* count the stored positions */
@@ -289,22 +382,11 @@ static void complete_step(mlr_engine *e, const step_plan *plan, int32_t n, int32
     memset(done, 0, (size_t)e->n_running * sizeof(int32_t));
     for (int32_t row = 0; row < rows; row++) {
         const int32_t s = plan->slot_of_row[row];
-        request *r = e->running[s];
-        if (r->cancelled) continue;
-        const sampler_params sp = {r->p.temperature, r->p.top_p, r->p.min_p, r->p.top_k,
-                                   r->p.repetition_penalty, r->p.frequency_penalty, r->p.presence_penalty};
-        mlr_response resp = {.request_id = r->id, .status = MLR_OK};
-        const int32_t token = sampler_pick(&sp, &r->sampler, e->logits + (int64_t)row * e->m.cfg.vocab_size,
-                                           e->m.cfg.vocab_size, r->p.top_logprobs, &e->sampling, &resp);
-        sampler_state_record(&r->sampler, token);
-        r->tokens[r->n_tokens++] = token;
-        r->n_generated++;
-        e->tokens_generated++;
-        if (find_id(r->end_ids, r->p.n_end_ids, token)) resp.finish_reason = MLR_FINISH_END_ID;
-        else if (find_id(r->stop_ids, r->p.n_stop_ids, token)) resp.finish_reason = MLR_FINISH_STOP_ID;
-        else if (r->n_generated >= r->p.max_new_tokens) resp.finish_reason = MLR_FINISH_LENGTH;
-        push_response(e, &resp);
-        if (resp.finish_reason != MLR_FINISH_NONE) done[s] = 1;
+        if (e->running[s]->cancelled) continue;
+        const mlr_response *resp = &plan->picked[row];
+        if (resp->token >= 0) e->tokens_generated++;
+        push_response(e, resp);
+        if (resp->finish_reason != MLR_FINISH_NONE) done[s] = 1;
     }
     /* End finished sequences (from the highest slot down: finish_running moves the last slot). */
     for (int32_t s = e->n_running - 1; s >= 0; s--)
@@ -380,6 +462,7 @@ static void *scheduler_main(void *arg) {
         forward_ctx ctx = {&e->m, &e->k, &e->pool, &e->scratch};
         const int32_t status = forward(&ctx, plan->batch, n, e->logits);
         pthread_mutex_unlock(&e->compute_mu);
+        if (status == MLR_OK) sample_rows(e, plan, rows);
         pthread_mutex_lock(&e->mu);
         e->steps++;
         if (status == MLR_OK) complete_step(e, plan, n, rows);
@@ -432,10 +515,12 @@ int32_t mlr_cpu_create(const mlr_cpu_params *params, mlr_engine **out, char *err
     const int32_t max_tokens = p->max_batch + p->prefill_chunk;
     e->running = calloc((size_t)p->max_batch, sizeof(request *));
     e->logits = malloc((size_t)p->max_batch * (size_t)vocab * sizeof(float));
+    e->mask_words = (vocab + 31) / 32;
+    e->mask = malloc((size_t)e->mask_words * sizeof(uint32_t));
     /* The response queue starts with room for a round (cancels, step, answered admits) and more. */
     e->resp_cap = 2 * p->max_batch + 64;
     e->responses = malloc((size_t)e->resp_cap * sizeof(mlr_response));
-    int ok = e->running && e->logits && e->responses && sampler_scratch_alloc(&e->sampling, vocab);
+    int ok = e->running && e->logits && e->mask && e->responses && sampler_scratch_alloc(&e->sampling, vocab);
     ok = ok && plan_alloc(&e->plan, max_tokens, p->max_batch);
     ok = ok && forward_scratch_alloc(&e->scratch, &e->m, max_tokens, p->max_lora_rank);
     ok = ok && thread_pool_init(&e->pool, p->threads) == 0;
@@ -454,6 +539,7 @@ int32_t mlr_cpu_create(const mlr_cpu_params *params, mlr_engine **out, char *err
         sampler_scratch_free(&e->sampling);
         free(e->running);
         free(e->logits);
+        free(e->mask);
         free(e->responses);
         lora_cache_free(&e->loras);
         model_free(&e->m);
@@ -486,6 +572,7 @@ void mlr_destroy(mlr_engine *e) {
     sampler_scratch_free(&e->sampling);
     free(e->running);
     free(e->logits);
+    free(e->mask);
     free(e->responses);
     pthread_mutex_destroy(&e->mu);
     pthread_mutex_destroy(&e->compute_mu);
@@ -505,6 +592,11 @@ int32_t mlr_enqueue(mlr_engine *e, const mlr_request *q, uint64_t *request_id, c
     if (err && err_len) err[0] = '\0';
     const mlr_request_limits limits = {e->m.cfg.vocab_size, e->params.max_seq_len};
     if (mlr_request_check(q, &limits, err, err_len) > 0) return MLR_INVALID_ARGUMENT;
+    if (q->constraint && constraint_matcher_vocab_size(q->constraint) > e->m.cfg.vocab_size) {
+        errbuf_add(err, err_len, "the constraint's vocabulary (%d tokens) is larger than the model's (%d)",
+                   constraint_matcher_vocab_size(q->constraint), e->m.cfg.vocab_size);
+        return MLR_INVALID_ARGUMENT;
+    }
 
     request *r = calloc(1, sizeof *r);
     if (!r) return MLR_OUT_OF_MEMORY;
@@ -513,6 +605,7 @@ int32_t mlr_enqueue(mlr_engine *e, const mlr_request *q, uint64_t *request_id, c
     r->end_ids = copy_ints(q->end_ids, q->n_end_ids);
     r->stop_ids = copy_ints(q->stop_ids, q->n_stop_ids);
     int ok = r->tokens && (q->n_end_ids == 0 || r->end_ids) && (q->n_stop_ids == 0 || r->stop_ids);
+    if (ok && q->constraint) ok = mlr_matcher_clone(q->constraint, &r->matcher, NULL, 0) == MLR_OK;
     if (ok && q->lora_weights) {
         const size_t bytes = (size_t)q->lora_rows * (size_t)q->lora_row_len * (size_t)dtype_size(q->lora_weights_dtype);
         r->lora_weights = malloc(bytes);
@@ -529,6 +622,7 @@ int32_t mlr_enqueue(mlr_engine *e, const mlr_request *q, uint64_t *request_id, c
     r->n_tokens = q->prompt_len;
     r->p.prompt = r->p.end_ids = r->p.stop_ids = r->p.lora_config = NULL;
     r->p.lora_weights = NULL;
+    r->p.constraint = NULL;
 
     pthread_mutex_lock(&e->mu);
     r->id = e->next_id++;
@@ -589,7 +683,8 @@ int32_t mlr_capabilities_get(mlr_engine *e, mlr_capabilities *out) {
                               .max_top_logprobs = MLR_MAX_TOP_LOGPROBS,
                               .max_lora_rank = e->params.max_lora_rank,
                               .lora_dtype = e->params.lora_dtype,
-                              .raw_logprobs = 1};
+                              .raw_logprobs = 1,
+                              .constraints = 1};
     return MLR_OK;
 }
 

@@ -119,10 +119,18 @@ static int32_t top_ids(const float *keys, int32_t n, int32_t k, int32_t *ids) {
 }
 
 int32_t sampler_pick(const sampler_params *p, sampler_state *s, float *logits, int32_t vocab, int32_t top_logprobs,
-                     sampler_scratch *scratch, mlr_response *response) {
+                     const uint32_t *allowed, sampler_scratch *scratch, mlr_response *response) {
     float *logprobs = scratch->values;
     float *probs = scratch->values + vocab;
     if (top_logprobs >= 0) log_softmax(logits, vocab, logprobs);
+    if (allowed) { /* a constraint: what it does not allow can never be picked */
+        for (int32_t w = 0; w < (vocab + 31) / 32; w++) {
+            for (uint32_t off = ~allowed[w]; off; off &= off - 1) {
+                const int32_t i = w * 32 + __builtin_ctz(off);
+                if (i < vocab) logits[i] = -INFINITY;
+            }
+        }
+    }
 
     /* Penalties: repetition on prompt and output (divide positive logits, multiply negative ones),
      * frequency and presence on the output. */
@@ -176,7 +184,7 @@ int32_t sampler_pick(const sampler_params *p, sampler_state *s, float *logits, i
         double mass = 0;
         for (int32_t i = 0; i < n; i++) mass += probs[ids[i]];
         double u = uniform(&s->rng) * mass;
-        token = ids[n - 1];
+        token = -1;
         for (int32_t i = 0; i < n; i++) {
             u -= probs[ids[i]];
             if (u < 0) {
@@ -184,6 +192,11 @@ int32_t sampler_pick(const sampler_params *p, sampler_state *s, float *logits, i
                 break;
             }
         }
+        /* rounding left u >= 0: the last candidate of positive probability (never a disallowed one, whose
+         * probability is 0) */
+        for (int32_t i = n - 1; token < 0 && i >= 0; i--)
+            if (probs[ids[i]] > 0) token = ids[i];
+        if (token < 0) token = ids[0];
     }
 
     response->token = token;

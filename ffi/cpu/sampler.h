@@ -42,9 +42,12 @@ void sampler_scratch_free(sampler_scratch *s);
 /*
  * Picks a token from logits[vocab] (modified in place) and fills the response's token and logprob fields:
  * top_logprobs -1 = none (has_logprob 0), else the chosen token's logprob and that many alternatives
- * (has_logprob 1). Never allocates.
+ * (has_logprob 1). allowed: NULL = every token; else a bitset over vocab (bit id % 32 of word id / 32) of the
+ * tokens a constraint allows, at least one set: the others are -inf before penalties, temperature, top-k,
+ * top-p and min-p, so they are never picked. Logprobs stay the raw logits' log-softmax (mlr_response).
+ * Never allocates.
  */
 int32_t sampler_pick(const sampler_params *p, sampler_state *s, float *logits, int32_t vocab, int32_t top_logprobs,
-                     sampler_scratch *scratch, mlr_response *response);
+                     const uint32_t *allowed, sampler_scratch *scratch, mlr_response *response);
 
 #endif /* MLR_SAMPLER_H */

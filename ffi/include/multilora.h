@@ -96,6 +96,8 @@ typedef enum mlr_finish {
     MLR_FINISH_STOP_ID = 3,   /* generated one of stop_ids (included as the last token) */
     MLR_FINISH_CANCELLED = 4,
     MLR_FINISH_ERROR = 5,     /* status and error say why */
+    MLR_FINISH_CONSTRAINT = 6, /* the request's constraint is complete and allows nothing more (the last
+                                * token is the constraint's, not an end id) */
 } mlr_finish;
 
 /*
@@ -239,6 +241,11 @@ typedef struct mlr_request {
     const int32_t *lora_config;  /* [lora_rows, lora_config_width] int32, copied before return */
     int32_t lora_config_width;   /* 3, or 4 with is_dora last */
     float lora_scale;            /* multiplies B's contribution; default 1 */
+    const struct mlr_matcher *constraint; /* NULL = none; else borrowed for the call: the engine copies it
+                                  * (mlr_matcher_clone) and samples only tokens it allows; end_ids and
+                                  * stop_ids only where it is complete. Its grammar's vocab must not be larger
+                                  * than the model's vocabulary. MLR_UNSUPPORTED where capabilities.constraints
+                                  * is 0 */
 } mlr_request;
 
 void mlr_request_default(mlr_request *request);
@@ -309,6 +316,7 @@ typedef struct mlr_capabilities {
     int32_t raw_logprobs;        /* 1: logprobs are the log-softmax of the raw logits, as mlr_response says;
                                   * 0: they are the sampling layer's (after temperature and penalties):
                                   * TensorRT-LLM engines built without --gather_generation_logits */
+    int32_t constraints;         /* 1: mlr_request.constraint works */
 } mlr_capabilities;
 
 int32_t mlr_capabilities_get(mlr_engine *engine, mlr_capabilities *out);
@@ -373,6 +381,86 @@ int32_t mlr_forward_logits(mlr_engine *engine, const int32_t *tokens, int32_t n,
  * thread. MLR_INVALID_ARGUMENT for n < 0; MLR_UNSUPPORTED on the TensorRT-LLM library.
  */
 int32_t mlr_cpu_test_fail_allocs(mlr_engine *engine, int32_t n);
+
+/* ============================================================================================== */
+/* Output constraints (structured output): a vocabulary as bytes, compiled programs, matchers      */
+/*
+ * A constraint limits a sequence's output, token by token, to a language described by a program that the
+ * TypeScript side compiles (JSON Schema, regex, choices: src/structured/). Code in ffi/common/constraint_*.c,
+ * in both libraries. The CPU engine applies a request's matcher in its sampler; the TensorRT-LLM shim
+ * through the executor's logits post-processor (ffi/trtllm/README.md).
+ *
+ * The program (int32 words, little endian as in memory) is a set of rules, each a DFA over bytes whose
+ * states may also call other rules (a recursive transition network):
+ *   header  [0] MLR_CONSTRAINT_MAGIC  [1] MLR_CONSTRAINT_VERSION  [2] n_rules  [3] n_states
+ *           [4] n_byte_edges  [5] n_call_edges  [6] root rule
+ *   rules   n_rules x 1: the rule's start state
+ *   states  n_states x 6: rule, flags (bit 0: accepting = the rule may end here), first byte edge,
+ *           byte edge count, first call edge, call edge count
+ *   bytes   n_byte_edges x 3: lo, hi (0..255, lo <= hi), target state (same rule); a state's byte edges are
+ *           sorted by lo and do not overlap (deterministic over bytes)
+ *   calls   n_call_edges x 2: callee rule, return state (same rule as the calling state): from the state,
+ *           the callee runs from its start; when it ends, the caller goes on at the return state
+ * A text is in the language when the root rule, run from its start over the text's bytes, can end with
+ * every call returned. Several readings may be alive at once (calls make it nondeterministic); a matcher
+ * follows them all. Readings deeper than MLR_CONSTRAINT_MAX_DEPTH calls are dropped (never accepted), and
+ * so are readings beyond a matcher's caps (1024 live stacks, 65536 stacks explored per byte: only
+ * left-recursive or hugely ambiguous programs reach them; ffi/common/constraint_matcher.c). States from
+ * which their rule can never end are pruned when the program is prepared, so a byte is accepted only when
+ * some text of the language may still follow it.
+ */
+#define MLR_CONSTRAINT_MAGIC 0x47524C4D /* "MLRG" */
+#define MLR_CONSTRAINT_VERSION 1
+#define MLR_CONSTRAINT_MAX_DEPTH 256
+
+typedef struct mlr_vocab mlr_vocab;     /* a tokenizer's tokens as bytes and their trie; reference counted */
+typedef struct mlr_grammar mlr_grammar; /* a program checked and ready over a vocab; reference counted */
+typedef struct mlr_matcher mlr_matcher; /* one sequence's position in a grammar; one thread at a time */
+
+/*
+ * Builds a vocabulary: token i's bytes are bytes[offsets[i] .. offsets[i+1]). excluded[i] = 1 marks a token
+ * never allowed inside a constraint (special and added tokens, end ids); tokens with no bytes are never
+ * allowed either. All borrowed for the call. *out has one reference (mlr_vocab_release).
+ */
+int32_t mlr_vocab_create(const uint8_t *bytes, const int64_t *offsets, int32_t n_tokens, const uint8_t *excluded,
+                         mlr_vocab **out, char *err, size_t err_len);
+void mlr_vocab_release(mlr_vocab *vocab);
+int32_t mlr_vocab_size(const mlr_vocab *vocab);
+
+/*
+ * Checks a program (every index in range, edges sorted, targets in their rule) and prepares it over vocab
+ * (which it keeps a reference to). MLR_INVALID_ARGUMENT with the first problem in err. program borrowed for
+ * the call. Thread-safe: matchers of one grammar may run on different threads (the grammar's mask cache is
+ * locked).
+ */
+int32_t mlr_grammar_create(mlr_vocab *vocab, const int32_t *program, int64_t program_len, mlr_grammar **out,
+                           char *err, size_t err_len);
+void mlr_grammar_release(mlr_grammar *grammar);
+/* Bytes the grammar holds now (tables and mask cache), for the caller's cache budget. */
+int64_t mlr_grammar_bytes(const mlr_grammar *grammar);
+
+/* A matcher at the start of the grammar's language (keeps a grammar reference), or a copy of one. */
+int32_t mlr_matcher_create(mlr_grammar *grammar, mlr_matcher **out, char *err, size_t err_len);
+int32_t mlr_matcher_clone(const mlr_matcher *matcher, mlr_matcher **out, char *err, size_t err_len);
+void mlr_matcher_free(mlr_matcher *matcher);
+
+/*
+ * The tokens allowed next: bit (id % 32) of mask[id / 32] is set for each token whose bytes can follow
+ * what was accepted so far; words and bits past the vocabulary are cleared (mask has n_words words).
+ * *complete = 1 when the text so far is in the language (the sequence may end here: the caller allows its
+ * end tokens), else 0. Never allows an excluded token. MLR_OUT_OF_MEMORY if its work buffers could not grow
+ * (mask is then cleared); MLR_INVALID_ARGUMENT when n_words < (vocab size + 31) / 32.
+ */
+int32_t mlr_matcher_fill_mask(mlr_matcher *matcher, uint32_t *mask, int32_t n_words, int32_t *complete);
+
+/* Accepts one token's bytes: MLR_OK, or MLR_INVALID_ARGUMENT (the token is not allowed here, or not a token
+ * of the vocabulary; the matcher is unchanged), or MLR_OUT_OF_MEMORY (unchanged too). */
+int32_t mlr_matcher_accept(mlr_matcher *matcher, int32_t token);
+
+/* Bit 0: complete (the text so far is in the language); bit 1: some byte may follow. */
+#define MLR_MATCHER_COMPLETE 1
+#define MLR_MATCHER_CAN_CONTINUE 2
+int32_t mlr_matcher_state(const mlr_matcher *matcher);
 
 /* ============================================================================================== */
 /* Layout check                                                                                     */

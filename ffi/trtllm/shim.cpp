@@ -319,6 +319,10 @@ int32_t mlr_enqueue(mlr_engine *e, const mlr_request *q, uint64_t *request_id, c
             set_text(err, err_len, "TensorRT-LLM has no per-request LoRA scale (fold it into the weights)");
             return MLR_UNSUPPORTED;
         }
+        if (q->constraint) {
+            set_text(err, err_len, "output constraints are not supported on the TensorRT-LLM backend yet");
+            return MLR_UNSUPPORTED;
+        }
 
         /* Sampling: setters rather than the 19-argument constructor; nullopt = TensorRT-LLM's default. What
          * is set is decided in ffi/common/trtllm_plan.c (topP always set when sampling: unset topK and topP
@@ -516,6 +520,7 @@ int32_t mlr_capabilities_get(mlr_engine *e, mlr_capabilities *out) {
     out->max_lora_rank = e->params.max_lora_rank;
     out->lora_dtype = e->params.engine_dtype;
     out->raw_logprobs = logits ? 1 : 0; /* else the executor's logProbs: the sampling layer's */
+    out->constraints = 0;               /* not yet: mlr_enqueue refuses a constraint (MLR_UNSUPPORTED) */
     return MLR_OK;
 }
 

@@ -108,6 +108,34 @@ export type CreateChatCompletionRequest = {
   "min_p"?: number | null;
   "repetition_penalty"?: number | null;
   "return_token_ids"?: boolean;
+  "response_format"?: {
+    "type": "text";
+  } | {
+    "type": "json_object";
+  } | {
+    "type": "json_schema";
+    "json_schema": {
+      "name": string;
+      "description"?: string;
+      "schema": {
+        [key: string]: unknown;
+      } | boolean;
+      "strict"?: boolean | null;
+    };
+  } | null;
+  "structured_outputs"?: {
+    "json"?: {
+      [key: string]: unknown;
+    } | boolean | string;
+    "regex"?: string;
+    "choice"?: Array<string>;
+    "json_object"?: boolean;
+  } | null;
+  "guided_json"?: {
+    [key: string]: unknown;
+  } | boolean | string | null;
+  "guided_regex"?: string | null;
+  "guided_choice"?: Array<string> | null;
   "messages": Array<{
     "role": "system" | "developer" | "user" | "assistant" | "tool";
     "content"?: string | Array<{
@@ -181,6 +209,34 @@ export type CreateCompletionRequest = {
   "min_p"?: number | null;
   "repetition_penalty"?: number | null;
   "return_token_ids"?: boolean;
+  "response_format"?: {
+    "type": "text";
+  } | {
+    "type": "json_object";
+  } | {
+    "type": "json_schema";
+    "json_schema": {
+      "name": string;
+      "description"?: string;
+      "schema": {
+        [key: string]: unknown;
+      } | boolean;
+      "strict"?: boolean | null;
+    };
+  } | null;
+  "structured_outputs"?: {
+    "json"?: {
+      [key: string]: unknown;
+    } | boolean | string;
+    "regex"?: string;
+    "choice"?: Array<string>;
+    "json_object"?: boolean;
+  } | null;
+  "guided_json"?: {
+    [key: string]: unknown;
+  } | boolean | string | null;
+  "guided_regex"?: string | null;
+  "guided_choice"?: Array<string> | null;
   "prompt": string | Array<string> | Array<number> | Array<Array<number>>;
   "logprobs"?: number | null;
   "echo"?: boolean;

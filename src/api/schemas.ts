@@ -35,6 +35,37 @@ export const ChatMessageSchema = v.looseObject({
   ),
 });
 
+const JsonSchemaValue = v.union([v.record(v.string(), v.unknown()), v.boolean()]);
+
+/** OpenAI's response_format: free text, any JSON object, or JSON that validates against a schema. */
+export const ResponseFormatSchema = v.variant("type", [
+  v.looseObject({ type: v.literal("text") }),
+  v.looseObject({ type: v.literal("json_object") }),
+  v.looseObject({
+    type: v.literal("json_schema"),
+    json_schema: v.looseObject({
+      name: doc(v.string(), "The schema's name (reported back in nothing; OpenAI requires it)"),
+      description: doc(v.optional(v.string()), "What the schema is for (not shown to the model)"),
+      schema: doc(
+        JsonSchemaValue,
+        "The JSON Schema (2020-12; draft-07 and draft-04 read too) the output must validate against, enforced token by token; keywords that cannot be enforced are a 400 naming each",
+      ),
+      strict: doc(v.nullish(v.boolean()), "Accepted either way: the schema is always enforced exactly"),
+    }),
+  }),
+]);
+
+/** vLLM's structured_outputs: exactly one of its fields. */
+export const StructuredOutputsSchema = v.looseObject({
+  json: doc(v.optional(v.union([JsonSchemaValue, v.string()])), "A JSON Schema (object, or as JSON text)"),
+  regex: doc(v.optional(v.string()), "A regular expression (ECMAScript subset) the whole output matches"),
+  choice: doc(
+    v.optional(v.pipe(v.array(v.string()), v.minLength(1))),
+    "The output is exactly one of these strings",
+  ),
+  json_object: doc(v.optional(v.boolean()), "true: any JSON object"),
+});
+
 /** Fields chat and completions share. */
 const Generation = {
   model: doc(
@@ -102,6 +133,23 @@ const Generation = {
   return_token_ids: doc(
     v.optional(v.boolean(), false),
     "multilora and vLLM: add the token ids of the prompt and of each choice",
+  ),
+  response_format: doc(
+    v.nullish(ResponseFormatSchema),
+    "Structured output: text (default), json_object (any JSON object) or json_schema; enforced on every token, so a choice that finishes with stop always parses and validates",
+  ),
+  structured_outputs: doc(
+    v.nullish(StructuredOutputsSchema),
+    "vLLM: structured output as json (a schema), regex or choice; one of them",
+  ),
+  guided_json: doc(
+    v.nullish(v.union([JsonSchemaValue, v.string()])),
+    "vLLM (older): structured_outputs.json",
+  ),
+  guided_regex: doc(v.nullish(v.string()), "vLLM (older): structured_outputs.regex"),
+  guided_choice: doc(
+    v.nullish(v.pipe(v.array(v.string()), v.minLength(1))),
+    "vLLM (older): structured_outputs.choice",
   ),
 };
 

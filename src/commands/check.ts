@@ -93,6 +93,14 @@ function placeAdapter(from: string, dir: string, name: string): void {
   renameSync(staging, target);
 }
 
+/** The schema the structured-output check asks for. */
+const CHECK_SCHEMA = {
+  type: "object",
+  properties: { id: { type: "integer", minimum: 0, maximum: 999 }, tag: { enum: ["alpha", "beta"] } },
+  required: ["id", "tag"],
+  additionalProperties: false,
+};
+
 class Client {
   constructor(
     private readonly url: string,
@@ -373,6 +381,33 @@ async function script(
       "end ids end the output without the end token",
       last?.finishReason === "end_id" && tokens.join() === greedy.slice(0, k).join(),
       `end id ${endId}: ${tokens.length} tokens (expected ${k}), finish ${last?.finishReason ?? "none"}`,
+    );
+  }
+
+  // Structured output: a JSON Schema enforced on every token, so the finished text validates.
+  const name = "response_format json_schema: the output validates";
+  if (!caps.constraints) record(name, null, "this backend has no structured output yet (501)");
+  else {
+    const r = await client.complete({
+      response_format: { type: "json_schema", json_schema: { name: "check", schema: CHECK_SCHEMA } },
+      max_tokens: 256,
+      logprobs: null,
+    });
+    let value: { id?: unknown; tag?: unknown } | null = null;
+    try {
+      value = JSON.parse(r.text);
+    } catch {}
+    const valid =
+      value !== null &&
+      Number.isInteger(value.id) &&
+      (value.id as number) >= 0 &&
+      (value.id as number) <= 999 &&
+      (value.tag === "alpha" || value.tag === "beta") &&
+      Object.keys(value).length === 2;
+    record(
+      name,
+      r.status === 200 && r.finish === "stop" && valid,
+      `HTTP ${r.status}, finish ${r.finish}: ${JSON.stringify(r.text).slice(0, 80)}`,
     );
   }
 

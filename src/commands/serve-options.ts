@@ -212,6 +212,20 @@ export const SERVE_SETTINGS = {
     help: "longest wait for room in a full adapter cache",
     arg: "<s>",
   },
+  "constraint-compile-timeout": {
+    schema: v.optional(v.pipe(v.number(), v.gtValue(0)), 2),
+    read: "number",
+    group: "general",
+    help: "longest compilation of one response_format / structured_outputs schema, then a 400",
+    arg: "<s>",
+  },
+  "constraint-cache-mb": {
+    schema: v.optional(Megabytes, 256),
+    read: "number",
+    group: "general",
+    help: "memory for compiled output constraints (grammars and their token masks), least recently used out",
+    arg: "<mb>",
+  },
   "request-timeout": {
     schema: v.optional(NonNegative, 600),
     read: "number",

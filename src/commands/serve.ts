@@ -213,6 +213,8 @@ async function startServing(
       requestTimeoutMs: config["request-timeout"] * 1000,
       maxPerKey: perKeyLimit(config),
       onAdapterUse: (a, wasCached) => observer.adapterUsed(a.name, a.taskId, wasCached),
+      constraintCompileMs: config["constraint-compile-timeout"] * 1000,
+      constraintCacheBytes: Math.floor(config["constraint-cache-mb"] * 1024 * 1024),
     });
     registerVllmMetrics(observer.registry, core);
     let ready = false;

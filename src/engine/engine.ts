@@ -5,9 +5,12 @@
  */
 import { type ErrorCode, MultiloraError } from "../errors.ts";
 import type { FloatDType } from "../formats/dtypes.ts";
+import type { ConstraintMatcher } from "./constraint-native.ts";
 import type { MLR_STATUS } from "./native.ts";
 
-export type FinishReason = "length" | "end_id" | "stop_id" | "cancelled";
+/** Why a request ended; "constraint": its constraint is complete and allows nothing more (the last token
+ * is the constraint's, not an end id). */
+export type FinishReason = "length" | "end_id" | "stop_id" | "cancelled" | "constraint";
 
 /** An adapter for one request: its task id, with its weights when the engine may not have them. */
 export interface LoraRef {
@@ -39,6 +42,10 @@ export interface GenerateRequest {
   /** Log-probabilities: undefined = none, 0 = the chosen token's, k = also the k most likely. */
   topLogprobs?: number;
   lora?: LoraRef;
+  /** Only tokens this matcher allows are sampled (end and stop ids only where it is complete). Borrowed for
+   * the call: the engine copies it at enqueue, so the caller may free it right after. Needs
+   * `capabilities.constraints` (else enqueue throws UNSUPPORTED), and a matcher from the engine's library. */
+  constraint?: ConstraintMatcher | null;
 }
 
 export interface TokenEvent {
@@ -96,6 +103,8 @@ export interface EngineCapabilities {
   /** Logprobs are the log-softmax of the raw logits (true), or the sampling layer's, after temperature and
    * penalties (false: TensorRT-LLM engines built without --gather_generation_logits). */
   rawLogprobs: boolean;
+  /** GenerateRequest.constraint works. */
+  constraints: boolean;
 }
 
 export interface LoraTaskStats {

@@ -40,6 +40,7 @@ const FINISH_BY_CODE: Record<number, FinishReason | null> = {
   [MLR_FINISH.END_ID]: "end_id",
   [MLR_FINISH.STOP_ID]: "stop_id",
   [MLR_FINISH.CANCELLED]: "cancelled",
+  [MLR_FINISH.CONSTRAINT]: "constraint",
 };
 
 /** Most cached adapters one stats() call lists. */
@@ -128,6 +129,7 @@ export class NativeEngine implements Engine {
       maxLoraRank: caps.get("max_lora_rank"),
       loraDtype: DTYPE_BY_CODE[caps.get("lora_dtype")] ?? "F32",
       rawLogprobs: caps.get("raw_logprobs") === 1,
+      constraints: caps.get("constraints") === 1,
     };
     this.pump = new Worker(workerUrl("engine/response-pump.ts"));
     this.pump.onmessage = (event: MessageEvent<{ responses?: RawResponse[]; stopped?: boolean }>) => {
@@ -175,6 +177,7 @@ export class NativeEngine implements Engine {
           .set("lora_config_width", lora.configWidth ?? 3);
       }
     }
+    if (request.constraint) r.set("constraint", request.constraint.pointer);
     const id = new BigUint64Array(1);
     const err = new ErrorBuffer();
     const status = this.lib.mlr_enqueue(this.handle, ptr(r.bytes), ptr(id), err.ptr, err.bytes.length);

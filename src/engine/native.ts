@@ -42,6 +42,18 @@ const SYMBOLS = {
   mlr_trtllm_sampling_text: { args: [P, P, u64], returns: i32 },
   mlr_trtllm_logprob_offset: { args: [i64, i64], returns: i64 },
   mlr_cpu_test_fail_allocs: { args: [P, i32], returns: i32 },
+  mlr_vocab_create: { args: [P, P, i32, P, P, P, u64], returns: i32 },
+  mlr_vocab_release: { args: [P], returns: FFIType.void },
+  mlr_vocab_size: { args: [P], returns: i32 },
+  mlr_grammar_create: { args: [P, P, i64, P, P, u64], returns: i32 },
+  mlr_grammar_release: { args: [P], returns: FFIType.void },
+  mlr_grammar_bytes: { args: [P], returns: i64 },
+  mlr_matcher_create: { args: [P, P, P, u64], returns: i32 },
+  mlr_matcher_clone: { args: [P, P, P, u64], returns: i32 },
+  mlr_matcher_free: { args: [P], returns: FFIType.void },
+  mlr_matcher_fill_mask: { args: [P, P, i32, P], returns: i32 },
+  mlr_matcher_accept: { args: [P, i32], returns: i32 },
+  mlr_matcher_state: { args: [P], returns: i32 },
 } as const;
 
 type Library = ReturnType<typeof dlopen<typeof SYMBOLS>>;
@@ -138,7 +150,15 @@ export function statusName(code: number): Exclude<keyof typeof MLR_STATUS, "OK">
   return (entry?.[0] as Exclude<keyof typeof MLR_STATUS, "OK"> | undefined) ?? "INTERNAL";
 }
 
-export const MLR_FINISH = { NONE: 0, LENGTH: 1, END_ID: 2, STOP_ID: 3, CANCELLED: 4, ERROR: 5 } as const;
+export const MLR_FINISH = {
+  NONE: 0,
+  LENGTH: 1,
+  END_ID: 2,
+  STOP_ID: 3,
+  CANCELLED: 4,
+  ERROR: 5,
+  CONSTRAINT: 6,
+} as const;
 
 export const MLR_MAX_TOP_LOGPROBS = 20;
 
@@ -291,6 +311,7 @@ export const REQUEST = new StructLayout("mlr_request", [
   ["lora_config", "ptr"],
   ["lora_config_width", "i32"],
   ["lora_scale", "f32"],
+  ["constraint", "ptr"],
 ]);
 
 export const RESPONSE = new StructLayout("mlr_response", [
@@ -316,6 +337,7 @@ export const CAPABILITIES = new StructLayout("mlr_capabilities", [
   ["max_lora_rank", "i32"],
   ["lora_dtype", "i32"],
   ["raw_logprobs", "i32"],
+  ["constraints", "i32"],
 ]);
 
 export const STATS = new StructLayout("mlr_stats", [

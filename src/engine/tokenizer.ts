@@ -195,6 +195,21 @@ export class Tokenizer {
     return this.#bytes;
   }
 
+  /**
+   * Each token's bytes, and the tokens an output constraint never allows (added and special tokens, end
+   * ids: they are not text); null where the vocabulary is not byte-level.
+   */
+  constraintTokens(): { bytes: readonly Uint8Array[]; excluded: Uint8Array } | null {
+    const table = this.#table();
+    if (!table || !this.#byteLevel) return null;
+    const excluded = new Uint8Array(table.bytes.length);
+    table.bytes.forEach((b, id) => {
+      if (b.length === 0 || table.special[id] || this.#byteLevel?.addedIds.has(id)) excluded[id] = 1;
+    });
+    for (const id of this.eosTokenIds) if (id < excluded.length) excluded[id] = 1;
+    return { bytes: table.bytes, excluded };
+  }
+
   /** Whether streamed tokens are detokenized by table (a byte-level vocabulary). */
   get streamsByTable(): boolean {
     return this.#table() !== null;

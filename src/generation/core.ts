@@ -22,6 +22,7 @@ import {
   CompletionRequestSchema,
 } from "../api/schemas.ts";
 import type { ChatTemplate } from "../engine/chat-template.ts";
+import type { ConstraintMatcher } from "../engine/constraint-native.ts";
 import {
   type Engine,
   EngineError,
@@ -32,6 +33,8 @@ import {
 import type { Tokenizer } from "../engine/tokenizer.ts";
 import { MultiloraError } from "../errors.ts";
 import type { AdapterVersion, LoraRegistry } from "../lora/registry.ts";
+import { CompilerThread } from "../structured/compiler-thread.ts";
+import { GrammarCache } from "../structured/grammar-cache.ts";
 import { AdapterUse } from "./adapter-use.ts";
 import { Admission, shuttingDown } from "./admission.ts";
 import { Generation, type StartedRequest } from "./generation.ts";
@@ -40,7 +43,7 @@ import {
   buildChatTask,
   buildCompletionTask,
   type GenerationTask,
-  type TaskChoice,
+  type TaskConstraint,
   type TaskSettings,
 } from "./task.ts";
 
@@ -57,6 +60,10 @@ export interface CoreSettings {
   maxPerKey?: number;
   /** Told, for each request with an adapter, whether the engine had it cached when the request came. */
   onAdapterUse?: (adapter: AdapterVersion, wasCached: boolean) => void;
+  /** Longest compilation of one output constraint (`--constraint-compile-timeout`); past it, a 400. */
+  constraintCompileMs?: number;
+  /** Bytes of compiled constraints kept (`--constraint-cache-mb`). */
+  constraintCacheBytes?: number;
 }
 
 export class GenerationCore {
@@ -66,6 +73,9 @@ export class GenerationCore {
   /** Task ids sent to the engine and not known to be gone (the estimate where the engine cannot list). */
   private readonly known = new Set<bigint>();
   private readonly taskSettings: TaskSettings;
+  private readonly compiler = new CompilerThread();
+  /** Compiled output constraints (response_format, structured_outputs). */
+  readonly grammars: GrammarCache;
 
   /** Names the base model answers to. */
   readonly servedNames: readonly string[];
@@ -85,6 +95,10 @@ export class GenerationCore {
       (id) => this.isCached(id),
       settings.maxPerKey ?? 0,
     );
+    this.grammars = new GrammarCache(tokenizer, this.compiler, {
+      compileTimeoutMs: settings.constraintCompileMs ?? 2000,
+      maxBytes: settings.constraintCacheBytes ?? 256 * 1024 * 1024,
+    });
     this.taskSettings = {
       tokenizer,
       chatTemplate,
@@ -121,7 +135,38 @@ export class GenerationCore {
    * runs, at the drain timeout (its generation ends with a shutting_down error).
    */
   async start(task: GenerationTask, options: { key?: string | null } = {}): Promise<Generation> {
-    const slot = this.admission.enter(options.key ?? null);
+    // Compiled before admission: a schema that cannot be enforced is a 400 that never held a slot.
+    const matcher = task.constraint ? await this.constraintMatcher(task.constraint) : null;
+    try {
+      return await this.admitAndStart(task, matcher, options.key ?? null);
+    } finally {
+      matcher?.free(); // the engine copied it for every choice it started
+    }
+  }
+
+  private async constraintMatcher(constraint: TaskConstraint): Promise<ConstraintMatcher> {
+    const { param } = constraint;
+    if (!this.engine.capabilities.constraints) {
+      throw new MultiloraError(`${param}: structured output is not available on this backend yet`, {
+        code: "unsupported",
+        param,
+      });
+    }
+    try {
+      return await this.grammars.matcher(constraint.spec);
+    } catch (e) {
+      if (e instanceof MultiloraError && e.param === null)
+        throw new MultiloraError(`${param}: ${e.message}`, { code: e.code, param, cause: e });
+      throw e;
+    }
+  }
+
+  private async admitAndStart(
+    task: GenerationTask,
+    matcher: ConstraintMatcher | null,
+    key: string | null,
+  ): Promise<Generation> {
+    const slot = this.admission.enter(key);
     const use = task.adapter ? this.adapterUse.enter(task.adapter.name) : undefined;
     const release = () => {
       use?.end();
@@ -131,7 +176,9 @@ export class GenerationCore {
     const starting = new Starting();
     slot.onDrain(() => starting.stop());
     const settled = await Promise.allSettled(
-      task.choices.map((c) => this.startChoice(task, c, arrived, starting)),
+      task.choices.map((c) =>
+        this.startChoice(task, { ...c.request, constraint: matcher }, arrived, starting),
+      ),
     );
     const failed = settled.find((s) => s.status === "rejected");
     const started = settled.flatMap((s) => (s.status === "fulfilled" ? [s.value] : []));
@@ -176,12 +223,12 @@ export class GenerationCore {
   /** One choice's engine request, sent (and sent again) until its first event is in. */
   private async startChoice(
     task: GenerationTask,
-    choice: TaskChoice,
+    request: GenerateRequest,
     arrived: number,
     starting: Starting,
   ): Promise<StartedRequest> {
     const adapter = task.adapter;
-    if (!adapter) return this.first(choice.request, starting);
+    if (!adapter) return this.first(request, starting);
     const wasCached = this.isCached(adapter.taskId);
     let withWeights = task.loadMode === "always" || (task.loadMode === "auto" && !wasCached);
     for (;;) {
@@ -189,7 +236,7 @@ export class GenerationCore {
       const lora = await this.loraPart(adapter, task.loraScale, withWeights);
       try {
         if (starting.stopped) throw shuttingDown();
-        const started = await this.first({ ...choice.request, lora }, starting);
+        const started = await this.first({ ...request, lora }, starting);
         this.known.add(adapter.taskId);
         this.settings.onAdapterUse?.(adapter, wasCached);
         return started;
@@ -286,8 +333,10 @@ export class GenerationCore {
   }
 
   /** Stops admitting; resolves when every held request has ended, or after `timeoutMs`. */
-  drain(timeoutMs: number): Promise<void> {
-    return this.admission.drain(timeoutMs);
+  async drain(timeoutMs: number): Promise<void> {
+    await this.admission.drain(timeoutMs);
+    this.compiler.close();
+    this.grammars.close();
   }
 }
 

@@ -13,6 +13,7 @@ import type { GenerateRequest } from "../engine/engine.ts";
 import type { Tokenizer } from "../engine/tokenizer.ts";
 import { MultiloraError } from "../errors.ts";
 import type { AdapterVersion } from "../lora/registry.ts";
+import type { ConstraintSpec } from "../structured/constraint.ts";
 import type { Target } from "./target.ts";
 
 export type LoadMode = "auto" | "always" | "never";
@@ -50,6 +51,8 @@ export interface GenerationTask {
   readonly stop: readonly string[];
   /** null: no logprobs; k: the chosen token's and the k most likely. */
   readonly topLogprobs: number | null;
+  /** What every choice's output must be, and the field that asked (response_format, ...); null: free text. */
+  readonly constraint: TaskConstraint | null;
   /** A generation is cut after this long (finish_reason "length"); 0 = never. */
   readonly timeoutMs: number;
   readonly output: TaskOutput;
@@ -72,10 +75,6 @@ export interface TaskSettings {
  * `harmless` (what asks for no change).
  */
 const UNSUPPORTED: Record<string, { harmless?: (value: unknown) => boolean; what: string }> = {
-  response_format: {
-    harmless: (v) => (v as { type?: unknown })?.type === "text",
-    what: "structured output (response_format other than text)",
-  },
   tools: { harmless: (v) => Array.isArray(v) && v.length === 0, what: "tool calling" },
   // "auto" without tools calls nothing; tools themselves are refused.
   tool_choice: { harmless: (v) => v === "none" || v === "auto", what: "tool calling" },
@@ -95,11 +94,7 @@ const UNSUPPORTED: Record<string, { harmless?: (value: unknown) => boolean; what
   web_search_options: { what: "web search" },
   best_of: { harmless: (v) => v === 1, what: "best_of" },
   suffix: { harmless: (v) => v === "" || v === null, what: "suffix (insertion)" },
-  structured_outputs: { what: "structured output" },
-  guided_json: { what: "structured output" },
-  guided_regex: { what: "structured output" },
-  guided_choice: { what: "structured output" },
-  guided_grammar: { what: "structured output" },
+  guided_grammar: { what: "grammars (use response_format or structured_outputs json, regex or choice)" },
   ignore_eos: { harmless: (v) => v === false, what: "ignore_eos" },
   min_tokens: { harmless: (v) => v === 0, what: "min_tokens" },
   stop_token_ids: { harmless: (v) => Array.isArray(v) && v.length === 0, what: "stop_token_ids" },
@@ -108,7 +103,8 @@ const UNSUPPORTED: Record<string, { harmless?: (value: unknown) => boolean; what
   use_beam_search: { harmless: (v) => v === false, what: "beam search" },
   prompt_logprobs: { what: "prompt_logprobs" },
   truncate_prompt_tokens: { what: "truncate_prompt_tokens" },
-  guided_decoding_backend: { what: "structured output" },
+  guided_decoding_backend: { what: "a choice of structured-output backend (there is one)" },
+  guided_whitespace_pattern: { what: "a whitespace pattern for structured output" },
   chat_template: { what: "a chat template of the request's own" },
   chat_template_kwargs: {
     harmless: (v) => typeof v === "object" && v !== null && Object.keys(v).length === 0,
@@ -198,6 +194,88 @@ function checkTokenIds(prompt: readonly number[], vocabSize: number, promptIndex
   );
 }
 
+export interface TaskConstraint {
+  readonly spec: ConstraintSpec;
+  /** The request field it came from, named in errors. */
+  readonly param: string;
+}
+
+/** vLLM structured_outputs fields this server enforces. */
+const STRUCTURED_OUTPUTS_FIELDS = ["json", "regex", "choice", "json_object"];
+
+function jsonSchemaOf(value: unknown, param: string): unknown {
+  if (typeof value !== "string") return value;
+  try {
+    return JSON.parse(value);
+  } catch {
+    throw new MultiloraError(`${param} is a string that is not JSON text of a schema`, {
+      code: "invalid_schema",
+      param,
+    });
+  }
+}
+
+/** The request's output constraint (response_format, structured_outputs, guided_*), or null; one at most. */
+export function constraintOf(body: Common): TaskConstraint | null {
+  const found: { param: string; spec: ConstraintSpec }[] = [];
+  const rf = body.response_format;
+  if (rf?.type === "json_object") found.push({ param: "response_format", spec: { kind: "json_object" } });
+  if (rf?.type === "json_schema") {
+    found.push({ param: "response_format", spec: { kind: "json_schema", schema: rf.json_schema.schema } });
+  }
+  const so = body.structured_outputs;
+  if (so) {
+    const extra = Object.keys(so).filter(
+      (k) => !STRUCTURED_OUTPUTS_FIELDS.includes(k) && (so as Record<string, unknown>)[k] != null,
+    );
+    if (extra.length > 0) {
+      throw new MultiloraError(
+        `not supported by this server: structured_outputs.${extra.join(", structured_outputs.")}; use json, regex, choice or json_object`,
+        { code: "unsupported_field", param: `structured_outputs.${extra[0]}` },
+      );
+    }
+    if (so.json !== undefined)
+      found.push({
+        param: "structured_outputs.json",
+        spec: { kind: "json_schema", schema: jsonSchemaOf(so.json, "structured_outputs.json") },
+      });
+    if (so.regex !== undefined)
+      found.push({ param: "structured_outputs.regex", spec: { kind: "regex", pattern: so.regex } });
+    if (so.choice !== undefined)
+      found.push({ param: "structured_outputs.choice", spec: { kind: "choice", choices: so.choice } });
+    if (so.json_object)
+      found.push({ param: "structured_outputs.json_object", spec: { kind: "json_object" } });
+  }
+  if (body.guided_json !== null && body.guided_json !== undefined) {
+    found.push({
+      param: "guided_json",
+      spec: { kind: "json_schema", schema: jsonSchemaOf(body.guided_json, "guided_json") },
+    });
+  }
+  if (body.guided_regex !== null && body.guided_regex !== undefined)
+    found.push({ param: "guided_regex", spec: { kind: "regex", pattern: body.guided_regex } });
+  if (body.guided_choice !== null && body.guided_choice !== undefined)
+    found.push({ param: "guided_choice", spec: { kind: "choice", choices: body.guided_choice } });
+  if (found.length > 1) {
+    throw new MultiloraError(
+      `one output constraint at a time: ${found.map((f) => f.param).join(" and ")} are both set`,
+      {
+        code: "invalid_request",
+        param: found[1]?.param,
+      },
+    );
+  }
+  const only = found[0];
+  if (!only) return null;
+  if (stopStrings(body.stop).length > 0) {
+    throw new MultiloraError(
+      `stop cannot be combined with ${only.param}: a stop string could cut the output short of its format; leave stop out (the output ends where the format is complete)`,
+      { code: "invalid_request", param: "stop" },
+    );
+  }
+  return Object.freeze({ spec: Object.freeze(only.spec), param: only.param });
+}
+
 function buildTask(
   settings: TaskSettings,
   kind: GenerationTask["kind"],
@@ -248,6 +326,7 @@ function buildTask(
     promptTokens: prompts.reduce((sum, p) => sum + p.length, 0),
     choices: Object.freeze(choices),
     stop: Object.freeze(stopStrings(body.stop)),
+    constraint: constraintOf(body),
     topLogprobs: extra.topLogprobs,
     timeoutMs: settings.requestTimeoutMs,
     output: Object.freeze({

@@ -36,7 +36,7 @@ describe("multilora check", () => {
   test("every behaviour passes on the demo model and its two adapters", async () => {
     const results = await runChecks(args(join(model, "lora")));
     expect(results.map((r) => r.name)).toContain("an adapter changes the output");
-    expect(results.length).toBe(13);
+    expect(results.length).toBe(14);
     expect(results.filter((r) => r.status !== "PASS")).toEqual([]);
   });
 
@@ -65,6 +65,6 @@ describe("multilora check", () => {
     expect(r.status).toBe(0);
     const out = JSON.parse(r.stdout) as { results: { status: string }[]; failed: number };
     expect(out.failed).toBe(0);
-    expect(out.results).toHaveLength(13);
+    expect(out.results).toHaveLength(14);
   });
 });

@@ -100,15 +100,25 @@ if (!haveSanitizers)
   );
 
 test.skipIf(!haveSanitizers || process.env.MULTILORA_SANITIZED === "1")(
-  "the native library (kernels, the whole CPU engine, and a full server over it) runs clean under AddressSanitizer and UndefinedBehaviorSanitizer",
+  "the native library (kernels, the whole CPU engine, output constraints, and a full server over it) runs clean under AddressSanitizer and UndefinedBehaviorSanitizer",
   () => {
     const build = spawnSync("make", ["-s", "-C", join(ROOT, "ffi"), "asan"], { encoding: "utf8" });
     expect(build.stderr).toBe("");
     expect(build.status).toBe(0);
     const files = [
-      ...["native", "abi-layout", "cpu-engine", "lora-cache", "scheduling", "step-failures"].map((f) =>
-        join(import.meta.dir, `${f}.test.ts`),
-      ),
+      ...[
+        "native",
+        "abi-layout",
+        "cpu-engine",
+        "lora-cache",
+        "scheduling",
+        "step-failures",
+        // output constraints: the matcher's masks and accepts, and constrained requests in the engine
+        "constraint-native",
+        "constraint-engine",
+      ].map((f) => join(import.meta.dir, `${f}.test.ts`)),
+      // the mask code over the whole JSON Schema Test Suite (skips without ../shared/fixtures)
+      join(import.meta.dir, "../structured/json-schema-suite.test.ts"),
       // A full server: HTTP, the adapter registry and cache, streaming and cancels over the sanitized engine.
       join(import.meta.dir, "../server/e2e.test.ts"),
       join(import.meta.dir, "../server/lora-rules.test.ts"),
@@ -128,7 +138,7 @@ test.skipIf(!haveSanitizers || process.env.MULTILORA_SANITIZED === "1")(
     const output = `${run.stdout}\n${run.stderr}`;
     expect(output).not.toMatch(/ERROR: AddressSanitizer|runtime error:/);
     expect(output).toMatch(/\n 0 fail\n/);
-    expect(output).toMatch(/Ran \d+ tests across 8 files/);
+    expect(output).toMatch(/Ran \d+ tests across 11 files/);
     expect(run.status).toBe(0);
   },
   300_000,

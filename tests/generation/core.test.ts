@@ -307,9 +307,9 @@ describe("the task", () => {
     const body = v.parse(ChatCompletionRequestSchema, {
       model: "demo",
       messages: [{ role: "user", content: "hi" }],
-      response_format: { type: "json_object" },
       logit_bias: { "5": 10 },
       tools: [{ type: "function", function: { name: "f" } }],
+      min_tokens: 3,
     });
     const target = await core.target("demo", null, null);
     let error: MultiloraError | undefined;
@@ -319,8 +319,8 @@ describe("the task", () => {
       error = e as MultiloraError;
     }
     expect(error?.code).toBe("unsupported_field");
-    expect(error?.param).toBe("response_format");
-    expect(error?.message).toContain("response_format");
+    expect(error?.param).toBe("logit_bias");
+    expect(error?.message).toContain("min_tokens");
     expect(error?.message).toContain("logit_bias");
     expect(error?.message).toContain("tools");
     // What asks for no change is accepted.

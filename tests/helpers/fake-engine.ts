@@ -76,6 +76,7 @@ export class FakeEngine implements Engine {
       maxLoraRank: 64,
       loraDtype: "F32",
       rawLogprobs: true,
+      constraints: false,
     };
   }
 

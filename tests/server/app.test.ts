@@ -82,7 +82,7 @@ test("a field that would change the output and is not implemented is a 400 namin
       body: JSON.stringify({
         model: "demo",
         messages: [{ role: "user", content: "hi" }],
-        response_format: { type: "json_schema", json_schema: { name: "x", schema: { type: "object" } } },
+        logit_bias: { "7": -100 },
       }),
     }),
   );
@@ -91,6 +91,30 @@ test("a field that would change the output and is not implemented is a 400 namin
   expect(error).toMatchObject({
     type: "invalid_request_error",
     code: "unsupported_field",
+    param: "logit_bias",
+  });
+  expect(engine.enqueued).toHaveLength(0);
+});
+
+test("structured output on a backend without it is a 501 naming the field, never a free-text answer", async () => {
+  const engine = new FakeEngine({ vocab: DEMO_PRESETS.tiny.vocab, loraSlots: 1 });
+  const app = appOver(engine, 4);
+  const response = await app.request(
+    new Request("http://test/v1/chat/completions", {
+      method: "POST",
+      headers: { "content-type": "application/json" },
+      body: JSON.stringify({
+        model: "demo",
+        messages: [{ role: "user", content: "hi" }],
+        response_format: { type: "json_schema", json_schema: { name: "x", schema: { type: "object" } } },
+      }),
+    }),
+  );
+  expect(response.status).toBe(501);
+  const { error } = (await response.json()) as { error: Record<string, unknown> };
+  expect(error).toMatchObject({
+    type: "not_implemented_error",
+    code: "unsupported",
     param: "response_format",
   });
   expect(engine.enqueued).toHaveLength(0);
