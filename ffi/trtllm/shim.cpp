@@ -22,6 +22,7 @@
 #include <exception>
 #include <limits>
 #include <list>
+#include <memory>
 #include <mutex>
 #include <numeric>
 #include <optional>
@@ -35,6 +36,7 @@
 #include "multilora.h"
 #include "../common/dtype_size.h"     /* dtype_size */
 #include "../common/request_check.h"  /* mlr_request_check, shared with the CPU engine */
+#include "../common/constraint_matcher.h" /* constraint_matcher_vocab_size */
 #include "../common/trtllm_plan.h"     /* mlr_trtllm_plan_sampling, mlr_trtllm_logprob_offset */
 
 /* Where CMake found libnvinfer_plugin_tensorrt_llm.so (ffi/trtllm/CMakeLists.txt). */
@@ -170,6 +172,128 @@ bool init_plugins(std::string *why) {
 } // namespace
 
 /* ============================================================================================== */
+/* output constraints: the matcher's masks through the executor's batched logits post-processor */
+
+/*
+ * The same matcher as the CPU engine's (ffi/common/constraint_*.c), applied where TensorRT-LLM lets a
+ * client change logits before sampling: a constrained request names the batched logits post-processor
+ * (Request::kBatchedPostProcessorName), and the executor calls it each step with every such request's
+ * logits, its tokens so far (prompt included) and the decoder's stream. There the matcher reads the tokens
+ * generated since the last call, fills its mask, and every token it does not allow gets -inf (end ids and
+ * stop ids only where the constraint is complete), so the executor's own sampling (temperature, top-k/p,
+ * penalties) picks among allowed tokens only. Why not the executor's guided decoding (xgrammar): one
+ * compiler and one matcher for both backends means one set of accepted schemas and one behaviour, tested
+ * here on the CPU engine (see ffi/trtllm/README.md).
+ *
+ * The logits row is copied to pageable host memory and back on the decoder's stream: a device-to-pageable
+ * copy returns once complete and a pageable-to-device copy once staged, so no CUDA call is needed here.
+ * (About 2 x 4 bytes x the vocabulary per constrained request per step; a GPU kernel applying a bitmask
+ * would avoid it.)
+ */
+struct constrained_request {
+    mlr_matcher *matcher;        /* the engine's copy; freed when the request ends */
+    size_t prompt_len;
+    size_t read = 0;             /* generated tokens the matcher has accepted */
+    std::vector<int32_t> enders; /* end ids and stop ids: allowed only where the constraint is complete */
+    bool failed = false;         /* the matcher refused a sampled token or allowed none: ends with an error */
+};
+
+struct constraint_table {
+    std::mutex mu; /* guards everything below; taken by the executor's thread in the callback */
+    std::unordered_map<tle::IdType, constrained_request> requests; /* by executor request id */
+    std::vector<uint32_t> mask;                                     /* scratch of the callback */
+
+    ~constraint_table() {
+        for (auto &entry : requests) mlr_matcher_free(entry.second.matcher);
+    }
+
+    /* Ends the bookkeeping of a request; true when its constraint failed. Caller holds mu. */
+    bool finish(tle::IdType id) {
+        auto const it = requests.find(id);
+        if (it == requests.end()) return false;
+        bool const failed = it->second.failed;
+        mlr_matcher_free(it->second.matcher);
+        requests.erase(it);
+        return failed;
+    }
+};
+
+namespace {
+
+/* -inf in the logits' own element type, at every position the mask does not allow. */
+void mask_row(void *row, tle::DataType dtype, int64_t vocab, std::vector<uint32_t> const &mask) {
+    auto const allowed = [&](int64_t k) {
+        size_t const w = static_cast<size_t>(k >> 5);
+        return w < mask.size() && ((mask[w] >> (k & 31)) & 1u);
+    };
+    switch (dtype) {
+    case tle::DataType::kFP32: {
+        float *x = static_cast<float *>(row);
+        for (int64_t k = 0; k < vocab; k++)
+            if (!allowed(k)) x[k] = -INFINITY;
+        return;
+    }
+    case tle::DataType::kFP16:
+    case tle::DataType::kBF16: {
+        uint16_t const minus_inf = dtype == tle::DataType::kFP16 ? 0xFC00 : 0xFF80;
+        uint16_t *x = static_cast<uint16_t *>(row);
+        for (int64_t k = 0; k < vocab; k++)
+            if (!allowed(k)) x[k] = minus_inf;
+        return;
+    }
+    default: throw std::runtime_error("logits of an unsupported data type for output constraints");
+    }
+}
+
+/* The batched logits post-processor (runs on the executor's thread). */
+void apply_constraints(constraint_table &t, std::vector<tle::IdType> const &ids, std::vector<tle::Tensor> &logits,
+                       std::vector<std::reference_wrapper<tle::BeamTokens const>> const &tokens,
+                       tle::StreamPtr const &stream) {
+    std::lock_guard<std::mutex> lock(t.mu);
+    for (size_t i = 0; i < ids.size() && i < logits.size() && i < tokens.size(); i++) {
+        auto const it = t.requests.find(ids[i]);
+        if (it == t.requests.end()) continue;
+        constrained_request &c = it->second;
+        tle::BeamTokens const &beams = tokens[i].get();
+        if (!beams.empty()) {
+            tle::VecTokens const &seen = beams[0];
+            while (!c.failed && c.prompt_len + c.read < seen.size()) {
+                if (mlr_matcher_accept(c.matcher, seen[c.prompt_len + c.read]) != MLR_OK) c.failed = true;
+                else c.read++;
+            }
+        }
+        auto const shape = logits[i].getShape();
+        int64_t const vocab = shape.size() > 0 ? shape[shape.size() - 1] : 0;
+        if (vocab <= 0) continue;
+        t.mask.assign(static_cast<size_t>((vocab + 31) / 32), 0u);
+        int32_t complete = 0;
+        if (!c.failed) {
+            int32_t const words = static_cast<int32_t>(std::min<size_t>(t.mask.size(), INT32_MAX));
+            int32_t const n_words = (constraint_matcher_vocab_size(c.matcher) + 31) / 32;
+            if (n_words > words || mlr_matcher_fill_mask(c.matcher, t.mask.data(), n_words, &complete) != MLR_OK)
+                c.failed = true;
+        }
+        uint32_t any = 0;
+        for (uint32_t w : t.mask) any |= w;
+        if (!any && !complete) c.failed = true; /* nothing allowed: end it (an error at its last response) */
+        if (c.failed) std::fill(t.mask.begin(), t.mask.end(), 0u);
+        if (complete || c.failed) {
+            for (int32_t id : c.enders)
+                if (id >= 0 && id < vocab) t.mask[static_cast<size_t>(id) >> 5] |= 1u << (id & 31);
+        }
+        tle::Tensor host = logits[i].copyToCpu(stream);
+        int64_t const rows = vocab > 0 ? static_cast<int64_t>(host.getSize()) / vocab : 0;
+        size_t const elem = host.getSizeInBytes() / std::max<size_t>(host.getSize(), 1);
+        for (int64_t r = 0; r < rows; r++)
+            mask_row(static_cast<char *>(host.getData()) + static_cast<size_t>(r * vocab) * elem, host.getDataType(),
+                     vocab, t.mask);
+        logits[i].setFrom(host, stream);
+    }
+}
+
+} // namespace
+
+/* ============================================================================================== */
 /* the engine */
 
 struct live_request {
@@ -178,12 +302,15 @@ struct live_request {
 };
 
 struct mlr_engine {
-    mlr_engine(std::string const &dir, tle::ExecutorConfig const &config, mlr_trtllm_params const &p)
-        : executor(dir, tle::ModelType::kDECODER_ONLY, config), params(p) {
+    mlr_engine(std::string const &dir, tle::ExecutorConfig const &config, mlr_trtllm_params const &p,
+               std::shared_ptr<constraint_table> table)
+        : constraints(std::move(table)), executor(dir, tle::ModelType::kDECODER_ONLY, config), params(p) {
         params.engine_dir = nullptr;  /* borrowed for the create call only */
         params.worker_path = nullptr;
     }
 
+    /* Before the executor: built first, destroyed after it (the executor's callback holds it too). */
+    std::shared_ptr<constraint_table> constraints;
     tle::Executor executor;
     mlr_trtllm_params params;
 
@@ -230,6 +357,17 @@ int32_t mlr_trtllm_create(const mlr_trtllm_params *p, mlr_engine **engine, char 
         if (p->max_batch_size >= 0) config.setMaxBatchSize(p->max_batch_size);
         if (p->max_num_tokens >= 0) config.setMaxNumTokens(p->max_num_tokens);
         if (p->gather_generation_logits) config.setGatherGenerationLogits(true);
+        /* Output constraints: one batched post-processor; constrained requests name it. Not replicated on
+         * other tensor-parallel ranks (the matchers live in this process only). */
+        auto table = std::make_shared<constraint_table>();
+        tle::LogitsPostProcessorBatched const post = [table](std::vector<tle::IdType> const &ids,
+                                                             std::vector<tle::Tensor> &logits,
+                                                             std::vector<std::reference_wrapper<tle::BeamTokens const>> const &tokens,
+                                                             tle::StreamPtr const &stream,
+                                                             std::vector<std::optional<tle::IdType>> const &) {
+            apply_constraints(*table, ids, logits, tokens, stream);
+        };
+        config.setLogitsPostProcessorConfig(tle::LogitsPostProcessorConfig(std::nullopt, post, /*replicate=*/false));
 
         if (p->max_lora_rank > 0) {
             int32_t device_module_layers = 0; /* 0 = sized by deviceCachePercent */
@@ -260,7 +398,7 @@ int32_t mlr_trtllm_create(const mlr_trtllm_params *p, mlr_engine **engine, char 
                                                          std::nullopt, orchestrator));
         }
 
-        *engine = new mlr_engine(p->engine_dir, config, *p);
+        *engine = new mlr_engine(p->engine_dir, config, *p, std::move(table));
         return MLR_OK;
     } catch (std::bad_alloc const &) {
         set_text(err, err_len, "out of memory creating the TensorRT-LLM executor");
@@ -319,9 +457,18 @@ int32_t mlr_enqueue(mlr_engine *e, const mlr_request *q, uint64_t *request_id, c
             set_text(err, err_len, "TensorRT-LLM has no per-request LoRA scale (fold it into the weights)");
             return MLR_UNSUPPORTED;
         }
-        if (q->constraint) {
-            set_text(err, err_len, "output constraints are not supported on the TensorRT-LLM backend yet");
+        /* The engine's own copy of the constraint (the caller's is borrowed for the call). */
+        std::unique_ptr<mlr_matcher, void (*)(mlr_matcher *)> matcher(nullptr, mlr_matcher_free);
+        if (q->constraint && e->params.world_size > 1) {
+            /* the post-processor runs where the matchers are: in this process, not in executorWorker's */
+            set_text(err, err_len, "output constraints need a single-GPU engine (world_size 1): the logits post-processor runs in this process");
             return MLR_UNSUPPORTED;
+        }
+        if (q->constraint) {
+            mlr_matcher *copy = nullptr;
+            int32_t const status = mlr_matcher_clone(q->constraint, &copy, err, err_len);
+            if (status != MLR_OK) return status;
+            matcher.reset(copy);
         }
 
         /* Sampling: setters rather than the 19-argument constructor; nullopt = TensorRT-LLM's default. What
@@ -369,10 +516,23 @@ int32_t mlr_enqueue(mlr_engine *e, const mlr_request *q, uint64_t *request_id, c
             request.setLoraConfig(tle::LoraConfig(q->lora_task_id, weights, config));
         }
 
-        /* Held across enqueue so a response can never arrive before the request is known to be live. */
+        constrained_request constrained{nullptr, static_cast<size_t>(q->prompt_len), 0, {}, false};
+        if (matcher) {
+            request.setLogitsPostProcessorName(tle::Request::kBatchedPostProcessorName);
+            constrained.enders.assign(q->end_ids, q->end_ids + q->n_end_ids);
+            constrained.enders.insert(constrained.enders.end(), q->stop_ids, q->stop_ids + q->n_stop_ids);
+        }
+
+        /* Held across enqueue so a response (or a post-processor call) can never arrive before the request
+         * is known to be live. */
         std::lock_guard<std::mutex> lock(e->mu);
+        std::lock_guard<std::mutex> constraints_lock(e->constraints->mu);
         tle::IdType const id = e->executor.enqueueRequest(request);
         e->live.emplace(id, std::move(entry));
+        if (matcher) {
+            constrained.matcher = matcher.release();
+            e->constraints->requests.emplace(id, std::move(constrained));
+        }
         if (q->lora_weights) e->lora_puts++;
         *request_id = id;
         return MLR_OK;
@@ -388,11 +548,18 @@ int32_t mlr_enqueue(mlr_engine *e, const mlr_request *q, uint64_t *request_id, c
     }
 }
 
+/* The end of a constrained request's bookkeeping (its last response): true when its constraint failed. */
+static bool end_constraint(mlr_engine *e, tle::IdType id) {
+    std::lock_guard<std::mutex> lock(e->constraints->mu);
+    return e->constraints->finish(id);
+}
+
 /* Appends the mlr_responses for one executor Response to e->pending (e->mu held). */
 static void unpack(mlr_engine *e, tle::Response const &response) {
     tle::IdType const id = response.getRequestId();
     auto const it = e->live.find(id);
     if (response.hasError()) {
+        end_constraint(e, id);
         std::string const &text = response.getErrorMsg();
         mlr_response r{};
         r.request_id = id;
@@ -447,6 +614,20 @@ static void unpack(mlr_engine *e, tle::Response const &response) {
         r.finish_reason = j + 1 == tokens.size() ? finish : MLR_FINISH_NONE;
         e->pending.push_back(r);
         e->tokens_generated++;
+    }
+    if (result.isFinal && end_constraint(e, id)) {
+        /* its constraint refused a token or allowed none (MLR_CONSTRAINT_MAX_DEPTH and the stack caps):
+         * never a "stop" whose text may not parse */
+        mlr_response r{};
+        r.request_id = id;
+        r.status = MLR_INTERNAL;
+        r.finish_reason = MLR_FINISH_ERROR;
+        r.token = -1;
+        set_text(r.error, sizeof r.error, "the output constraint allowed no token here (nesting too deep?)");
+        if (!e->pending.empty() && e->pending.back().request_id == id) e->pending.back().finish_reason = MLR_FINISH_NONE;
+        e->pending.push_back(r);
+        if (it != e->live.end()) e->live.erase(it);
+        return;
     }
     if (tokens.empty() && result.isFinal) {
         mlr_response r{};
@@ -520,7 +701,7 @@ int32_t mlr_capabilities_get(mlr_engine *e, mlr_capabilities *out) {
     out->max_lora_rank = e->params.max_lora_rank;
     out->lora_dtype = e->params.engine_dtype;
     out->raw_logprobs = logits ? 1 : 0; /* else the executor's logProbs: the sampling layer's */
-    out->constraints = 0;               /* not yet: mlr_enqueue refuses a constraint (MLR_UNSUPPORTED) */
+    out->constraints = e->params.world_size > 1 ? 0 : 1; /* the batched logits post-processor (apply_constraints) */
     return MLR_OK;
 }
 
