@@ -5,6 +5,7 @@
 #include <string.h>
 
 #include "../common/dtype_size.h"
+#include "attention.h"
 
 int64_t seq_kv_bytes(const model *m, int32_t capacity) {
     return 2 * (int64_t)m->cfg.num_layers * capacity * m->kv_dim * (int64_t)sizeof(float);
@@ -41,8 +42,16 @@ int forward_scratch_alloc(forward_scratch *s, const model *m, int32_t max_tokens
     s->o = malloc(t * h * sizeof(float));
     s->gate = malloc(t * inter * sizeof(float));
     s->up = malloc(t * inter * sizeof(float));
-    s->lora_mid = malloc(t * (size_t)s->max_rank * sizeof(float));
-    if (!s->x || !s->xn || !s->q || !s->k || !s->v || !s->att || !s->o || !s->gate || !s->up || !s->lora_mid) {
+    s->lora_mid = malloc(LORA_SITE_MODULES * t * (size_t)s->max_rank * sizeof(float));
+    const int64_t widest = inter > h ? (int64_t)inter : (int64_t)h;
+    s->xb = malloc((size_t)gemm_prepare_elems(max_tokens, widest > m->q_dim ? widest : m->q_dim) * sizeof(uint16_t));
+    s->group_adapter = malloc(t * sizeof *s->group_adapter);
+    s->group_tokens = malloc(t * sizeof(int32_t));
+    s->group_scale = malloc(t * sizeof(float));
+    s->chunks = malloc(t * sizeof(lora_chunk));
+    s->tiles = malloc((t + 1) * sizeof(int32_t));
+    if (!s->x || !s->xn || !s->q || !s->k || !s->v || !s->att || !s->o || !s->gate || !s->up || !s->lora_mid || !s->xb ||
+        !s->group_adapter || !s->group_tokens || !s->group_scale || !s->chunks || !s->tiles) {
         forward_scratch_free(s);
         return 0;
     }
@@ -71,122 +80,137 @@ void forward_scratch_free(forward_scratch *s) {
     free(s->gate);
     free(s->up);
     free(s->lora_mid);
+    free(s->xb);
+    free(s->group_adapter);
+    free(s->group_tokens);
+    free(s->group_scale);
+    free(s->chunks);
+    free(s->tiles);
     *s = (forward_scratch){0};
 }
 
 /* ---------------------------------------------------------------------------------------------- */
-/* LoRA: y[t] += scale[t] * B (A x[t]) for the tokens whose adapter has this (module, layer) */
+/* LoRA, grouped by adapter */
 
-/* Where the rows of B land: consecutive slices of B's output go to consecutive targets. */
-typedef struct lora_target {
-    float *y;          /* [n_tokens, stride] */
-    int64_t stride;
-    int64_t rows;      /* how many outputs of B go here */
-} lora_target;
+#define LORA_CHUNK 32  /* group positions per A task */
+#define LORA_BLOCK 256 /* outputs per B task */
 
-typedef struct lora_job {
-    const forward_ctx *ctx;
-    const batch_entry *batch;
-    int32_t module, layer;
-    const float *x;    /* [n, in] */
-    int64_t in;
-    const lora_target *targets;
-    int n_targets;
-    int failed;        /* a task could not allocate its buffer; atomic */
-} lora_job;
-
-static void lora_tokens(void *arg, int64_t begin, int64_t end) {
-    lora_job *j = arg;
-    const model *m = j->ctx->m;
-    int64_t out = 0;
-    for (int i = 0; i < j->n_targets; i++) out += j->targets[i].rows;
-    float *delta = forward_task_alloc(j->ctx->scratch, (size_t)out * sizeof(float)); /* B (A x[t]) */
-    if (!delta) {
-        __atomic_store_n(&j->failed, 1, __ATOMIC_RELAXED);
-        return;
-    }
-    for (int64_t t = begin; t < end; t++) {
-        const lora_adapter *a = j->batch[t].lora;
+/* Groups this step's tokens by adapter (first appearance order; batch order within a group) and cuts the
+ * groups into chunks. Returns 0 when no token has an adapter. */
+static int lora_groups(forward_scratch *s, const batch_entry *batch, int32_t n) {
+    s->n_groups = 0;
+    s->n_chunks = 0;
+    int32_t at = 0;
+    for (int32_t t = 0; t < n; t++) {
+        const lora_adapter *a = batch[t].lora;
         if (!a) continue;
-        const lora_row *row = &a->rows[(size_t)j->module * (size_t)m->cfg.num_layers + (size_t)j->layer];
-        if (row->rank == 0) continue;
-        const dot_fn dot = j->ctx->k->dot[a->dtype];
-        const axpy_fn axpy = j->ctx->k->axpy[a->dtype];
-        const int64_t elem = dtype_size(a->dtype);
-        float *mid = j->ctx->scratch->lora_mid + t * j->ctx->scratch->max_rank; /* [rank] = A x[t] */
-        for (int32_t r = 0; r < row->rank; r++)
-            mid[r] = dot(j->x + t * j->in, (const unsigned char *)row->a + (int64_t)r * j->in * elem, j->in);
-        /* delta = sum_r mid[r] * Bt[r, :], in r order */
-        for (int64_t o = 0; o < out; o++) delta[o] = 0;
-        for (int32_t r = 0; r < row->rank; r++) axpy(delta, mid[r], (const unsigned char *)row->bt + (int64_t)r * out * elem, out);
-        const float scale = j->batch[t].lora_scale;
-        int64_t at = 0;
-        for (int i = 0; i < j->n_targets; i++) {
-            float *y = j->targets[i].y + t * j->targets[i].stride;
-            for (int64_t o = 0; o < j->targets[i].rows; o++) y[o] += scale * delta[at + o];
-            at += j->targets[i].rows;
+        int32_t g = 0;
+        while (g < s->n_groups && s->group_adapter[g] != a) g++;
+        if (g < s->n_groups) continue; /* placed with its group's first token */
+        s->group_adapter[s->n_groups++] = a;
+        const int32_t begin = at;
+        for (int32_t u = t; u < n; u++) {
+            if (batch[u].lora != a) continue;
+            s->group_tokens[at] = u;
+            s->group_scale[at] = batch[u].lora_scale;
+            at++;
         }
+        for (int32_t c = begin; c < at; c += LORA_CHUNK)
+            s->chunks[s->n_chunks++] = (lora_chunk){g, c, c + LORA_CHUNK < at ? c + LORA_CHUNK : at};
     }
-    free(delta);
+    return s->n_groups > 0;
 }
 
-/* Returns 1, or 0 when a task ran out of memory (the outputs are then incomplete). */
-static int apply_lora(const forward_ctx *ctx, const batch_entry *batch, int32_t n, int any_lora, int32_t module,
-                      int32_t layer, const float *x, int64_t in, const lora_target *targets, int n_targets) {
-    if (!any_lora) return 1;
-    lora_job job = {ctx, batch, module, layer, x, in, targets, n_targets, 0};
-    thread_pool_run(ctx->pool, n, 1, lora_tokens, &job);
-    return !__atomic_load_n(&job.failed, __ATOMIC_RELAXED);
-}
+/* Where a module's B lands: its outputs are columns [at, at + rows) of the site's output space. */
+typedef struct lora_mod {
+    int32_t module;
+    int64_t at, rows;
+} lora_mod;
 
-/* ---------------------------------------------------------------------------------------------- */
-/* attention */
+/* A slice of the output space: columns [at, at + rows) are y[t][0 .. rows), rows ld apart. */
+typedef struct lora_out {
+    float *y;
+    int64_t ld;
+    int64_t at, rows;
+} lora_out;
 
-typedef struct attention_job {
+/* The LoRA modules reading one input, applied in the listed order to every output. */
+typedef struct lora_site {
     const forward_ctx *ctx;
-    const batch_entry *batch;
     int32_t layer;
-    int failed;        /* a task could not allocate its scores; atomic */
-} attention_job;
+    const gemm_x *x;
+    int64_t in;
+    const lora_mod *mods;
+    int n_mods;
+    const lora_out *outs;
+    int n_outs;
+    int64_t space;     /* width of the output space */
+} lora_site;
 
-static void attention_heads(void *arg, int64_t begin, int64_t end) {
-    attention_job *j = arg;
-    const model *m = j->ctx->m;
-    const int32_t heads = m->cfg.num_heads, hd = m->cfg.head_dim, kv_dim = m->kv_dim;
-    const int32_t group = heads / m->cfg.num_kv_heads;
-    const float scale = 1.0f / sqrtf((float)hd);
-    const dot_fn dot = j->ctx->k->dot[MLR_DTYPE_F32];
-    float *scores = NULL;
-    int32_t scores_cap = 0;
+static const lora_row *site_row(const lora_site *site, const lora_adapter *a, int m) {
+    const model *mdl = site->ctx->m;
+    const lora_row *row = &a->rows[(size_t)site->mods[m].module * (size_t)mdl->cfg.num_layers + (size_t)site->layer];
+    return row->rank > 0 ? row : NULL;
+}
+
+static float *site_mid(const lora_site *site, int m, int32_t pos) {
+    const forward_scratch *s = site->ctx->scratch;
+    return s->lora_mid + ((size_t)m * (size_t)s->max_tokens + (size_t)pos) * (size_t)s->max_rank;
+}
+
+/* mid = A x for a chunk of a group, per module: item = chunk * n_mods + module. */
+static void lora_shrink(void *arg, int64_t begin, int64_t end) {
+    const lora_site *site = arg;
+    const forward_scratch *s = site->ctx->scratch;
     for (int64_t item = begin; item < end; item++) {
-        const int64_t t = item / heads;
-        const int32_t h = (int32_t)(item % heads);
-        const batch_entry *e = &j->batch[t];
-        const int32_t n_keys = e->pos + 1;
-        if (n_keys > scores_cap) {
-            free(scores);
-            scores = forward_task_alloc(j->ctx->scratch, (size_t)n_keys * sizeof(float));
-            scores_cap = scores ? n_keys : 0;
-            if (!scores) {
-                __atomic_store_n(&j->failed, 1, __ATOMIC_RELAXED);
-                return;
+        const lora_chunk *c = &s->chunks[item / site->n_mods];
+        const int m = (int)(item % site->n_mods);
+        const lora_adapter *a = s->group_adapter[c->group];
+        const lora_row *row = site_row(site, a, m);
+        if (!row) continue;
+        gemm_block(site->ctx->k, site->x, s->group_tokens + c->begin, c->end - c->begin, row->a, a->dtype,
+                   site->in * dtype_size(a->dtype), NULL, site->in, 0, row->rank, site_mid(site, m, c->begin),
+                   s->max_rank);
+    }
+}
+
+/* y += scale B mid for a chunk and a block of the output space, every module in order: item = chunk *
+ * blocks + block. Blocks never share an output, so no two tasks write the same element. */
+static void lora_expand_items(void *arg, int64_t begin, int64_t end) {
+    const lora_site *site = arg;
+    const forward_scratch *s = site->ctx->scratch;
+    const int64_t blocks = (site->space + LORA_BLOCK - 1) / LORA_BLOCK;
+    for (int64_t item = begin; item < end; item++) {
+        const lora_chunk *c = &s->chunks[item / blocks];
+        const int64_t lo = (item % blocks) * LORA_BLOCK;
+        const int64_t hi = lo + LORA_BLOCK < site->space ? lo + LORA_BLOCK : site->space;
+        const lora_adapter *a = s->group_adapter[c->group];
+        const int64_t elem = dtype_size(a->dtype);
+        for (int m = 0; m < site->n_mods; m++) {
+            const lora_row *row = site_row(site, a, m);
+            if (!row) continue;
+            const lora_mod *mod = &site->mods[m];
+            const int64_t mlo = lo > mod->at ? lo : mod->at, mhi = hi < mod->at + mod->rows ? hi : mod->at + mod->rows;
+            for (int o = 0; o < site->n_outs && mlo < mhi; o++) {
+                const lora_out *out = &site->outs[o];
+                const int64_t from = mlo > out->at ? mlo : out->at;
+                const int64_t to = mhi < out->at + out->rows ? mhi : out->at + out->rows;
+                if (from >= to) continue;
+                lora_expand(site->ctx->k, out->y + (from - out->at), out->ld, s->group_tokens + c->begin,
+                            c->end - c->begin, s->group_scale + c->begin, site_mid(site, m, c->begin), s->max_rank,
+                            row->rank, (const unsigned char *)row->bt + (from - mod->at) * elem, a->dtype,
+                            mod->rows * elem, 0, to - from);
             }
         }
-        const float *q = j->ctx->scratch->q + t * m->q_dim + (int64_t)h * hd;
-        const size_t layer_off = (size_t)j->layer * (size_t)e->kv->capacity * (size_t)kv_dim;
-        const float *keys = e->kv->k + layer_off + (size_t)(h / group) * (size_t)hd;
-        const float *values = e->kv->v + layer_off + (size_t)(h / group) * (size_t)hd;
-        for (int32_t p = 0; p < n_keys; p++) scores[p] = dot(q, keys + (size_t)p * kv_dim, hd) * scale;
-        softmax(scores, n_keys);
-        float *out = j->ctx->scratch->att + t * m->q_dim + (int64_t)h * hd;
-        for (int32_t d = 0; d < hd; d++) out[d] = 0;
-        for (int32_t p = 0; p < n_keys; p++) {
-            const float w = scores[p];
-            const float *v = values + (size_t)p * kv_dim;
-            for (int32_t d = 0; d < hd; d++) out[d] += w * v[d];
-        }
     }
-    free(scores);
+}
+
+static void apply_lora(const lora_site *site) {
+    const forward_scratch *s = site->ctx->scratch;
+    if (s->n_groups == 0) return;
+    thread_pool_run(site->ctx->pool, (int64_t)s->n_chunks * site->n_mods, 1, lora_shrink, (void *)site);
+    const int64_t blocks = (site->space + LORA_BLOCK - 1) / LORA_BLOCK;
+    thread_pool_run(site->ctx->pool, (int64_t)s->n_chunks * blocks, 1, lora_expand_items, (void *)site);
 }
 
 /* HF rotate_half RoPE on each head of x[t] ([n_heads * hd]) at position pos. */
@@ -214,27 +238,38 @@ int32_t forward(const forward_ctx *ctx, const batch_entry *batch, int32_t n, flo
     const int64_t q_dim = m->q_dim, kv_dim = m->kv_dim;
     const float eps = m->cfg.rms_norm_eps;
     const int64_t embed_row = h * dtype_size(m->embed.dtype);
-    int any_lora = 0;
-    for (int32_t t = 0; t < n; t++) any_lora |= batch[t].lora != NULL;
+    lora_groups(s, batch, n);
 
     for (int32_t t = 0; t < n; t++) {
         const void *row = (const unsigned char *)m->embed.data + (int64_t)batch[t].token * embed_row;
         for (int64_t i = 0; i < h; i++) s->x[t * h + i] = weight_at(row, m->embed.dtype, i);
     }
 
+    /* The LoRA sites: the modules reading each input, their outputs as one space. */
+    const lora_mod qkv_mods[4] = {{MLR_LORA_ATTN_QKV, 0, q_dim + 2 * kv_dim},
+                                  {MLR_LORA_ATTN_Q, 0, q_dim},
+                                  {MLR_LORA_ATTN_K, q_dim, kv_dim},
+                                  {MLR_LORA_ATTN_V, q_dim + kv_dim, kv_dim}};
+    const lora_out qkv_outs[3] = {{s->q, q_dim, 0, q_dim}, {s->k, kv_dim, q_dim, kv_dim}, {s->v, kv_dim, q_dim + kv_dim, kv_dim}};
+    const lora_mod dense_mod = {MLR_LORA_ATTN_DENSE, 0, h};
+    const lora_out o_out = {s->o, h, 0, h};
+    /* mlp_gate_up's B is [up; gate]: the space is up then gate */
+    const lora_mod mlp_mods[3] = {{MLR_LORA_MLP_H_TO_4H, inter, inter}, {MLR_LORA_MLP_GATE, 0, inter},
+                                  {MLR_LORA_MLP_GATE_UP, 0, 2 * inter}};
+    const lora_out mlp_outs[2] = {{s->up, inter, 0, inter}, {s->gate, inter, inter, inter}};
+    const lora_mod down_mod = {MLR_LORA_MLP_4H_TO_H, 0, h};
+    gemm_x gx;
+
     for (int32_t l = 0; l < m->cfg.num_layers; l++) {
         const layer_weights *w = &m->layers[l];
         /* attention */
         for (int32_t t = 0; t < n; t++) rmsnorm(s->xn + t * h, s->x + t * h, w->attn_norm.data, w->attn_norm.dtype, h, eps);
-        matmul(k, ctx->pool, s->q, s->xn, w->q.data, w->q.dtype, w->q_bias.data, n, h, q_dim);
-        matmul(k, ctx->pool, s->k, s->xn, w->k.data, w->k.dtype, w->k_bias.data, n, h, kv_dim);
-        matmul(k, ctx->pool, s->v, s->xn, w->v.data, w->v.dtype, w->v_bias.data, n, h, kv_dim);
-        const lora_target qkv[3] = {{s->q, q_dim, q_dim}, {s->k, kv_dim, kv_dim}, {s->v, kv_dim, kv_dim}};
-        if (!apply_lora(ctx, batch, n, any_lora, MLR_LORA_ATTN_QKV, l, s->xn, h, qkv, 3) ||
-            !apply_lora(ctx, batch, n, any_lora, MLR_LORA_ATTN_Q, l, s->xn, h, &qkv[0], 1) ||
-            !apply_lora(ctx, batch, n, any_lora, MLR_LORA_ATTN_K, l, s->xn, h, &qkv[1], 1) ||
-            !apply_lora(ctx, batch, n, any_lora, MLR_LORA_ATTN_V, l, s->xn, h, &qkv[2], 1))
-            return MLR_OUT_OF_MEMORY;
+        gemm_prepare(k, &gx, s->xb, s->xn, n, h);
+        const matmul_part qkv[3] = {{s->q, w->q.data, w->q.dtype, w->q_bias.data, q_dim},
+                                    {s->k, w->k.data, w->k.dtype, w->k_bias.data, kv_dim},
+                                    {s->v, w->v.data, w->v.dtype, w->v_bias.data, kv_dim}};
+        matmul_parts(k, ctx->pool, &gx, n, h, qkv, 3);
+        apply_lora(&(lora_site){ctx, l, &gx, h, qkv_mods, 4, qkv_outs, 3, q_dim + 2 * kv_dim});
         for (int32_t t = 0; t < n; t++) {
             rope(m, s->q + t * q_dim, m->cfg.num_heads, batch[t].pos);
             rope(m, s->k + t * kv_dim, m->cfg.num_kv_heads, batch[t].pos);
@@ -242,33 +277,26 @@ int32_t forward(const forward_ctx *ctx, const batch_entry *batch, int32_t n, flo
             memcpy(batch[t].kv->k + at, s->k + t * kv_dim, (size_t)kv_dim * sizeof(float));
             memcpy(batch[t].kv->v + at, s->v + t * kv_dim, (size_t)kv_dim * sizeof(float));
         }
-        attention_job aj = {ctx, batch, l, 0};
-        thread_pool_run(ctx->pool, (int64_t)n * m->cfg.num_heads, 1, attention_heads, &aj);
-        if (__atomic_load_n(&aj.failed, __ATOMIC_RELAXED)) return MLR_OUT_OF_MEMORY;
-        matmul(k, ctx->pool, s->o, s->att, w->o.data, w->o.dtype, NULL, n, q_dim, h);
-        const lora_target dense = {s->o, h, h};
-        if (!apply_lora(ctx, batch, n, any_lora, MLR_LORA_ATTN_DENSE, l, s->att, q_dim, &dense, 1))
-            return MLR_OUT_OF_MEMORY;
+        if (!attention(ctx, batch, n, l)) return MLR_OUT_OF_MEMORY;
+        gemm_prepare(k, &gx, s->xb, s->att, n, q_dim);
+        matmul(k, ctx->pool, s->o, &gx, w->o.data, w->o.dtype, NULL, n, q_dim, h);
+        apply_lora(&(lora_site){ctx, l, &gx, q_dim, &dense_mod, 1, &o_out, 1, h});
         for (int64_t i = 0; i < (int64_t)n * h; i++) s->x[i] += s->o[i];
 
         /* MLP */
         for (int32_t t = 0; t < n; t++) rmsnorm(s->xn + t * h, s->x + t * h, w->ffn_norm.data, w->ffn_norm.dtype, h, eps);
-        matmul(k, ctx->pool, s->gate, s->xn, w->gate.data, w->gate.dtype, NULL, n, h, inter);
-        matmul(k, ctx->pool, s->up, s->xn, w->up.data, w->up.dtype, NULL, n, h, inter);
-        const lora_target gate = {s->gate, inter, inter}, up = {s->up, inter, inter};
-        const lora_target up_gate[2] = {up, gate}; /* mlp_gate_up: B is [up; gate] */
-        if (!apply_lora(ctx, batch, n, any_lora, MLR_LORA_MLP_H_TO_4H, l, s->xn, h, &gate, 1) ||
-            !apply_lora(ctx, batch, n, any_lora, MLR_LORA_MLP_GATE, l, s->xn, h, &up, 1) ||
-            !apply_lora(ctx, batch, n, any_lora, MLR_LORA_MLP_GATE_UP, l, s->xn, h, up_gate, 2))
-            return MLR_OUT_OF_MEMORY;
+        gemm_prepare(k, &gx, s->xb, s->xn, n, h);
+        const matmul_part gate_up[2] = {{s->gate, w->gate.data, w->gate.dtype, NULL, inter},
+                                        {s->up, w->up.data, w->up.dtype, NULL, inter}};
+        matmul_parts(k, ctx->pool, &gx, n, h, gate_up, 2);
+        apply_lora(&(lora_site){ctx, l, &gx, h, mlp_mods, 3, mlp_outs, 2, 2 * inter});
         for (int64_t i = 0; i < (int64_t)n * inter; i++) {
             const float g = s->gate[i];
             s->gate[i] = g / (1.0f + expf(-g)) * s->up[i];
         }
-        matmul(k, ctx->pool, s->o, s->gate, w->down.data, w->down.dtype, NULL, n, inter, h);
-        const lora_target down = {s->o, h, h};
-        if (!apply_lora(ctx, batch, n, any_lora, MLR_LORA_MLP_4H_TO_H, l, s->gate, inter, &down, 1))
-            return MLR_OUT_OF_MEMORY;
+        gemm_prepare(k, &gx, s->xb, s->gate, n, inter);
+        matmul(k, ctx->pool, s->o, &gx, w->down.data, w->down.dtype, NULL, n, inter, h);
+        apply_lora(&(lora_site){ctx, l, &gx, inter, &down_mod, 1, &o_out, 1, h});
         for (int64_t i = 0; i < (int64_t)n * h; i++) s->x[i] += s->o[i];
     }
 
@@ -279,6 +307,9 @@ int32_t forward(const forward_ctx *ctx, const batch_entry *batch, int32_t n, flo
         rmsnorm(s->xn + (int64_t)batch[t].logits_row * h, s->x + t * h, m->final_norm.data, m->final_norm.dtype, h, eps);
         rows++;
     }
-    if (rows > 0) matmul(k, ctx->pool, logits, s->xn, m->lm_head.data, m->lm_head.dtype, NULL, rows, h, m->cfg.vocab_size);
+    if (rows > 0) {
+        gemm_prepare(k, &gx, s->xb, s->xn, rows, h);
+        matmul(k, ctx->pool, logits, &gx, m->lm_head.data, m->lm_head.dtype, NULL, rows, h, m->cfg.vocab_size);
+    }
     return MLR_OK;
 }

@@ -6,7 +6,9 @@
  *   xn = rmsnorm(x)                        q,k,v = xn Wq,Wk,Wv (+bias) + LoRA;  rope(q, k) at pos[t]
  *   K/V[seq][pos[t]] = k, v                att = softmax(q K^T / sqrt(hd)) V over the sequence's 0..pos[t]
  *   x += att Wo + LoRA                     x += down(silu(gate(xn2)) * up(xn2)) (+ LoRA on each), xn2 = rmsnorm(x)
- * LoRA, per token (Punica's SGMV idea, done row by row): y[t] += scale[t] * B_a(t) (A_a(t) x[t]).
+ * LoRA grouped by adapter (Punica's SGMV idea): the tokens of one adapter are one small product, mid = A x
+ * for all of them, then y[t] += scale[t] * B mid[t], so each adapter's weights are read once per step.
+ * Attention is blocked over keys (attention.c): online softmax, no score matrix.
  */
 #ifndef MLR_FORWARD_H
 #define MLR_FORWARD_H
@@ -40,12 +42,28 @@ typedef struct batch_entry {
 } batch_entry;
 
 /* Work buffers for up to max_tokens tokens per step, allocated once; owned. */
+typedef struct lora_chunk {
+    int32_t group;           /* index into group_adapter */
+    int32_t begin, end;      /* positions in group_tokens */
+} lora_chunk;
+
 typedef struct forward_scratch {
     int32_t max_tokens;
     int32_t max_rank;
-    float *x, *xn, *q, *k, *v, *att, *o, *gate, *up, *lora_mid;
+    float *x, *xn, *q, *k, *v, *att, *o, *gate, *up;
+    float *lora_mid;         /* [LORA_SITE_MODULES][max_tokens][max_rank]: A x per module of a site */
+    uint16_t *xb;            /* the bf16 activations of the current input (gemm_prepare) */
+    /* this step's LoRA groups: tokens by adapter (batch order within a group) */
+    int32_t n_groups, n_chunks;
+    const lora_adapter **group_adapter; /* [max_tokens] */
+    int32_t *group_tokens;   /* [max_tokens] batch indices, grouped */
+    float *group_scale;      /* [max_tokens] the scale of group_tokens[p] */
+    lora_chunk *chunks;      /* [max_tokens] runs of at most LORA_CHUNK positions of one group */
+    int32_t *tiles;          /* [max_tokens + 1] attention tiles: batch index where each begins */
     int32_t fail_allocs;     /* test hook: the next fail_allocs forward_task_alloc calls fail; atomic */
 } forward_scratch;
+
+#define LORA_SITE_MODULES 4 /* the most LoRA modules reading one input (q/k/v: qkv, q, k, v) */
 
 int forward_scratch_alloc(forward_scratch *s, const model *m, int32_t max_tokens, int32_t max_rank);
 void forward_scratch_free(forward_scratch *s);

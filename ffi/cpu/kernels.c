@@ -1,8 +1,12 @@
+/* The dot and axpy kernels of each path, the path selection, and the per-row operations (gemm.c has the
+ * matrix products). */
 #include "kernels.h"
 
 #include <cpuid.h>
 #include <immintrin.h>
 #include <math.h>
+#include <stdlib.h>
+#include <string.h>
 
 #include "../common/dtype_size.h"
 #include "dtype.h"
@@ -172,25 +176,57 @@ static int os_saves_ymm_zmm(int want_zmm) {
     return (lo & need) == need;
 }
 
-void kernels_select(kernels *k) {
+static kernel_level cpu_level(void) {
     unsigned a, b, c, d;
-    int avx2 = 0, avx512 = 0;
-    if (__get_cpuid(1, &a, &b, &c, &d)) {
-        int fma = (c >> 12) & 1, f16c = (c >> 29) & 1, avx = (c >> 28) & 1;
-        if (__get_cpuid_count(7, 0, &a, &b, &c, &d)) {
-            avx2 = avx && fma && f16c && ((b >> 5) & 1) && os_saves_ymm_zmm(0);
-            avx512 = avx2 && ((b >> 16) & 1) && os_saves_ymm_zmm(1);
-        }
+    if (!__get_cpuid(1, &a, &b, &c, &d)) return KERNELS_PORTABLE;
+    const int fma = (c >> 12) & 1, f16c = (c >> 29) & 1, avx = (c >> 28) & 1;
+    if (!__get_cpuid_count(7, 0, &a, &b, &c, &d)) return KERNELS_PORTABLE;
+    const int avx2 = avx && fma && f16c && ((b >> 5) & 1) && os_saves_ymm_zmm(0);
+    if (!avx2) return KERNELS_PORTABLE;
+    /* AVX-512 F, DQ, BW, VL (the masked 16-bit loads need BW and VL) */
+    const int avx512 = ((b >> 16) & 1) && ((b >> 17) & 1) && ((b >> 30) & 1) && ((b >> 31) & 1) && os_saves_ymm_zmm(1);
+    if (!avx512) return KERNELS_AVX2;
+    const int bf16 = __get_cpuid_count(7, 1, &a, &b, &c, &d) && ((a >> 5) & 1);
+    return bf16 ? KERNELS_AVX512_BF16 : KERNELS_AVX512;
+}
+
+static const char *const level_names[] = {"portable", "avx2", "avx512", "avx512_bf16"};
+
+kernel_level kernels_cpu_level(void) {
+    kernel_level level = cpu_level();
+    const char *cap = getenv("MULTILORA_CPU_KERNELS");
+    if (cap) {
+        for (int i = 0; i <= KERNELS_AVX512_BF16; i++)
+            if (strcmp(cap, level_names[i]) == 0 && i < (int)level) level = (kernel_level)i;
     }
-    if (avx512) {
+    return level;
+}
+
+static void fill(kernels *k, kernel_level level) {
+    if (level >= KERNELS_AVX512) {
         *k = (kernels){{dot_f32_avx512, dot_f16_avx512, dot_bf16_avx512},
-                       {axpy_f32_avx512, axpy_f16_avx512, axpy_bf16_avx512}, "avx512"};
-    } else if (avx2) {
-        *k = (kernels){{dot_f32_avx2, dot_f16_avx2, dot_bf16_avx2}, {axpy_f32_avx2, axpy_f16_avx2, axpy_bf16_avx2}, "avx2"};
+                       {axpy_f32_avx512, axpy_f16_avx512, axpy_bf16_avx512}, level, level_names[level]};
+    } else if (level == KERNELS_AVX2) {
+        *k = (kernels){{dot_f32_avx2, dot_f16_avx2, dot_bf16_avx2},
+                       {axpy_f32_avx2, axpy_f16_avx2, axpy_bf16_avx2}, level, level_names[level]};
     } else {
         *k = (kernels){{dot_f32_portable, dot_f16_portable, dot_bf16_portable},
-                       {axpy_f32_portable, axpy_f16_portable, axpy_bf16_portable}, "portable"};
+                       {axpy_f32_portable, axpy_f16_portable, axpy_bf16_portable}, KERNELS_PORTABLE,
+                       level_names[KERNELS_PORTABLE]};
     }
+}
+
+void kernels_select(kernels *k) { fill(k, kernels_cpu_level()); }
+
+int kernels_select_named(kernels *k, const char *isa) {
+    for (int i = 0; i <= KERNELS_AVX512_BF16; i++) {
+        if (isa && strcmp(isa, level_names[i]) == 0) {
+            if (i > (int)cpu_level()) return 0;
+            fill(k, (kernel_level)i);
+            return 1;
+        }
+    }
+    return 0;
 }
 
 float weight_at(const void *w, int32_t dtype, int64_t i) {
@@ -199,50 +235,9 @@ float weight_at(const void *w, int32_t dtype, int64_t i) {
     return dtype == MLR_DTYPE_BF16 ? f32_from_bits((uint32_t)h << 16) : f32_from_bits(f32_bits_from_f16(h));
 }
 
-typedef struct matmul_job {
-    const kernels *k;
-    float *y;
-    const float *x;
-    const unsigned char *w;
-    int32_t w_dtype;
-    const void *bias;
-    int64_t n_tokens, n_in, n_out;
-} matmul_job;
-
-static void matmul_rows(void *ctx, int64_t begin, int64_t end) {
-    const matmul_job *j = ctx;
-    const dot_fn dot = j->k->dot[j->w_dtype];
-    const int64_t row_bytes = j->n_in * dtype_size(j->w_dtype);
-    for (int64_t o = begin; o < end; o++) {
-        const void *row = j->w + o * row_bytes;
-        const float b = j->bias ? weight_at(j->bias, j->w_dtype, o) : 0.0f;
-        for (int64_t t = 0; t < j->n_tokens; t++) j->y[t * j->n_out + o] = dot(j->x + t * j->n_in, row, j->n_in) + b;
-    }
-}
-
-void matmul(const kernels *k, thread_pool *pool, float *y, const float *x, const void *w, int32_t w_dtype,
-            const void *bias, int64_t n_tokens, int64_t n_in, int64_t n_out) {
-    matmul_job job = {k, y, x, w, w_dtype, bias, n_tokens, n_in, n_out};
-    /* Blocks of rows sized so each hand-off carries at least ~64K multiply-adds. */
-    int64_t grain = 65536 / (n_in * n_tokens + 1) + 1;
-    thread_pool_run(pool, n_out, grain, matmul_rows, &job);
-}
-
 void rmsnorm(float *out, const float *x, const void *w, int32_t w_dtype, int64_t n, float eps) {
     double ss = 0;
     for (int64_t i = 0; i < n; i++) ss += (double)x[i] * x[i];
     const float inv = (float)(1.0 / sqrt(ss / (double)n + eps));
     for (int64_t i = 0; i < n; i++) out[i] = x[i] * inv * weight_at(w, w_dtype, i);
-}
-
-void softmax(float *x, int64_t n) {
-    float max = x[0];
-    for (int64_t i = 1; i < n; i++) max = x[i] > max ? x[i] : max;
-    double sum = 0;
-    for (int64_t i = 0; i < n; i++) {
-        x[i] = expf(x[i] - max);
-        sum += x[i];
-    }
-    const float inv = (float)(1.0 / sum);
-    for (int64_t i = 0; i < n; i++) x[i] *= inv;
 }

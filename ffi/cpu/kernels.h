@@ -1,10 +1,24 @@
 /*
- * Compute kernels of the CPU engine: dot products of f32 activations with f32 / f16 / bf16 weight rows
- * (the AVX-512, AVX2+FMA+F16C or portable version, chosen once from cpuid), a multi-threaded matrix
- * product, and the small per-row operations of a transformer layer.
+ * Compute kernels of the CPU engine, chosen once from cpuid (kernels_select):
  *
- * Every output element is one dot product in a fixed order that depends only on the vector length, never
- * on the batch or the thread count (no split-K): a sequence gets the same numbers alone or batched.
+ *   path          BF16 weights                           F32 / F16 weights
+ *   avx512_bf16   vdpbf16ps, activations rounded to bf16  AVX-512 f32 FMA (weights converted in registers)
+ *   avx512        AVX-512 f32 FMA                         AVX-512 f32 FMA
+ *   avx2          AVX2 f32 FMA (F16C for F16)             AVX2 f32 FMA
+ *   portable      plain C, f32                            plain C, f32
+ *
+ * The matrix product is register-blocked (gemm.c): a tile of T tokens x R output rows keeps T*R vector
+ * accumulators, loads each weight vector once per tile and each activation vector once per tile. Threads
+ * split the output rows in blocks (never split-K).
+ *
+ * The guarantee every path keeps: each output element y[t, o] is computed by the same sequence of
+ * operations whatever tile, batch position, batch size or thread its token lands in. Its accumulator is a
+ * vector over k (lanes of 16 on AVX-512, 8 on AVX2), fed in k order one chunk at a time (a masked, or
+ * zero-padded, last chunk), then reduced by one fixed tree (lane i + i+8, + i+4, + i+2, + i+1; AVX2 the
+ * same from i+4). So a sequence gets the same numbers alone or batched, on any thread count.
+ *
+ * MULTILORA_CPU_KERNELS=portable|avx2|avx512|avx512_bf16 caps the path (never above what the CPU runs):
+ * e.g. avx512 keeps BF16 models in f32 arithmetic on a CPU that has vdpbf16ps.
  */
 #ifndef MLR_KERNELS_H
 #define MLR_KERNELS_H
@@ -19,27 +33,100 @@ typedef float (*dot_fn)(const float *x, const void *w, int64_t n);
 /* y[i] += c * w[i], w in the kernel's dtype. */
 typedef void (*axpy_fn)(float *y, float c, const void *w, int64_t n);
 
+typedef enum kernel_level {
+    KERNELS_PORTABLE = 0,
+    KERNELS_AVX2 = 1,
+    KERNELS_AVX512 = 2,
+    KERNELS_AVX512_BF16 = 3,
+} kernel_level;
+
 typedef struct kernels {
     dot_fn dot[3];       /* by mlr_float_dtype */
     axpy_fn axpy[3];
-    const char *isa;     /* "avx512", "avx2", "portable" */
+    int32_t level;       /* kernel_level */
+    const char *isa;     /* "avx512_bf16", "avx512", "avx2", "portable" */
 } kernels;
 
-/* Picks the widest kernels this CPU runs. */
+/* The widest path this CPU runs, capped by MULTILORA_CPU_KERNELS when set. */
+kernel_level kernels_cpu_level(void);
+
+/* Picks the widest kernels this CPU runs (kernels_cpu_level). */
 void kernels_select(kernels *k);
+
+/* The kernels of one path; 0 when the CPU cannot run it (or the name is unknown). */
+int kernels_select_named(kernels *k, const char *isa);
 
 /* One element of a weight vector as f32. */
 float weight_at(const void *w, int32_t dtype, int64_t i);
 
-/* y[t, o] = dot(x[t, :], W[o, :]) (+ bias[o]) for t < n_tokens, o < n_out.
- * x: [n_tokens, n_in] f32; W: [n_out, n_in] of w_dtype; bias: [n_out] of w_dtype or NULL; y: [n_tokens, n_out]. */
-void matmul(const kernels *k, thread_pool *pool, float *y, const float *x, const void *w, int32_t w_dtype,
+/* ---------------------------------------------------------------------------------------------- */
+/* matrix products (gemm.c) */
+
+/*
+ * Activations prepared for the matrix kernels: the f32 rows, and on the avx512_bf16 path the same rows
+ * rounded to bf16 (round to nearest even) and zero padded to ldb, a multiple of 32. One preparation
+ * serves every product over the same input (q, k, v and their LoRA).
+ */
+typedef struct gemm_x {
+    const float *f32;    /* [rows, ld] */
+    int64_t ld;
+    const uint16_t *bf16; /* [rows, ldb], or NULL: the path does not use it */
+    int64_t ldb;
+} gemm_x;
+
+/* Elements of bf16 buffer gemm_prepare needs for n rows of n_in. */
+int64_t gemm_prepare_elems(int64_t n, int64_t n_in);
+
+/* Fills *gx for x ([n, n_in], ld n_in); buf holds gemm_prepare_elems(n, n_in) elements (or NULL when the
+ * path does not round: then gx->bf16 stays NULL). */
+void gemm_prepare(const kernels *k, gemm_x *gx, uint16_t *buf, const float *x, int64_t n, int64_t n_in);
+
+/*
+ * y[i * ldy + o] = dot(x row xi[i], W[o, :]) (+ bias[o]) for i < n, o in [o_begin, o_end); xi NULL means
+ * row i. W: rows of n_in elements of w_dtype, w_stride bytes apart; bias: [o_end] of w_dtype or NULL.
+ * One thread.
+ */
+void gemm_block(const kernels *k, const gemm_x *x, const int32_t *xi, int64_t n, const void *w, int32_t w_dtype,
+                int64_t w_stride, const void *bias, int64_t n_in, int64_t o_begin, int64_t o_end, float *y,
+                int64_t ldy);
+
+/* y[t, o] = dot(x[t, :], W[o, :]) (+ bias[o]) for t < n_tokens, o < n_out: row blocks over the pool.
+ * W: [n_out, n_in] of w_dtype; bias: [n_out] of w_dtype or NULL; y: [n_tokens, n_out]. */
+void matmul(const kernels *k, thread_pool *pool, float *y, const gemm_x *x, const void *w, int32_t w_dtype,
             const void *bias, int64_t n_tokens, int64_t n_in, int64_t n_out);
+
+/* One of several products over the same activations, run as one parallel-for (q, k and v; gate and up). */
+typedef struct matmul_part {
+    float *y;            /* [n_tokens, n_out] */
+    const void *w;       /* [n_out, n_in] of dtype */
+    int32_t dtype;
+    const void *bias;    /* [n_out] of dtype, or NULL */
+    int64_t n_out;
+} matmul_part;
+
+#define MATMUL_MAX_PARTS 3
+
+/* matmul for each part (at most MATMUL_MAX_PARTS), their row blocks handed out together. */
+void matmul_parts(const kernels *k, thread_pool *pool, const gemm_x *x, int64_t n_tokens, int64_t n_in,
+                  const matmul_part *parts, int n_parts);
+
+/*
+ * The LoRA expansion: y[xi[i]][o] += scale[i] * sum_r mid[i * ldm + r] * Bt[r, o] for i < n and o in
+ * [o_begin, o_end), the sum in r order; y rows ldy apart, Bt rows (of w_dtype) bt_stride bytes apart.
+ * One thread.
+ */
+void lora_expand(const kernels *k, float *y, int64_t ldy, const int32_t *yi, int64_t n, const float *scale,
+                 const float *mid, int64_t ldm, int32_t rank, const void *bt, int32_t w_dtype, int64_t bt_stride,
+                 int64_t o_begin, int64_t o_end);
+
+/* Attention's weighted sum: out[d] += sum_p e[p] * V[p][d] for d < hd, in p order (a multiply-add per term,
+ * fused on the AVX paths); V rows `stride` floats apart. One thread. */
+void attention_pv(const kernels *k, float *out, const float *e, const float *v, int64_t stride, int32_t n, int32_t hd);
+
+/* ---------------------------------------------------------------------------------------------- */
+/* per-row operations */
 
 /* out = x / sqrt(mean(x^2) + eps) * w, for one row of n values. */
 void rmsnorm(float *out, const float *x, const void *w, int32_t w_dtype, int64_t n, float eps);
-
-/* In-place softmax over n values. */
-void softmax(float *x, int64_t n);
 
 #endif /* MLR_KERNELS_H */

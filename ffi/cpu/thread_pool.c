@@ -1,6 +1,47 @@
 #include "thread_pool.h"
 
 #include <stdlib.h>
+#include <time.h>
+
+static void cpu_relax(void) {
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#endif
+}
+
+static int64_t now_ns(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+/* Spins until *word != not (generation changed) or, with not < 0, until *word == 0; at most
+ * POOL_SPIN_US. Returns 1 when the condition came true. */
+static int spin_for_generation(const uint64_t *word, uint64_t not) {
+    int64_t deadline = 0;
+    for (int i = 0;; i++) {
+        if (__atomic_load_n(word, __ATOMIC_ACQUIRE) != not) return 1;
+        if ((i & 63) == 63) {
+            const int64_t t = now_ns();
+            if (deadline == 0) deadline = t + POOL_SPIN_US * 1000;
+            else if (t > deadline) return 0;
+        }
+        cpu_relax();
+    }
+}
+
+static int spin_for_zero(const int *word) {
+    int64_t deadline = 0;
+    for (int i = 0;; i++) {
+        if (__atomic_load_n(word, __ATOMIC_ACQUIRE) == 0) return 1;
+        if ((i & 63) == 63) {
+            const int64_t t = now_ns();
+            if (deadline == 0) deadline = t + POOL_SPIN_US * 1000;
+            else if (t > deadline) return 0;
+        }
+        cpu_relax();
+    }
+}
 
 static void work_on_job(thread_pool *pool) {
     for (;;) {
@@ -14,17 +55,25 @@ static void work_on_job(thread_pool *pool) {
 static void *worker_main(void *arg) {
     thread_pool *pool = arg;
     uint64_t seen = 0;
-    pthread_mutex_lock(&pool->mutex);
     for (;;) {
-        while (!pool->shutdown && pool->generation == seen) pthread_cond_wait(&pool->wake, &pool->mutex);
-        if (pool->shutdown) break;
-        seen = pool->generation;
-        pthread_mutex_unlock(&pool->mutex);
+        if (!spin_for_generation(&pool->generation, seen)) {
+            pthread_mutex_lock(&pool->mutex);
+            pool->sleepers++;
+            while (!__atomic_load_n(&pool->shutdown, __ATOMIC_ACQUIRE) &&
+                   __atomic_load_n(&pool->generation, __ATOMIC_ACQUIRE) == seen)
+                pthread_cond_wait(&pool->wake, &pool->mutex);
+            pool->sleepers--;
+            pthread_mutex_unlock(&pool->mutex);
+        }
+        if (__atomic_load_n(&pool->shutdown, __ATOMIC_ACQUIRE)) break;
+        seen = __atomic_load_n(&pool->generation, __ATOMIC_ACQUIRE);
         work_on_job(pool);
-        pthread_mutex_lock(&pool->mutex);
-        if (--pool->busy == 0) pthread_cond_signal(&pool->done);
+        if (__atomic_sub_fetch(&pool->busy, 1, __ATOMIC_ACQ_REL) == 0) {
+            pthread_mutex_lock(&pool->mutex);
+            if (pool->caller_waiting) pthread_cond_signal(&pool->done);
+            pthread_mutex_unlock(&pool->mutex);
+        }
     }
-    pthread_mutex_unlock(&pool->mutex);
     return NULL;
 }
 
@@ -50,7 +99,7 @@ int thread_pool_init(thread_pool *pool, int n_threads) {
 void thread_pool_free(thread_pool *pool) {
     if (!pool->workers) return;
     pthread_mutex_lock(&pool->mutex);
-    pool->shutdown = 1;
+    __atomic_store_n(&pool->shutdown, 1, __ATOMIC_RELEASE);
     pthread_cond_broadcast(&pool->wake);
     pthread_mutex_unlock(&pool->mutex);
     for (int i = 0; i < pool->n_threads - 1; i++) pthread_join(pool->workers[i], NULL);
@@ -69,18 +118,24 @@ void thread_pool_run(thread_pool *pool, int64_t n_items, int64_t grain, pool_tas
         fn(ctx, 0, n_items);
         return;
     }
-    pthread_mutex_lock(&pool->mutex);
+    /* No worker is in a job here (the last run waited for busy == 0), so the fields are free to write;
+     * the release of the generation bump publishes them. */
     pool->fn = fn;
     pool->ctx = ctx;
     pool->n_items = n_items;
     pool->grain = grain;
-    pool->next = 0;
-    pool->busy = pool->n_threads - 1;
-    pool->generation++;
-    pthread_cond_broadcast(&pool->wake);
+    __atomic_store_n(&pool->next, 0, __ATOMIC_RELAXED);
+    __atomic_store_n(&pool->busy, pool->n_threads - 1, __ATOMIC_RELAXED);
+    __atomic_add_fetch(&pool->generation, 1, __ATOMIC_RELEASE);
+    pthread_mutex_lock(&pool->mutex); /* orders against a worker going to sleep: it sees the bump, or we see it */
+    if (pool->sleepers > 0) pthread_cond_broadcast(&pool->wake);
     pthread_mutex_unlock(&pool->mutex);
     work_on_job(pool);
-    pthread_mutex_lock(&pool->mutex);
-    while (pool->busy > 0) pthread_cond_wait(&pool->done, &pool->mutex);
-    pthread_mutex_unlock(&pool->mutex);
+    if (!spin_for_zero(&pool->busy)) {
+        pthread_mutex_lock(&pool->mutex);
+        pool->caller_waiting = 1;
+        while (__atomic_load_n(&pool->busy, __ATOMIC_ACQUIRE) > 0) pthread_cond_wait(&pool->done, &pool->mutex);
+        pool->caller_waiting = 0;
+        pthread_mutex_unlock(&pool->mutex);
+    }
 }

@@ -383,6 +383,34 @@ int32_t mlr_forward_logits(mlr_engine *engine, const int32_t *tokens, int32_t n,
 int32_t mlr_cpu_test_fail_allocs(mlr_engine *engine, int32_t n);
 
 /* ============================================================================================== */
+/* Benchmark kernels (CPU library only: bench/engine.ts, bench/native-yardstick.ts, the kernel tests)   */
+/*
+ * Yardsticks measured on the machine itself, and the CPU engine's matrix product on its own. Not part of
+ * serving; the TensorRT-LLM library does not have them. Paths: "portable", "avx2", "avx512",
+ * "avx512_bf16" (ffi/cpu/kernels.h).
+ */
+
+/* The kernel path a CPU engine created now uses (the widest this CPU runs, capped by the environment
+ * variable MULTILORA_CPU_KERNELS). A static string. */
+const char *mlr_cpu_kernel_path(void);
+
+/* Read bandwidth in bytes/s: `threads` threads read a buffer of `bytes` (filled first) `rounds` times with
+ * the widest vector loads; the best round. 0 when the buffer could not be allocated. */
+double mlr_bench_read_bandwidth(int32_t threads, int64_t bytes, int32_t rounds);
+
+/* Peak multiply-add rate in FLOP/s on `threads` threads (independent accumulators in registers, best of
+ * three ~0.1 s runs): kind 0 f32 FMA on the widest vectors, kind 1 vdpbf16ps (a bf16 pair product-sum
+ * per f32 lane counts 4 FLOP). 0 when this CPU has no such instruction. */
+double mlr_bench_peak_flops(int32_t threads, int32_t kind);
+
+/* y[t, o] = dot(x[t, :], W[o, :]) for t < n_tokens, o < n_out as the CPU engine computes it, on kernel path
+ * `path` (NULL: mlr_cpu_kernel_path()) and `threads` threads. x [n_tokens, n_in] f32, W [n_out, n_in] of
+ * w_dtype, y [n_tokens, n_out]. MLR_OK; MLR_UNSUPPORTED when this CPU cannot run the path;
+ * MLR_INVALID_ARGUMENT for bad sizes or dtype; MLR_OUT_OF_MEMORY. */
+int32_t mlr_bench_matmul(const char *path, int32_t threads, float *y, const float *x, const void *w, int32_t w_dtype,
+                         int64_t n_tokens, int64_t n_in, int64_t n_out);
+
+/* ============================================================================================== */
 /* Output constraints (structured output): a vocabulary as bytes, compiled programs, matchers      */
 /*
  * A constraint limits a sequence's output, token by token, to a language described by a program that the

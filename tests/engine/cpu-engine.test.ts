@@ -3,6 +3,7 @@ import { afterAll, describe, expect, test } from "bun:test";
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { cpuKernelPath } from "../../bench/native-yardstick.ts";
 import type { CpuEngine } from "../../src/engine/cpu-engine.ts";
 import {
   type LlamaSpec,
@@ -69,8 +70,9 @@ describe("logits equal the reference forward pass", () => {
       1e-4,
     ],
     ["head_dim apart from hidden / heads", { ...BASE, headDim: 8 }, 1e-4],
-    // 16-bit weights: the reference uses the very values stored, so only f32 arithmetic differs.
-    ["BF16 weights", { ...BASE, dtype: "BF16" }, 1e-4],
+    // 16-bit weights: the reference uses the very values stored, so only f32 arithmetic differs; except on
+    // the avx512_bf16 path, whose vdpbf16ps products round the activations to bf16 (tests/engine/kernels.test.ts).
+    ["BF16 weights", { ...BASE, dtype: "BF16" }, cpuKernelPath() === "avx512_bf16" ? 1e-2 : 1e-4],
     ["F16 weights", { ...BASE, dtype: "F16" }, 1e-4],
   ];
   for (const [what, spec, tolerance] of cases) {

@@ -1,0 +1,107 @@
+#include "attention.h"
+
+#include <math.h>
+#include <stdlib.h>
+
+#include "multilora.h"
+
+typedef struct attention_job {
+    const forward_ctx *ctx;
+    const batch_entry *batch;
+    int32_t layer;
+    int32_t n_tiles;
+    int failed; /* a task could not allocate its buffer; atomic */
+} attention_job;
+
+static void attention_items(void *arg, int64_t begin, int64_t end) {
+    attention_job *j = arg;
+    const model *m = j->ctx->m;
+    const forward_scratch *s = j->ctx->scratch;
+    const int32_t heads = m->cfg.num_heads, kv_heads = m->cfg.num_kv_heads, hd = m->cfg.head_dim;
+    const int32_t kv_dim = m->kv_dim, group = heads / kv_heads;
+    const int32_t max_rows = ATTN_TILE * group;
+    const float scale = 1.0f / sqrtf((float)hd);
+    /* per query row: output accumulator [hd], scores of a block [ATTN_KEYS], running max, sum */
+    const size_t bytes = (size_t)max_rows * ((size_t)hd + ATTN_KEYS + 1) * sizeof(float) +
+                         (size_t)max_rows * (sizeof(double) + sizeof(int32_t));
+    unsigned char *buf = forward_task_alloc(j->ctx->scratch, bytes);
+    if (!buf) {
+        __atomic_store_n(&j->failed, 1, __ATOMIC_RELAXED);
+        return;
+    }
+    double *sum = (double *)buf;
+    float *acc = (float *)(sum + max_rows);
+    float *scores = acc + (size_t)max_rows * hd;
+    float *row_max = scores + (size_t)max_rows * ATTN_KEYS;
+    int32_t *qrow = (int32_t *)(row_max + max_rows);
+    const gemm_x gq = {s->q, hd, NULL, 0}; /* q as [n * heads] rows of hd */
+
+    for (int64_t item = begin; item < end; item++) {
+        const int32_t tile = (int32_t)(item / kv_heads), kvh = (int32_t)(item % kv_heads);
+        const int32_t t0 = s->tiles[tile], nt = s->tiles[tile + 1] - t0;
+        const batch_entry *first = &j->batch[t0];
+        const int32_t rows = nt * group;
+        for (int32_t i = 0; i < nt; i++)
+            for (int32_t g = 0; g < group; g++) qrow[i * group + g] = (t0 + i) * heads + kvh * group + g;
+        for (int32_t r = 0; r < rows; r++) {
+            sum[r] = 0;
+            row_max[r] = -INFINITY;
+            for (int32_t d = 0; d < hd; d++) acc[(size_t)r * hd + d] = 0;
+        }
+        const size_t layer_off = (size_t)j->layer * (size_t)first->kv->capacity * (size_t)kv_dim + (size_t)kvh * hd;
+        const float *keys = first->kv->k + layer_off, *values = first->kv->v + layer_off;
+        const int32_t n_keys = first->pos + nt; /* the last token's keys 0..pos */
+        for (int32_t kb = 0; kb < n_keys; kb += ATTN_KEYS) {
+            const int32_t nk = n_keys - kb < ATTN_KEYS ? n_keys - kb : ATTN_KEYS;
+            /* scores of every row of the tile against the block (a row uses those up to its position) */
+            gemm_block(j->ctx->k, &gq, qrow, rows, keys + (size_t)kb * kv_dim, MLR_DTYPE_F32,
+                       (int64_t)kv_dim * (int64_t)sizeof(float), NULL, hd, 0, nk, scores, ATTN_KEYS);
+            for (int32_t r = 0; r < rows; r++) {
+                const int32_t pos = first->pos + r / group;
+                const int32_t valid = pos + 1 - kb < nk ? pos + 1 - kb : nk;
+                if (valid <= 0) continue;
+                float *sc = scores + (size_t)r * ATTN_KEYS;
+                float block_max = -INFINITY;
+                for (int32_t p = 0; p < valid; p++) {
+                    sc[p] *= scale;
+                    block_max = sc[p] > block_max ? sc[p] : block_max;
+                }
+                const float new_max = block_max > row_max[r] ? block_max : row_max[r];
+                float *out = acc + (size_t)r * hd;
+                if (new_max != row_max[r]) { /* rescale what was summed under the old max */
+                    const float c = expf(row_max[r] - new_max);
+                    sum[r] *= c;
+                    for (int32_t d = 0; d < hd; d++) out[d] *= c;
+                    row_max[r] = new_max;
+                }
+                for (int32_t p = 0; p < valid; p++) {
+                    sc[p] = expf(sc[p] - new_max);
+                    sum[r] += sc[p];
+                }
+                attention_pv(j->ctx->k, out, sc, values + (size_t)kb * kv_dim, kv_dim, valid, hd);
+            }
+        }
+        for (int32_t r = 0; r < rows; r++) {
+            const float inv = (float)(1.0 / sum[r]);
+            float *dst = s->att + (size_t)qrow[r] * hd; /* att has q's layout */
+            for (int32_t d = 0; d < hd; d++) dst[d] = acc[(size_t)r * hd + d] * inv;
+        }
+    }
+    free(buf);
+}
+
+int attention(const forward_ctx *ctx, const batch_entry *batch, int32_t n, int32_t layer) {
+    forward_scratch *s = ctx->scratch;
+    /* tiles: runs of one sequence at consecutive positions, at most ATTN_TILE long */
+    int32_t n_tiles = 0;
+    for (int32_t t = 0; t < n; t++) {
+        const int32_t start = n_tiles > 0 ? s->tiles[n_tiles - 1] : -1;
+        const int extend = start >= 0 && batch[t].kv == batch[t - 1].kv && batch[t].pos == batch[t - 1].pos + 1 &&
+                           t - start < ATTN_TILE;
+        if (!extend) s->tiles[n_tiles++] = t;
+    }
+    s->tiles[n_tiles] = n;
+    attention_job job = {ctx, batch, layer, n_tiles, 0};
+    thread_pool_run(ctx->pool, (int64_t)n_tiles * ctx->m->cfg.num_kv_heads, 1, attention_items, &job);
+    return !__atomic_load_n(&job.failed, __ATOMIC_RELAXED);
+}
