@@ -37,6 +37,24 @@ int32_t mlr_request_check(const mlr_request *q, const mlr_request_limits *limits
           MLR_MAX_TOP_LOGPROBS);
     CHECK(q->n_end_ids >= 0 && q->n_stop_ids >= 0 && (q->n_end_ids == 0 || q->end_ids) && (q->n_stop_ids == 0 || q->stop_ids),
           "end_ids / stop_ids are inconsistent");
+    CHECK(q->n_logit_bias >= 0 && (q->n_logit_bias == 0 || (q->logit_bias_ids && q->logit_bias_values)),
+          "logit_bias ids / values are inconsistent");
+    for (int32_t i = 0; q->logit_bias_ids && q->logit_bias_values && i < q->n_logit_bias; i++) {
+        const int32_t id = q->logit_bias_ids[i];
+        const float value = q->logit_bias_values[i];
+        if (id < 0 || (limits->vocab_size > 0 && id >= limits->vocab_size)) {
+            if (limits->vocab_size > 0) {
+                CHECK(0, "logit_bias token %d is outside the vocabulary (0..%d)", id, limits->vocab_size - 1);
+            } else {
+                CHECK(0, "logit_bias token %d is negative", id);
+            }
+            break;
+        }
+        if (!(value >= -100.0f && value <= 100.0f)) { /* also NaN and infinities */
+            CHECK(0, "logit_bias value %g of token %d is not a number in [-100, 100]", (double)value, id);
+            break;
+        }
+    }
     if (q->lora_weights) {
         /* A config of no columns is no config (its copy would be empty). Widths other than 3 or 4 are LoRA
          * content: they arrive as MLR_LORA_INVALID responses (the CPU cache's validation, the executor's

@@ -8,15 +8,24 @@
  * never holds `mu` during a forward pass, so enqueue, cancel and await never wait for one.
  *
  * Memory: everything a step needs is allocated at create (the step plan, the finished flags, the sampler's
- * and the forward pass's buffers, the constraint mask, the first response queue), so a step allocates only
+ * and the forward pass's buffers, the constraint masks, the first response queue), so a step allocates only
  * the forward pass's per-task work buffers (and a constrained request's matcher, its work buffers); when
  * one of those fails, the step's requests end with MLR_OUT_OF_MEMORY. Room for a round's responses is
  * reserved before the round, so no response is ever lost (see response_room).
  *
- * Sampling (and a constrained row's mask, ffi/common/constraint_matcher.c) runs after the forward pass
- * without `mu`, like the pass itself: only the scheduler thread touches a running request's sampler,
- * tokens and matcher, and the running set changes only on that thread. The step's responses are pushed
- * under `mu` afterwards (complete_step).
+ * Sampling runs after the forward pass without `mu`, like the pass itself: only the scheduler thread
+ * touches a running request's sampler and tokens, and the running set changes only on that thread. The
+ * step's responses are pushed under `mu` afterwards (complete_step).
+ *
+ * Constraint masks (ffi/common/constraint_matcher.c) overlap the forward pass: a row's mask depends only on
+ * its matcher's state, which is final once the previous step's token was accepted, so once a step is
+ * planned its constrained rows are handed to the engine's mask thread (mask_worker), which fills each
+ * row's mask into that row's buffer while the scheduler runs the forward pass. After the pass the
+ * scheduler computes the rows the thread has not started yet itself and waits (a condition variable) for
+ * the ones it is computing; then it samples. A matcher is used by one thread at a time: by the mask thread
+ * only between mask_post and mask_settle, when the scheduler only runs the forward pass (which does not
+ * touch requests, nor frees any). Either thread computes a row's mask with the same function, so masks,
+ * and tokens, are the same whichever computed it.
  */
 #include <errno.h>
 #include <inttypes.h>
@@ -47,6 +56,8 @@ typedef struct request {
     int32_t *end_ids, *stop_ids; /* owned copies */
     void *lora_weights;      /* owned copy, freed once stored in the cache */
     int32_t *lora_config;    /* owned copy */
+    int32_t *bias_ids;       /* owned copies of the logit bias (p.n_logit_bias entries) */
+    float *bias_values;
     int cancelled;
     /* once running: */
     seq_kv kv;
@@ -66,7 +77,31 @@ typedef struct step_plan {
     int32_t *in_step;        /* [max_batch]: 1 when the running slot has tokens in the step */
     int32_t *done;           /* [max_batch]: 1 when the running slot finished in the step */
     mlr_response *picked;    /* [max_batch]: each logits row's response, sampled before complete_step */
+    uint32_t *masks;         /* [max_batch, mask_words]: each constrained row's allowed tokens (bit id % 32 of
+                              * word id / 32) */
+    int32_t *mask_status;    /* [max_batch]: constraint_mask's result for the row, once computed */
+    int32_t *mask_done;      /* [max_batch]: 1 when the row's mask is computed (by either thread) */
 } step_plan;
+
+/*
+ * The mask thread: fills the masks of a planned step's constrained rows while the forward pass runs (see
+ * the top of this file). Everything below but the thread is guarded by mu.
+ */
+typedef struct mask_worker {
+    pthread_t thread;
+    pthread_mutex_t mu;
+    pthread_cond_t wake;      /* rows posted, or shutdown */
+    pthread_cond_t idle;      /* the thread finished the rows it took */
+    int shutdown;
+    struct request **reqs;    /* [max_batch]: the posted rows' requests */
+    int32_t *rows;            /* [max_batch]: the posted rows */
+    int32_t n_jobs, next;     /* posted rows; the next one nobody took */
+    int32_t busy;             /* rows the thread took and has not finished */
+    int32_t mode;             /* 1 overlap (default); 0 every mask inline; 2 the scheduler waits for the thread
+                               * to compute every posted row (mlr_cpu_test_mask_overlap) */
+    int64_t precomputed;      /* masks the thread computed */
+    int64_t computed_inline;  /* masks the scheduler computed */
+} mask_worker;
 
 struct mlr_engine {
     mlr_cpu_params params;
@@ -77,9 +112,9 @@ struct mlr_engine {
     forward_scratch scratch;
     float *logits;           /* [max_batch, vocab] */
     sampler_scratch sampling;
-    uint32_t *mask;          /* [mask_words]: a constrained row's allowed tokens (bit id % 32 of word id / 32) */
-    int32_t mask_words;
+    int32_t mask_words;      /* (vocab + 31) / 32 */
     step_plan plan;          /* the scheduler thread's */
+    mask_worker masks;
 
     pthread_t scheduler;
     pthread_mutex_t mu;
@@ -162,6 +197,8 @@ static void request_free(request *r) {
     free(r->stop_ids);
     free(r->lora_weights);
     free(r->lora_config);
+    free(r->bias_ids);
+    free(r->bias_values);
     seq_kv_free(&r->kv);
     sampler_state_free(&r->sampler);
     mlr_matcher_free(r->matcher);
@@ -240,13 +277,17 @@ static void admit(mlr_engine *e) {
 /* ============================================================================================== */
 /* the scheduler */
 
-static int plan_alloc(step_plan *plan, int32_t max_tokens, int32_t max_batch) {
+static int plan_alloc(step_plan *plan, int32_t max_tokens, int32_t max_batch, int32_t mask_words) {
     plan->batch = malloc((size_t)max_tokens * sizeof(batch_entry));
     plan->slot_of_row = malloc((size_t)max_batch * sizeof(int32_t));
     plan->in_step = malloc((size_t)max_batch * sizeof(int32_t));
     plan->done = malloc((size_t)max_batch * sizeof(int32_t));
     plan->picked = malloc((size_t)max_batch * sizeof(mlr_response));
-    return plan->batch && plan->slot_of_row && plan->in_step && plan->done && plan->picked;
+    plan->masks = malloc((size_t)max_batch * (size_t)mask_words * sizeof(uint32_t));
+    plan->mask_status = malloc((size_t)max_batch * sizeof(int32_t));
+    plan->mask_done = calloc((size_t)max_batch, sizeof(int32_t));
+    return plan->batch && plan->slot_of_row && plan->in_step && plan->done && plan->picked && plan->masks &&
+           plan->mask_status && plan->mask_done;
 }
 
 static void plan_free(step_plan *plan) {
@@ -255,6 +296,9 @@ static void plan_free(step_plan *plan) {
     free(plan->in_step);
     free(plan->done);
     free(plan->picked);
+    free(plan->masks);
+    free(plan->mask_status);
+    free(plan->mask_done);
     *plan = (step_plan){0};
 }
 
@@ -297,33 +341,146 @@ static void row_error(mlr_response *resp, int32_t status, const char *text) {
     snprintf(resp->error, sizeof resp->error, "%s", text);
 }
 
+static uint32_t *row_mask(const mlr_engine *e, const step_plan *plan, int32_t row) {
+    return plan->masks + (int64_t)row * e->mask_words;
+}
+
 /*
- * The constraint's mask for a row into e->mask: its allowed tokens, and the end and stop ids only where
- * the text so far is complete. Returns MLR_OK, or the status of an error response (resp filled).
+ * The constraint's mask for a request into mask ([mask_words]): its allowed tokens, and the end and stop
+ * ids only where the text so far is complete. Reads the request's matcher, ids and nothing else of the
+ * engine but its sizes, so either the scheduler or the mask thread may run it. Returns MLR_OK,
+ * MLR_OUT_OF_MEMORY, or MLR_INTERNAL when nothing is allowed (mask_error_text says why).
  */
-static int32_t constraint_mask(mlr_engine *e, request *r, mlr_response *resp) {
+static int32_t constraint_mask(const mlr_engine *e, request *r, uint32_t *mask) {
     int32_t complete = 0;
-    if (mlr_matcher_fill_mask(r->matcher, e->mask, e->mask_words, &complete) != MLR_OK) {
-        row_error(resp, MLR_OUT_OF_MEMORY, "out of memory computing the constraint's token mask");
-        return MLR_OUT_OF_MEMORY;
-    }
+    if (mlr_matcher_fill_mask(r->matcher, mask, e->mask_words, &complete) != MLR_OK) return MLR_OUT_OF_MEMORY;
     const int32_t vocab = e->m.cfg.vocab_size;
     for (int32_t list = 0; list < 2; list++) {
         const int32_t *ids = list ? r->stop_ids : r->end_ids;
         const int32_t n = list ? r->p.n_stop_ids : r->p.n_end_ids;
         for (int32_t i = 0; i < n; i++) {
             if (ids[i] < 0 || ids[i] >= vocab) continue;
-            if (complete) e->mask[ids[i] >> 5] |= 1u << (ids[i] & 31);
-            else e->mask[ids[i] >> 5] &= ~(1u << (ids[i] & 31));
+            if (complete) mask[ids[i] >> 5] |= 1u << (ids[i] & 31);
+            else mask[ids[i] >> 5] &= ~(1u << (ids[i] & 31));
         }
     }
     uint32_t any = 0;
-    for (int32_t w = 0; w < e->mask_words; w++) any |= e->mask[w];
-    if (!any) {
-        row_error(resp, MLR_INTERNAL, "the constraint allows no token here (its grammar has a dead end)");
-        return MLR_INTERNAL;
+    for (int32_t w = 0; w < e->mask_words; w++) any |= mask[w];
+    return any ? MLR_OK : MLR_INTERNAL;
+}
+
+static const char *mask_error_text(int32_t status) {
+    return status == MLR_OUT_OF_MEMORY ? "out of memory computing the constraint's token mask"
+                                       : "the constraint allows no token here (its grammar has a dead end)";
+}
+
+/* ============================================================================================== */
+/* the mask thread */
+
+static void *mask_main(void *arg) {
+    mlr_engine *e = arg;
+    mask_worker *w = &e->masks;
+    pthread_mutex_lock(&w->mu);
+    while (!w->shutdown) {
+        if (w->next >= w->n_jobs) {
+            pthread_cond_wait(&w->wake, &w->mu);
+            continue;
+        }
+        const int32_t j = w->next++;
+        w->busy++;
+        request *r = w->reqs[j];
+        const int32_t row = w->rows[j];
+        pthread_mutex_unlock(&w->mu);
+        const int32_t status = constraint_mask(e, r, row_mask(e, &e->plan, row));
+        pthread_mutex_lock(&w->mu);
+        e->plan.mask_status[row] = status;
+        e->plan.mask_done[row] = 1;
+        w->precomputed++;
+        if (--w->busy == 0) pthread_cond_broadcast(&w->idle);
     }
-    return MLR_OK;
+    pthread_mutex_unlock(&w->mu);
+    return NULL;
+}
+
+/* Starts the mask thread. Returns 1, or 0 (nothing to free then). */
+static int mask_worker_start(mlr_engine *e, int32_t max_batch) {
+    mask_worker *w = &e->masks;
+    *w = (mask_worker){.mode = 1};
+    w->reqs = malloc((size_t)max_batch * sizeof *w->reqs);
+    w->rows = malloc((size_t)max_batch * sizeof *w->rows);
+    if (!w->reqs || !w->rows) {
+        free(w->reqs);
+        free(w->rows);
+        return 0;
+    }
+    pthread_mutex_init(&w->mu, NULL);
+    pthread_cond_init(&w->wake, NULL);
+    pthread_cond_init(&w->idle, NULL);
+    if (pthread_create(&w->thread, NULL, mask_main, e) != 0) {
+        pthread_mutex_destroy(&w->mu);
+        pthread_cond_destroy(&w->wake);
+        pthread_cond_destroy(&w->idle);
+        free(w->reqs);
+        free(w->rows);
+        return 0;
+    }
+    return 1;
+}
+
+/* Stops and joins the mask thread (no rows are posted then: the scheduler settles every step). */
+static void mask_worker_stop(mask_worker *w) {
+    pthread_mutex_lock(&w->mu);
+    w->shutdown = 1;
+    pthread_cond_broadcast(&w->wake);
+    pthread_mutex_unlock(&w->mu);
+    pthread_join(w->thread, NULL);
+    pthread_mutex_destroy(&w->mu);
+    pthread_cond_destroy(&w->wake);
+    pthread_cond_destroy(&w->idle);
+    free(w->reqs);
+    free(w->rows);
+}
+
+/* Hands the planned step's constrained rows to the mask thread (unless its mode is 0: every mask inline).
+ * Scheduler thread, before the forward pass. */
+static void mask_post(mlr_engine *e, const step_plan *plan, int32_t rows) {
+    mask_worker *w = &e->masks;
+    memset(plan->mask_done, 0, (size_t)rows * sizeof(int32_t));
+    pthread_mutex_lock(&w->mu);
+    w->n_jobs = w->next = 0;
+    for (int32_t row = 0; w->mode != 0 && row < rows; row++) {
+        request *r = e->running[plan->slot_of_row[row]];
+        if (!r->matcher) continue;
+        w->reqs[w->n_jobs] = r;
+        w->rows[w->n_jobs++] = row;
+    }
+    if (w->n_jobs > 0) pthread_cond_signal(&w->wake);
+    pthread_mutex_unlock(&w->mu);
+}
+
+/*
+ * After the forward pass: computes the posted rows the thread has not taken (compute 1; with 0, as after
+ * a failed pass, they are dropped), then waits for the ones it is computing. Afterwards the mask thread
+ * holds no request. Scheduler thread.
+ */
+static void mask_settle(mlr_engine *e, const step_plan *plan, int compute) {
+    mask_worker *w = &e->masks;
+    pthread_mutex_lock(&w->mu);
+    if (!compute) w->n_jobs = w->next; /* what nobody took is not computed */
+    while (compute && w->mode != 2 && w->next < w->n_jobs) { /* (mode 2: the thread computes them all) */
+        const int32_t j = w->next++;
+        request *r = w->reqs[j];
+        const int32_t row = w->rows[j];
+        pthread_mutex_unlock(&w->mu);
+        const int32_t status = constraint_mask(e, r, row_mask(e, plan, row));
+        pthread_mutex_lock(&w->mu);
+        plan->mask_status[row] = status;
+        plan->mask_done[row] = 1;
+        w->computed_inline++;
+    }
+    while (w->busy > 0 || w->next < w->n_jobs) pthread_cond_wait(&w->idle, &w->mu);
+    w->n_jobs = w->next = 0;
+    pthread_mutex_unlock(&w->mu);
 }
 
 /*
@@ -338,11 +495,28 @@ static void sample_rows(mlr_engine *e, const step_plan *plan, int32_t rows) {
         request *r = e->running[plan->slot_of_row[row]];
         mlr_response *resp = &plan->picked[row];
         *resp = (mlr_response){.request_id = r->id, .status = MLR_OK, .token = -1};
-        if (r->matcher && constraint_mask(e, r, resp) != MLR_OK) continue;
+        uint32_t *mask = r->matcher ? row_mask(e, plan, row) : NULL;
+        if (mask && !plan->mask_done[row]) { /* not posted (mask thread mode 0): computed here */
+            plan->mask_status[row] = constraint_mask(e, r, mask);
+            pthread_mutex_lock(&e->masks.mu);
+            e->masks.computed_inline++;
+            pthread_mutex_unlock(&e->masks.mu);
+        }
+        if (mask && plan->mask_status[row] != MLR_OK) {
+            row_error(resp, plan->mask_status[row], mask_error_text(plan->mask_status[row]));
+            continue;
+        }
         const sampler_params sp = {r->p.temperature, r->p.top_p, r->p.min_p, r->p.top_k,
                                    r->p.repetition_penalty, r->p.frequency_penalty, r->p.presence_penalty};
+        const sampler_bias bias = {r->bias_ids, r->bias_values, r->p.n_logit_bias};
         const int32_t token = sampler_pick(&sp, &r->sampler, e->logits + (int64_t)row * vocab, vocab, r->p.top_logprobs,
-                                           r->matcher ? e->mask : NULL, &e->sampling, resp);
+                                           &bias, mask, &e->sampling, resp);
+        if (token < 0) {
+            row_error(resp, MLR_INVALID_ARGUMENT,
+                      mask ? "logit_bias bans every token the constraint allows here"
+                           : "logit_bias bans every token of the vocabulary");
+            continue;
+        }
         sampler_state_record(&r->sampler, token);
         r->tokens[r->n_tokens++] = token;
         r->n_generated++;
@@ -458,10 +632,12 @@ static void *scheduler_main(void *arg) {
         int32_t rows = 0;
         const int32_t n = plan_step(e, plan, &rows);
         pthread_mutex_unlock(&e->mu);
+        mask_post(e, plan, rows); /* the constrained rows' masks, computed while the pass runs */
         pthread_mutex_lock(&e->compute_mu);
         forward_ctx ctx = {&e->m, &e->k, &e->pool, &e->scratch};
         const int32_t status = forward(&ctx, plan->batch, n, e->logits);
         pthread_mutex_unlock(&e->compute_mu);
+        mask_settle(e, plan, status == MLR_OK);
         if (status == MLR_OK) sample_rows(e, plan, rows);
         pthread_mutex_lock(&e->mu);
         e->steps++;
@@ -516,19 +692,21 @@ int32_t mlr_cpu_create(const mlr_cpu_params *params, mlr_engine **out, char *err
     e->running = calloc((size_t)p->max_batch, sizeof(request *));
     e->logits = malloc((size_t)p->max_batch * (size_t)vocab * sizeof(float));
     e->mask_words = (vocab + 31) / 32;
-    e->mask = malloc((size_t)e->mask_words * sizeof(uint32_t));
     /* The response queue starts with room for a round (cancels, step, answered admits) and more. */
     e->resp_cap = 2 * p->max_batch + 64;
     e->responses = malloc((size_t)e->resp_cap * sizeof(mlr_response));
-    int ok = e->running && e->logits && e->mask && e->responses && sampler_scratch_alloc(&e->sampling, vocab);
-    ok = ok && plan_alloc(&e->plan, max_tokens, p->max_batch);
+    int ok = e->running && e->logits && e->responses && sampler_scratch_alloc(&e->sampling, vocab);
+    ok = ok && plan_alloc(&e->plan, max_tokens, p->max_batch, e->mask_words);
     ok = ok && forward_scratch_alloc(&e->scratch, &e->m, max_tokens, p->max_lora_rank);
-    ok = ok && thread_pool_init(&e->pool, p->threads) == 0;
+    const int pool_ok = ok && thread_pool_init(&e->pool, p->threads) == 0;
+    ok = pool_ok && mask_worker_start(e, p->max_batch);
+    if (pool_ok && !ok) thread_pool_free(&e->pool);
     pthread_mutex_init(&e->mu, NULL);
     pthread_mutex_init(&e->compute_mu, NULL);
     pthread_cond_init(&e->work, NULL);
     pthread_cond_init(&e->answered, NULL);
     if (ok && pthread_create(&e->scheduler, NULL, scheduler_main, e) != 0) {
+        mask_worker_stop(&e->masks);
         thread_pool_free(&e->pool);
         ok = 0;
     }
@@ -539,7 +717,6 @@ int32_t mlr_cpu_create(const mlr_cpu_params *params, mlr_engine **out, char *err
         sampler_scratch_free(&e->sampling);
         free(e->running);
         free(e->logits);
-        free(e->mask);
         free(e->responses);
         lora_cache_free(&e->loras);
         model_free(&e->m);
@@ -558,6 +735,7 @@ void mlr_destroy(mlr_engine *e) {
     pthread_cond_broadcast(&e->work);
     pthread_mutex_unlock(&e->mu);
     pthread_join(e->scheduler, NULL);
+    mask_worker_stop(&e->masks); /* idle: the scheduler settled its last step */
     while (e->n_running > 0) finish_running(e, e->n_running - 1);
     while (e->queue_head) {
         request *r = e->queue_head;
@@ -572,7 +750,6 @@ void mlr_destroy(mlr_engine *e) {
     sampler_scratch_free(&e->sampling);
     free(e->running);
     free(e->logits);
-    free(e->mask);
     free(e->responses);
     pthread_mutex_destroy(&e->mu);
     pthread_mutex_destroy(&e->compute_mu);
@@ -604,7 +781,11 @@ int32_t mlr_enqueue(mlr_engine *e, const mlr_request *q, uint64_t *request_id, c
     r->tokens = malloc(((size_t)q->prompt_len + (size_t)q->max_new_tokens) * sizeof(int32_t));
     r->end_ids = copy_ints(q->end_ids, q->n_end_ids);
     r->stop_ids = copy_ints(q->stop_ids, q->n_stop_ids);
-    int ok = r->tokens && (q->n_end_ids == 0 || r->end_ids) && (q->n_stop_ids == 0 || r->stop_ids);
+    r->bias_ids = copy_ints(q->logit_bias_ids, q->n_logit_bias);
+    if (q->n_logit_bias > 0 && (r->bias_values = malloc((size_t)q->n_logit_bias * sizeof(float))))
+        memcpy(r->bias_values, q->logit_bias_values, (size_t)q->n_logit_bias * sizeof(float));
+    int ok = r->tokens && (q->n_end_ids == 0 || r->end_ids) && (q->n_stop_ids == 0 || r->stop_ids) &&
+             (q->n_logit_bias == 0 || (r->bias_ids && r->bias_values));
     if (ok && q->constraint) ok = mlr_matcher_clone(q->constraint, &r->matcher, NULL, 0) == MLR_OK;
     if (ok && q->lora_weights) {
         const size_t bytes = (size_t)q->lora_rows * (size_t)q->lora_row_len * (size_t)dtype_size(q->lora_weights_dtype);
@@ -623,6 +804,8 @@ int32_t mlr_enqueue(mlr_engine *e, const mlr_request *q, uint64_t *request_id, c
     r->p.prompt = r->p.end_ids = r->p.stop_ids = r->p.lora_config = NULL;
     r->p.lora_weights = NULL;
     r->p.constraint = NULL;
+    r->p.logit_bias_ids = NULL;
+    r->p.logit_bias_values = NULL;
 
     pthread_mutex_lock(&e->mu);
     r->id = e->next_id++;
@@ -684,7 +867,8 @@ int32_t mlr_capabilities_get(mlr_engine *e, mlr_capabilities *out) {
                               .max_lora_rank = e->params.max_lora_rank,
                               .lora_dtype = e->params.lora_dtype,
                               .raw_logprobs = 1,
-                              .constraints = 1};
+                              .constraints = 1,
+                              .logit_bias = 1};
     return MLR_OK;
 }
 
@@ -805,5 +989,15 @@ int32_t mlr_forward_logits(mlr_engine *e, const int32_t *tokens, int32_t n, uint
 int32_t mlr_cpu_test_fail_allocs(mlr_engine *e, int32_t n) {
     if (n < 0) return MLR_INVALID_ARGUMENT;
     forward_scratch_fail_next(&e->scratch, n);
+    return MLR_OK;
+}
+
+int32_t mlr_cpu_test_mask_overlap(mlr_engine *e, int32_t mode, int64_t *precomputed, int64_t *computed_inline) {
+    if (mode < -1 || mode > 2) return MLR_INVALID_ARGUMENT;
+    pthread_mutex_lock(&e->masks.mu);
+    if (mode >= 0) e->masks.mode = mode;
+    if (precomputed) *precomputed = e->masks.precomputed;
+    if (computed_inline) *computed_inline = e->masks.computed_inline;
+    pthread_mutex_unlock(&e->masks.mu);
     return MLR_OK;
 }

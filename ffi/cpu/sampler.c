@@ -119,17 +119,34 @@ static int32_t top_ids(const float *keys, int32_t n, int32_t k, int32_t *ids) {
 }
 
 int32_t sampler_pick(const sampler_params *p, sampler_state *s, float *logits, int32_t vocab, int32_t top_logprobs,
-                     const uint32_t *allowed, sampler_scratch *scratch, mlr_response *response) {
+                     const sampler_bias *bias, const uint32_t *allowed, sampler_scratch *scratch,
+                     mlr_response *response) {
     float *logprobs = scratch->values;
     float *probs = scratch->values + vocab;
     if (top_logprobs >= 0) log_softmax(logits, vocab, logprobs);
-    if (allowed) { /* a constraint: what it does not allow can never be picked */
+    int banned = 0;
+    for (int32_t i = 0; bias && i < bias->n; i++) { /* the request's logit bias, on the raw logits */
+        const int32_t id = bias->ids[i];
+        if (id < 0 || id >= vocab) continue;
+        if (bias->values[i] <= -100.0f) {
+            logits[id] = -INFINITY;
+            banned = 1;
+        } else {
+            logits[id] += bias->values[i];
+        }
+    }
+    if (allowed) { /* a constraint: what it does not allow can never be picked, whatever its bias */
         for (int32_t w = 0; w < (vocab + 31) / 32; w++) {
             for (uint32_t off = ~allowed[w]; off; off &= off - 1) {
                 const int32_t i = w * 32 + __builtin_ctz(off);
                 if (i < vocab) logits[i] = -INFINITY;
             }
         }
+    }
+    if (banned) { /* the bans may have left nothing to pick */
+        int32_t i = 0;
+        while (i < vocab && logits[i] == -INFINITY) i++;
+        if (i == vocab) return -1;
     }
 
     /* Penalties: repetition on prompt and output (divide positive logits, multiply negative ones),

@@ -39,15 +39,26 @@ typedef struct sampler_scratch {
 int sampler_scratch_alloc(sampler_scratch *s, int32_t vocab);
 void sampler_scratch_free(sampler_scratch *s);
 
+/* A sequence's logit bias (mlr_request.logit_bias_*): values[i] added to the logit of ids[i]; a value of
+ * -100 (or less) bans the token (-inf). Ids outside the vocabulary are skipped (mlr_enqueue refuses them). */
+typedef struct sampler_bias {
+    const int32_t *ids;
+    const float *values;
+    int32_t n;
+} sampler_bias;
+
 /*
  * Picks a token from logits[vocab] (modified in place) and fills the response's token and logprob fields:
  * top_logprobs -1 = none (has_logprob 0), else the chosen token's logprob and that many alternatives
- * (has_logprob 1). allowed: NULL = every token; else a bitset over vocab (bit id % 32 of word id / 32) of the
- * tokens a constraint allows, at least one set: the others are -inf before penalties, temperature, top-k,
- * top-p and min-p, so they are never picked. Logprobs stay the raw logits' log-softmax (mlr_response).
- * Never allocates.
+ * (has_logprob 1). bias: NULL or n 0 = none; else added to the logits first. allowed: NULL = every token;
+ * else a bitset over vocab (bit id % 32 of word id / 32) of the tokens a constraint allows, at least one
+ * set: the others are -inf (whatever their bias) before penalties, temperature, top-k, top-p and min-p, so
+ * they are never picked. Logprobs stay the raw logits' log-softmax (mlr_response). Returns the token, or -1
+ * when the bias banned every token left (nothing can be picked; the response's token fields are then not
+ * set). Never allocates.
  */
 int32_t sampler_pick(const sampler_params *p, sampler_state *s, float *logits, int32_t vocab, int32_t top_logprobs,
-                     const uint32_t *allowed, sampler_scratch *scratch, mlr_response *response);
+                     const sampler_bias *bias, const uint32_t *allowed, sampler_scratch *scratch,
+                     mlr_response *response);
 
 #endif /* MLR_SAMPLER_H */

@@ -246,6 +246,14 @@ typedef struct mlr_request {
                                   * stop_ids only where it is complete. Its grammar's vocab must not be larger
                                   * than the model's vocabulary. MLR_UNSUPPORTED where capabilities.constraints
                                   * is 0 */
+    const int32_t *logit_bias_ids;   /* borrowed for the call (the engine copies them): token ids whose logits */
+    const float *logit_bias_values;  /* get logit_bias_values[i] added before sampling (before penalties,
+                                  * temperature, top-k/p and min-p; logprobs stay the raw model's, see
+                                  * mlr_response). Values in [-100, 100]; -100 bans the token (-inf). An id may
+                                  * repeat: its values add. A token the constraint disallows stays disallowed
+                                  * whatever its bias; where the bias bans every allowed token, the request ends
+                                  * with MLR_INVALID_ARGUMENT. MLR_UNSUPPORTED where capabilities.logit_bias is 0 */
+    int32_t n_logit_bias;        /* 0 = none */
 } mlr_request;
 
 void mlr_request_default(mlr_request *request);
@@ -317,6 +325,7 @@ typedef struct mlr_capabilities {
                                   * 0: they are the sampling layer's (after temperature and penalties):
                                   * TensorRT-LLM engines built without --gather_generation_logits */
     int32_t constraints;         /* 1: mlr_request.constraint works */
+    int32_t logit_bias;          /* 1: mlr_request.logit_bias_* works */
 } mlr_capabilities;
 
 int32_t mlr_capabilities_get(mlr_engine *engine, mlr_capabilities *out);
@@ -381,6 +390,18 @@ int32_t mlr_forward_logits(mlr_engine *engine, const int32_t *tokens, int32_t n,
  * thread. MLR_INVALID_ARGUMENT for n < 0; MLR_UNSUPPORTED on the TensorRT-LLM library.
  */
 int32_t mlr_cpu_test_fail_allocs(mlr_engine *engine, int32_t n);
+
+/*
+ * TEST ONLY: the CPU engine's constraint masks and its mask thread. A step's constrained rows are handed to
+ * the engine's mask thread, which fills their masks while the forward pass runs; after the pass the
+ * scheduler computes those the thread has not started (ffi/cpu/engine.c). mode: 1 that (the default);
+ * 0 every mask computed by the scheduler after the pass (no overlap); 2 the scheduler waits for the thread
+ * to compute every one; -1 leaves the mode. *precomputed / *computed_inline (may be NULL): masks computed
+ * by the mask thread / by the scheduler since the engine was created. Per engine; any thread. The tokens
+ * never depend on the mode. MLR_INVALID_ARGUMENT for another mode; MLR_UNSUPPORTED on the TensorRT-LLM
+ * library.
+ */
+int32_t mlr_cpu_test_mask_overlap(mlr_engine *engine, int32_t mode, int64_t *precomputed, int64_t *computed_inline);
 
 /* ============================================================================================== */
 /* Benchmark kernels (CPU library only: bench/engine.ts, bench/native-yardstick.ts, the kernel tests)   */

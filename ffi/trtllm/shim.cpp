@@ -457,6 +457,12 @@ int32_t mlr_enqueue(mlr_engine *e, const mlr_request *q, uint64_t *request_id, c
             set_text(err, err_len, "TensorRT-LLM has no per-request LoRA scale (fold it into the weights)");
             return MLR_UNSUPPORTED;
         }
+        if (q->n_logit_bias > 0) {
+            /* The executor's per-request bias (Request::setEmbeddingBias) is a dense tensor over the padded
+             * vocabulary, whose size the shim does not know (ffi/trtllm/README.md, ABI gaps). */
+            set_text(err, err_len, "this backend cannot apply logit_bias (TensorRT-LLM's embedding bias needs the engine's padded vocabulary size, which the shim does not know)");
+            return MLR_UNSUPPORTED;
+        }
         /* The engine's own copy of the constraint (the caller's is borrowed for the call). */
         std::unique_ptr<mlr_matcher, void (*)(mlr_matcher *)> matcher(nullptr, mlr_matcher_free);
         if (q->constraint && e->params.world_size > 1) {
@@ -702,6 +708,7 @@ int32_t mlr_capabilities_get(mlr_engine *e, mlr_capabilities *out) {
     out->lora_dtype = e->params.engine_dtype;
     out->raw_logprobs = logits ? 1 : 0; /* else the executor's logProbs: the sampling layer's */
     out->constraints = e->params.world_size > 1 ? 0 : 1; /* the batched logits post-processor (apply_constraints) */
+    out->logit_bias = 0; /* see mlr_enqueue */
     return MLR_OK;
 }
 
@@ -763,3 +770,4 @@ int32_t mlr_cpu_create(const mlr_cpu_params *, mlr_engine **engine, char *err, s
 }
 
 int32_t mlr_cpu_test_fail_allocs(mlr_engine *, int32_t) { return MLR_UNSUPPORTED; }
+int32_t mlr_cpu_test_mask_overlap(mlr_engine *, int32_t, int64_t *, int64_t *) { return MLR_UNSUPPORTED; }

@@ -108,6 +108,9 @@ export type CreateChatCompletionRequest = {
   "min_p"?: number | null;
   "repetition_penalty"?: number | null;
   "return_token_ids"?: boolean;
+  "logit_bias"?: {
+    [key: string]: number;
+  } | null;
   "response_format"?: {
     "type": "text";
   } | {
@@ -136,6 +139,24 @@ export type CreateChatCompletionRequest = {
   } | boolean | string | null;
   "guided_regex"?: string | null;
   "guided_choice"?: Array<string> | null;
+  "tools"?: Array<{
+    "type": "function";
+    "function": {
+      "name": string;
+      "description"?: string;
+      "parameters"?: {
+        [key: string]: unknown;
+      };
+      "strict"?: boolean | null;
+    };
+  }> | null;
+  "tool_choice"?: "none" | "auto" | "required" | {
+    "type": "function";
+    "function": {
+      "name": string;
+    };
+  } | null;
+  "parallel_tool_calls"?: boolean;
   "messages": Array<{
     "role": "system" | "developer" | "user" | "assistant" | "tool";
     "content"?: string | Array<{
@@ -209,6 +230,9 @@ export type CreateCompletionRequest = {
   "min_p"?: number | null;
   "repetition_penalty"?: number | null;
   "return_token_ids"?: boolean;
+  "logit_bias"?: {
+    [key: string]: number;
+  } | null;
   "response_format"?: {
     "type": "text";
   } | {

@@ -134,6 +134,10 @@ const Generation = {
     v.optional(v.boolean(), false),
     "multilora and vLLM: add the token ids of the prompt and of each choice",
   ),
+  logit_bias: doc(
+    v.nullish(v.record(v.string(), between(-100, 100))),
+    "Token id (as a string key) to a bias in [-100, 100] added to its logit before sampling, at most 300 entries; -100 bans the token, 100 makes it the pick wherever it is allowed (an output constraint still wins). Ids outside the vocabulary are a 400",
+  ),
   response_format: doc(
     v.nullish(ResponseFormatSchema),
     "Structured output: text (default), json_object (any JSON object) or json_schema; enforced on every token, so a choice that finishes with stop always parses and validates",
@@ -153,8 +157,42 @@ const Generation = {
   ),
 };
 
+/** An OpenAI function tool. */
+export const ToolSchema = v.looseObject({
+  type: doc(v.literal("function"), "Only function tools"),
+  function: v.looseObject({
+    name: doc(
+      v.pipe(v.string(), v.regex(/^[A-Za-z0-9_.-]{1,64}$/)),
+      "The function's name (letters, digits, _ . -; up to 64)",
+    ),
+    description: doc(v.optional(v.string()), "What it does, shown to the model through the chat template"),
+    parameters: doc(
+      v.optional(v.record(v.string(), v.unknown())),
+      "A JSON Schema of its arguments, enforced on every call the model writes (keywords that cannot be enforced are a 400 naming each); absent: any object",
+    ),
+    strict: doc(v.nullish(v.boolean()), "Accepted either way: arguments are always enforced exactly"),
+  }),
+});
+
 export const ChatCompletionRequestSchema = v.looseObject({
   ...Generation,
+  tools: doc(
+    v.nullish(v.pipe(v.array(ToolSchema), v.maxLength(128))),
+    "Functions the model may call; the calls come back as tool_calls (finish_reason tool_calls)",
+  ),
+  tool_choice: doc(
+    v.nullish(
+      v.union([
+        v.picklist(["none", "auto", "required"]),
+        v.looseObject({ type: v.literal("function"), function: v.looseObject({ name: v.string() }) }),
+      ]),
+    ),
+    "none: no calls; auto (the default with tools): text or calls, a started call is constrained to a valid one; required: only calls; a named function: only calls to it",
+  ),
+  parallel_tool_calls: doc(
+    v.optional(v.boolean(), true),
+    "Several calls in one answer (required and named choices)",
+  ),
   messages: doc(
     v.pipe(v.array(ChatMessageSchema), v.minLength(1)),
     "The conversation, rendered by the model's chat template",

@@ -226,6 +226,13 @@ export const SERVE_SETTINGS = {
     help: "memory for compiled output constraints (grammars and their token masks), least recently used out",
     arg: "<mb>",
   },
+  "tool-call-format": {
+    schema: v.optional(v.picklist(["auto", "hermes", "llama3", "mistral"]), "auto"),
+    read: "string",
+    group: "general",
+    help: "how the model writes tool calls: hermes (<tool_call>), llama3 (JSON, <|python_tag|>), mistral ([TOOL_CALLS]); auto: read from the chat template (ChatML: hermes)",
+    arg: "<format>",
+  },
   "request-timeout": {
     schema: v.optional(NonNegative, 600),
     read: "number",

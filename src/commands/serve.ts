@@ -215,6 +215,7 @@ async function startServing(
       onAdapterUse: (a, wasCached) => observer.adapterUsed(a.name, a.taskId, wasCached),
       constraintCompileMs: config["constraint-compile-timeout"] * 1000,
       constraintCacheBytes: Math.floor(config["constraint-cache-mb"] * 1024 * 1024),
+      ...(config["tool-call-format"] === "auto" ? {} : { toolFamily: config["tool-call-format"] }),
     });
     registerVllmMetrics(observer.registry, core);
     let ready = false;

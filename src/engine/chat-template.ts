@@ -78,6 +78,8 @@ export class ChatTemplate {
   readonly source: string | null;
   /** The default template's text; null when the model has none. */
   readonly text: string | null;
+  /** The text of the template used for requests with tools (the "tool_use" one, else the default). */
+  readonly toolText: string | null;
   readonly #templates: Templates | null;
   readonly #modelDir: string;
   readonly #bosToken: string | null;
@@ -93,6 +95,7 @@ export class ChatTemplate {
     this.#eosToken = defaults.eosToken ?? null;
     this.source = template?.source ?? null;
     this.text = template?.text ?? null;
+    this.toolText = template?.toolUse?.text ?? this.text;
     this.#templates = template && {
       default: parseTemplate(template.text, template.source),
       toolUse: template.toolUse ? parseTemplate(template.toolUse.text, template.toolUse.source) : null,

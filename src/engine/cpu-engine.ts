@@ -63,6 +63,24 @@ export class CpuEngine extends NativeEngine {
     if (status !== MLR_STATUS.OK) throw new Error(`mlr_cpu_test_fail_allocs(${n}) returned ${status}`);
   }
 
+  /**
+   * Test only (`mlr_cpu_test_mask_overlap`): how constraint masks are computed ("overlap": by the mask
+   * thread while the forward pass runs, the rest after it, the default; "inline": all after the pass;
+   * "thread": all by the mask thread; undefined: unchanged), and how many each thread computed so far.
+   */
+  testMaskOverlap(mode?: "overlap" | "inline" | "thread"): { precomputed: number; inline: number } {
+    const code = mode === undefined ? -1 : { inline: 0, overlap: 1, thread: 2 }[mode];
+    const counts = new BigInt64Array(2);
+    const status = this.symbols.mlr_cpu_test_mask_overlap(
+      this.engineHandle,
+      code,
+      ptr(counts),
+      ptr(counts, 8),
+    );
+    if (status !== MLR_STATUS.OK) throw new Error(`mlr_cpu_test_mask_overlap(${code}) returned ${status}`);
+    return { precomputed: Number(counts[0]), inline: Number(counts[1]) };
+  }
+
   /** Builds the engine over a mapped checkpoint and starts its response pump. */
   static create(checkpoint: Checkpoint, options: CpuEngineOptions = {}): CpuEngine {
     const library = nativeLibraryPath();

@@ -46,6 +46,10 @@ export interface GenerateRequest {
    * the call: the engine copies it at enqueue, so the caller may free it right after. Needs
    * `capabilities.constraints` (else enqueue throws UNSUPPORTED), and a matcher from the engine's library. */
   constraint?: ConstraintMatcher | null;
+  /** Added to the logits of `ids[i]` before sampling (before penalties, temperature, top-k/p; logprobs stay
+   * the raw model's): values in [-100, 100], -100 bans the token; a token the constraint disallows stays
+   * disallowed. Copied at enqueue. Needs `capabilities.logitBias` (else enqueue throws UNSUPPORTED). */
+  logitBias?: { ids: Int32Array; values: Float32Array };
 }
 
 export interface TokenEvent {
@@ -105,6 +109,8 @@ export interface EngineCapabilities {
   rawLogprobs: boolean;
   /** GenerateRequest.constraint works. */
   constraints: boolean;
+  /** GenerateRequest.logitBias works. */
+  logitBias: boolean;
 }
 
 export interface LoraTaskStats {

@@ -130,6 +130,7 @@ export class NativeEngine implements Engine {
       loraDtype: DTYPE_BY_CODE[caps.get("lora_dtype")] ?? "F32",
       rawLogprobs: caps.get("raw_logprobs") === 1,
       constraints: caps.get("constraints") === 1,
+      logitBias: caps.get("logit_bias") === 1,
     };
     this.pump = new Worker(workerUrl("engine/response-pump.ts"));
     this.pump.onmessage = (event: MessageEvent<{ responses?: RawResponse[]; stopped?: boolean }>) => {
@@ -178,6 +179,14 @@ export class NativeEngine implements Engine {
       }
     }
     if (request.constraint) r.set("constraint", request.constraint.pointer);
+    const bias = request.logitBias;
+    if (bias && bias.ids.length > 0) {
+      if (bias.values.length !== bias.ids.length)
+        throw new MultiloraError("logitBias needs as many values as ids", { code: "internal_error" });
+      r.set("logit_bias_ids", ptr(bias.ids))
+        .set("logit_bias_values", ptr(bias.values))
+        .set("n_logit_bias", bias.ids.length);
+    }
     const id = new BigUint64Array(1);
     const err = new ErrorBuffer();
     const status = this.lib.mlr_enqueue(this.handle, ptr(r.bytes), ptr(id), err.ptr, err.bytes.length);

@@ -42,6 +42,7 @@ const SYMBOLS = {
   mlr_trtllm_sampling_text: { args: [P, P, u64], returns: i32 },
   mlr_trtllm_logprob_offset: { args: [i64, i64], returns: i64 },
   mlr_cpu_test_fail_allocs: { args: [P, i32], returns: i32 },
+  mlr_cpu_test_mask_overlap: { args: [P, i32, P, P], returns: i32 },
   mlr_vocab_create: { args: [P, P, i32, P, P, P, u64], returns: i32 },
   mlr_vocab_release: { args: [P], returns: FFIType.void },
   mlr_vocab_size: { args: [P], returns: i32 },
@@ -312,6 +313,9 @@ export const REQUEST = new StructLayout("mlr_request", [
   ["lora_config_width", "i32"],
   ["lora_scale", "f32"],
   ["constraint", "ptr"],
+  ["logit_bias_ids", "ptr"],
+  ["logit_bias_values", "ptr"],
+  ["n_logit_bias", "i32"],
 ]);
 
 export const RESPONSE = new StructLayout("mlr_response", [
@@ -338,6 +342,7 @@ export const CAPABILITIES = new StructLayout("mlr_capabilities", [
   ["lora_dtype", "i32"],
   ["raw_logprobs", "i32"],
   ["constraints", "i32"],
+  ["logit_bias", "i32"],
 ]);
 
 export const STATS = new StructLayout("mlr_stats", [

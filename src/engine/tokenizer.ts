@@ -119,15 +119,25 @@ export interface StreamDecoderOptions extends DecodeOptions {
    * context the first streamed word keeps its space.
    */
   contextIds?: readonly number[];
+  /**
+   * Special tokens written out even when special tokens are skipped: a tool-call family's tags
+   * (`[TOOL_CALLS]`, `<|python_tag|>`), which the tool-call parser must see. Byte-level vocabularies only
+   * (the others decode by window, where the tokenizer skips every special token).
+   */
+  keepIds?: ReadonlySet<number>;
 }
 
 /** The stream decoder of a byte-level vocabulary: each id's bytes through one streaming UTF-8 decoder. */
-function tableStreamDecoder(table: ByteTable, skipSpecialTokens: boolean): StreamDecoder {
+function tableStreamDecoder(
+  table: ByteTable,
+  skipSpecialTokens: boolean,
+  keepIds?: ReadonlySet<number>,
+): StreamDecoder {
   const utf8 = new TextDecoder("utf-8", { fatal: false, ignoreBOM: true });
   const none = new Uint8Array(0);
   return {
     push: (id) => {
-      const skip = skipSpecialTokens && table.special[id] === 1;
+      const skip = skipSpecialTokens && table.special[id] === 1 && !keepIds?.has(id);
       return utf8.decode(skip ? none : (table.bytes[id] ?? none), { stream: true });
     },
     flush: () => utf8.decode(),
@@ -196,15 +206,22 @@ export class Tokenizer {
   }
 
   /**
-   * Each token's bytes, and the tokens an output constraint never allows (added and special tokens, end
-   * ids: they are not text); null where the vocabulary is not byte-level.
+   * Each token's bytes, and the tokens an output constraint never allows: end ids, special tokens, and
+   * added tokens (they are not text inside JSON), except those whose content is in `allow` (a tool-call
+   * family's `<tool_call>`, `[TOOL_CALLS]`: there the model writes them as one token). Null where the
+   * vocabulary is not byte-level.
    */
-  constraintTokens(): { bytes: readonly Uint8Array[]; excluded: Uint8Array } | null {
+  constraintTokens(
+    allow: ReadonlySet<string> = new Set(),
+  ): { bytes: readonly Uint8Array[]; excluded: Uint8Array } | null {
     const table = this.#table();
     if (!table || !this.#byteLevel) return null;
     const excluded = new Uint8Array(table.bytes.length);
+    const decoder = new TextDecoder();
     table.bytes.forEach((b, id) => {
-      if (b.length === 0 || table.special[id] || this.#byteLevel?.addedIds.has(id)) excluded[id] = 1;
+      if (b.length === 0) excluded[id] = 1;
+      else if ((table.special[id] || this.#byteLevel?.addedIds.has(id)) && !allow.has(decoder.decode(b)))
+        excluded[id] = 1;
     });
     for (const id of this.eosTokenIds) if (id < excluded.length) excluded[id] = 1;
     return { bytes: table.bytes, excluded };
@@ -238,7 +255,7 @@ export class Tokenizer {
    */
   createStreamDecoder(options: StreamDecoderOptions = {}): StreamDecoder {
     const table = this.#table();
-    if (table) return tableStreamDecoder(table, options.skipSpecialTokens ?? false);
+    if (table) return tableStreamDecoder(table, options.skipSpecialTokens ?? false, options.keepIds);
     const decodeOptions: DecodeOptions = { skipSpecialTokens: options.skipSpecialTokens ?? false };
     const ids: number[] = [...(options.contextIds ?? [])];
     // ids[prefixOffset, readOffset) were emitted already and give the window its context.

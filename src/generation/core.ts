@@ -35,6 +35,7 @@ import { MultiloraError } from "../errors.ts";
 import type { AdapterVersion, LoraRegistry } from "../lora/registry.ts";
 import { CompilerThread } from "../structured/compiler-thread.ts";
 import { GrammarCache } from "../structured/grammar-cache.ts";
+import { detectFamily, type FamilyName } from "../tools/families.ts";
 import { AdapterUse } from "./adapter-use.ts";
 import { Admission, shuttingDown } from "./admission.ts";
 import { Generation, type StartedRequest } from "./generation.ts";
@@ -64,6 +65,8 @@ export interface CoreSettings {
   constraintCompileMs?: number;
   /** Bytes of compiled constraints kept (`--constraint-cache-mb`). */
   constraintCacheBytes?: number;
+  /** How the model writes tool calls (`--tool-call-format`); absent: detected from its chat template. */
+  toolFamily?: FamilyName;
 }
 
 export class GenerationCore {
@@ -74,8 +77,10 @@ export class GenerationCore {
   private readonly known = new Set<bigint>();
   private readonly taskSettings: TaskSettings;
   private readonly compiler = new CompilerThread();
-  /** Compiled output constraints (response_format, structured_outputs). */
+  /** Compiled output constraints (response_format, structured_outputs, tools). */
   readonly grammars: GrammarCache;
+  /** How this model writes tool calls. */
+  readonly toolFamily: FamilyName;
 
   /** Names the base model answers to. */
   readonly servedNames: readonly string[];
@@ -99,12 +104,16 @@ export class GenerationCore {
       compileTimeoutMs: settings.constraintCompileMs ?? 2000,
       maxBytes: settings.constraintCacheBytes ?? 256 * 1024 * 1024,
     });
+    this.toolFamily =
+      settings.toolFamily ?? detectFamily(chatTemplate.toolText ?? chatTemplate.text ?? "")?.name ?? "hermes";
     this.taskSettings = {
+      toolFamily: this.toolFamily,
       tokenizer,
       chatTemplate,
       maxSeqLen: engine.maxSeqLen,
       vocabSize: engine.vocabSize,
       requestTimeoutMs: settings.requestTimeoutMs,
+      logitBias: engine.capabilities.logitBias,
     };
   }
 

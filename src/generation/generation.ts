@@ -5,9 +5,11 @@
  * code. Each engine request is followed to its very end (a cancelled one too), so the engine's room is
  * known to be free when `onRequestEnd` runs.
  */
+
 import type { RequestHandle, TokenEvent } from "../engine/engine.ts";
 import type { Tokenizer } from "../engine/tokenizer.ts";
 import { MultiloraError } from "../errors.ts";
+import { FAMILY_TEXTS } from "../structured/tool-grammar.ts";
 import { StopMatcher } from "./stop-matcher.ts";
 import type { GenerationTask } from "./task.ts";
 
@@ -177,12 +179,24 @@ export class Generation {
     return results;
   }
 
+  /** The ids of the tool-call families' tags in this vocabulary. */
+  private tagIds(): ReadonlySet<number> {
+    const ids = new Set<number>();
+    for (const text of FAMILY_TEXTS) {
+      const id = this.tokenizer.tokenToId(text);
+      if (id !== undefined) ids.add(id);
+    }
+    return ids;
+  }
+
   private async runChoice(index: number, started: StartedRequest): Promise<void> {
     const choice = this.task.choices[index];
     const prompt = choice ? (this.task.prompts[choice.promptIndex] ?? []) : [];
     const decoder = this.tokenizer.createStreamDecoder({
       skipSpecialTokens: true,
       contextIds: prompt.slice(-4),
+      // with tools, the family's tags stay in the text for the tool-call parser
+      ...(this.task.tools ? { keepIds: this.tagIds() } : {}),
     });
     const stops = new StopMatcher(this.task.stop);
     let engineDone = false;
@@ -192,7 +206,10 @@ export class Generation {
         engineDone = event.finishReason !== null;
         const hasToken = event.token >= 0;
         if (hasToken) this.generated++;
-        const text = hasToken ? decoder.push(event.token) : "";
+        // An end id or stop id ends the text; its own text is never part of it (a model whose end id is an
+        // ordinary token, as the demo model's config.json says of byte 0x02, would show it).
+        const ender = event.finishReason === "end_id" || event.finishReason === "stop_id";
+        const text = hasToken && !ender ? decoder.push(event.token) : "";
         const final = event.finishReason !== null;
         const { emit, matched } = stops.push(final ? text + decoder.flush() : text, final);
         const tokenIds = hasToken ? [event.token] : [];

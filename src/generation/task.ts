@@ -8,12 +8,15 @@
  * needs it, the ABI (src/engine/engine.ts `GenerateRequest`, ffi/include/multilora.h). Nothing else.
  */
 import type { ChatCompletionRequest, CompletionRequest } from "../api/schemas.ts";
-import type { ChatMessage, ChatTemplate } from "../engine/chat-template.ts";
+import type { ChatMessage, ChatTemplate, ChatTool } from "../engine/chat-template.ts";
 import type { GenerateRequest } from "../engine/engine.ts";
 import type { Tokenizer } from "../engine/tokenizer.ts";
 import { MultiloraError } from "../errors.ts";
 import type { AdapterVersion } from "../lora/registry.ts";
 import type { ConstraintSpec } from "../structured/constraint.ts";
+import type { ToolMode } from "../structured/tool-grammar.ts";
+import { FAMILIES, type FamilyName as ToolFamily } from "../tools/families.ts";
+import { toolPrompt } from "../tools/render.ts";
 import type { Target } from "./target.ts";
 
 export type LoadMode = "auto" | "always" | "never";
@@ -53,6 +56,8 @@ export interface GenerationTask {
   readonly topLogprobs: number | null;
   /** What every choice's output must be, and the field that asked (response_format, ...); null: free text. */
   readonly constraint: TaskConstraint | null;
+  /** Chat with tools: the calls are parsed out of each choice's text; null: none. */
+  readonly tools: TaskTools | null;
   /** A generation is cut after this long (finish_reason "length"); 0 = never. */
   readonly timeoutMs: number;
   readonly output: TaskOutput;
@@ -64,9 +69,13 @@ export interface TaskSettings {
   chatTemplate: ChatTemplate;
   /** Prompt + generated tokens per sequence. */
   maxSeqLen: number;
+  /** How this model writes tool calls (detected from its chat template, or --tool-call-format). */
+  toolFamily: ToolFamily;
   /** Token ids the model knows: [0, vocabSize); a prompt id outside is a 400, never wrapped to int32. */
   vocabSize: number;
   requestTimeoutMs: number;
+  /** The engine applies logit_bias (its capability); false: a request with logit_bias is a 400. */
+  logitBias: boolean;
 }
 
 /**
@@ -75,15 +84,8 @@ export interface TaskSettings {
  * `harmless` (what asks for no change).
  */
 const UNSUPPORTED: Record<string, { harmless?: (value: unknown) => boolean; what: string }> = {
-  tools: { harmless: (v) => Array.isArray(v) && v.length === 0, what: "tool calling" },
-  // "auto" without tools calls nothing; tools themselves are refused.
-  tool_choice: { harmless: (v) => v === "none" || v === "auto", what: "tool calling" },
   functions: { harmless: (v) => Array.isArray(v) && v.length === 0, what: "function calling" },
   function_call: { harmless: (v) => v === "none" || v === "auto", what: "function calling" },
-  logit_bias: {
-    harmless: (v) => typeof v === "object" && v !== null && Object.keys(v).length === 0,
-    what: "logit_bias",
-  },
   modalities: {
     harmless: (v) => Array.isArray(v) && v.every((m) => m === "text"),
     what: "output modalities other than text",
@@ -147,16 +149,72 @@ export function buildChatTask(
   target: Target,
 ): GenerationTask {
   refuseUnsupported(body);
+  const tools = toolsOf(body, settings.toolFamily);
   // OpenAI's "developer" role is the system role of older models' templates.
-  const messages = body.messages.map((m) => (m.role === "developer" ? { ...m, role: "system" } : m));
-  const rendered = settings.chatTemplate.render(messages as ChatMessage[], { addGenerationPrompt: true });
+  let messages = body.messages.map((m) =>
+    m.role === "developer" ? { ...m, role: "system" } : m,
+  ) as ChatMessage[];
+  let shown: readonly ChatTool[] | undefined;
+  if (tools) {
+    // tool_choice none: the model is not shown the tools (nor may it call them); past calls still render
+    const prompt = toolPrompt(
+      settings.chatTemplate,
+      FAMILIES[tools.family],
+      messages,
+      tools.mode === "none" ? [] : tools.tools,
+    );
+    messages = prompt.messages;
+    shown = tools.mode === "none" ? undefined : prompt.tools;
+  }
+  const rendered = settings.chatTemplate.render(messages, {
+    addGenerationPrompt: true,
+    ...(shown ? { tools: shown } : {}),
+  });
   // The template wrote every special token the model expects: no second BOS.
   const prompt = settings.tokenizer.encode(rendered, { addSpecialTokens: false });
   const topLogprobs = body.logprobs ? (body.top_logprobs ?? 0) : null;
   return buildTask(settings, "chat", body, target, [prompt], body.max_completion_tokens ?? body.max_tokens, {
     topLogprobs,
     echo: false,
+    tools,
   });
+}
+
+/** The request's tools, checked (400 naming the field): unique names, a tool_choice that names one. */
+function toolsOf(body: ChatCompletionRequest, family: ToolFamily): TaskTools | null {
+  const list = body.tools ?? [];
+  const choice = body.tool_choice ?? null;
+  if (list.length === 0) {
+    if (choice === "required" || (choice !== null && typeof choice === "object")) {
+      throw new MultiloraError(`tool_choice ${JSON.stringify(choice)} needs tools`, {
+        code: "invalid_request",
+        param: "tool_choice",
+      });
+    }
+    return null; // "none" / "auto" without tools: plain chat
+  }
+  const names = new Set<string>();
+  for (const t of list) {
+    if (names.has(t.function.name)) {
+      throw new MultiloraError(`two tools are named "${t.function.name}"`, {
+        code: "invalid_request",
+        param: "tools",
+      });
+    }
+    names.add(t.function.name);
+  }
+  let mode: ToolMode = "auto";
+  if (choice === "none" || choice === "required") mode = choice;
+  else if (choice !== null && typeof choice === "object") {
+    if (!names.has(choice.function.name)) {
+      throw new MultiloraError(`tool_choice names "${choice.function.name}", which is not one of the tools`, {
+        code: "invalid_request",
+        param: "tool_choice",
+      });
+    }
+    mode = { name: choice.function.name };
+  }
+  return Object.freeze({ family, tools: list as ChatTool[], mode, parallel: body.parallel_tool_calls });
 }
 
 /** Token-id prompts are used as given; text is tokenized with the model's special tokens (BOS). */
@@ -194,6 +252,14 @@ function checkTokenIds(prompt: readonly number[], vocabSize: number, promptIndex
   );
 }
 
+/** A chat request's tools: what the response parses out of the text, and what the constraint allows. */
+export interface TaskTools {
+  readonly family: ToolFamily;
+  readonly tools: readonly ChatTool[];
+  readonly mode: ToolMode;
+  readonly parallel: boolean;
+}
+
 export interface TaskConstraint {
   readonly spec: ConstraintSpec;
   /** The request field it came from, named in errors. */
@@ -216,8 +282,18 @@ function jsonSchemaOf(value: unknown, param: string): unknown {
 }
 
 /** The request's output constraint (response_format, structured_outputs, guided_*), or null; one at most. */
-export function constraintOf(body: Common): TaskConstraint | null {
+export function constraintOf(body: Common, tools: TaskTools | null): TaskConstraint | null {
   const found: { param: string; spec: ConstraintSpec }[] = [];
+  if (tools) {
+    const spec: ConstraintSpec = {
+      kind: "tool_calls",
+      family: tools.family,
+      tools: tools.tools.map((t) => ({ name: t.function.name, parameters: t.function.parameters })),
+      mode: tools.mode,
+      parallel: tools.parallel,
+    };
+    found.push({ param: "tools", spec });
+  }
   const rf = body.response_format;
   if (rf?.type === "json_object") found.push({ param: "response_format", spec: { kind: "json_object" } });
   if (rf?.type === "json_schema") {
@@ -283,9 +359,10 @@ function buildTask(
   target: Target,
   prompts: number[][],
   maxTokens: number | null | undefined,
-  extra: { topLogprobs: number | null; echo: boolean },
+  extra: { topLogprobs: number | null; echo: boolean; tools?: TaskTools | null },
 ): GenerationTask {
   const endIds = Int32Array.from(settings.tokenizer.eosTokenIds);
+  const logitBias = logitBiasOf(body.logit_bias, settings); // (logit_bias: one for every choice)
   const choices: TaskChoice[] = [];
   prompts.forEach((prompt, promptIndex) => {
     checkTokenIds(prompt, settings.vocabSize, prompts.length > 1 ? promptIndex : null);
@@ -313,6 +390,7 @@ function buildTask(
         endIds,
         topLogprobs: extra.topLogprobs ?? undefined,
       };
+      if (logitBias) request.logitBias = logitBias;
       choices.push(Object.freeze({ index: choices.length, promptIndex, request: Object.freeze(request) }));
     }
   });
@@ -326,7 +404,8 @@ function buildTask(
     promptTokens: prompts.reduce((sum, p) => sum + p.length, 0),
     choices: Object.freeze(choices),
     stop: Object.freeze(stopStrings(body.stop)),
-    constraint: constraintOf(body),
+    constraint: constraintOf(body, extra.tools ?? null),
+    tools: extra.tools ?? null,
     topLogprobs: extra.topLogprobs,
     timeoutMs: settings.requestTimeoutMs,
     output: Object.freeze({
@@ -336,4 +415,57 @@ function buildTask(
       echo: extra.echo,
     }),
   });
+}
+
+// --- logit_bias ---------------------------------------------------------------------------------------
+
+/** OpenAI's limit on logit_bias entries. */
+export const MAX_LOGIT_BIAS = 300;
+
+/**
+ * The request's logit_bias as the engine takes it (ids and values), or null when absent or empty. 400s:
+ * a key that is not a token id of this model (decimal, no sign or leading zeros: "01" would be a second
+ * key for token 1), more than 300 entries (invalid_request), a backend that cannot apply it
+ * (unsupported_field). Values are the schema's ([-100, 100]).
+ */
+export function logitBiasOf(
+  bias: Readonly<Record<string, number>> | null | undefined,
+  settings: Pick<TaskSettings, "vocabSize" | "logitBias">,
+): { ids: Int32Array; values: Float32Array } | null {
+  if (bias === null || bias === undefined) return null;
+  const keys = Object.keys(bias);
+  if (keys.length === 0) return null;
+  if (!settings.logitBias) {
+    throw new MultiloraError("this backend cannot apply logit_bias; leave logit_bias out", {
+      code: "unsupported_field",
+      param: "logit_bias",
+    });
+  }
+  if (keys.length > MAX_LOGIT_BIAS) {
+    throw new MultiloraError(`logit_bias has ${keys.length} entries; at most ${MAX_LOGIT_BIAS} are allowed`, {
+      code: "invalid_request",
+      param: "logit_bias",
+    });
+  }
+  const limit = settings.vocabSize > 0 ? settings.vocabSize : 2 ** 31;
+  const ids = new Int32Array(keys.length);
+  const values = new Float32Array(keys.length);
+  keys.forEach((key, i) => {
+    const id = /^(0|[1-9][0-9]*)$/.test(key) ? Number(key) : Number.NaN;
+    if (!Number.isSafeInteger(id)) {
+      throw new MultiloraError(
+        `logit_bias key ${JSON.stringify(key)} is not a token id (a non-negative integer in decimal, as a string)`,
+        { code: "invalid_request", param: "logit_bias" },
+      );
+    }
+    if (id >= limit) {
+      throw new MultiloraError(
+        `logit_bias key "${key}" is not a token of this model: its token ids are 0 to ${limit - 1}${settings.vocabSize > 0 ? ` (vocab_size ${settings.vocabSize})` : ""}`,
+        { code: "invalid_request", param: "logit_bias" },
+      );
+    }
+    ids[i] = id;
+    values[i] = bias[key] as number;
+  });
+  return { ids, values };
 }

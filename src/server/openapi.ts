@@ -57,9 +57,11 @@ const LORA_EXTENSIONS = `
 multilora extensions: \`lora_model\` names an adapter of the LoRA dir (an adapter may also be named in \`model\`);
 \`load_lora_weights\` is \`auto\` (send the adapter's weights only when the engine may not have them), \`always\` or
 \`never\` (a miss is a 409 \`lora_not_cached\`); \`lora_scale\` multiplies the adapter's contribution (0 = the base model);
-\`top_k\`, \`min_p\`, \`repetition_penalty\`; \`return_token_ids\` adds the token ids. Unknown fields are ignored, but
-fields of OpenAI's and vLLM's APIs that would change the output and are not implemented here (\`response_format\` other
-than text, \`tools\`, \`logit_bias\`, \`guided_json\`, ...) are a 400 \`unsupported_field\` naming each.
+\`top_k\`, \`min_p\`, \`repetition_penalty\`; \`return_token_ids\` adds the token ids. Structured output
+(\`response_format\`, vLLM's \`structured_outputs\` and \`guided_json\` / \`guided_regex\` / \`guided_choice\`) and \`tools\`
+are enforced token by token; a schema keyword that cannot be enforced is a 400 \`unsupported_schema\` naming each.
+Unknown fields are ignored, but fields of OpenAI's and vLLM's APIs that would change the output and are not implemented
+here (\`min_tokens\`, \`ignore_eos\`, \`guided_grammar\`, ...) are a 400 \`unsupported_field\` naming each.
 With \`stream: true\` the response is server-sent events of chunks ending with \`data: [DONE]\` (or concatenated
 MessagePack records); the status is sent after the first token, so adapter errors are real 4xx.`;
 

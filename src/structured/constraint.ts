@@ -6,17 +6,26 @@
  */
 
 import { MultiloraError } from "../errors.ts";
+import type { FamilyName as ToolFamily } from "../tools/families.ts";
 import { Budget } from "./budget.ts";
 import { GrammarBuilder } from "./byte-grammar.ts";
 import { literalDfa, minimize, unionDfa } from "./char-automaton.ts";
 import { compileJsonSchema } from "./json-schema.ts";
 import { fullMatchDfa, RegexError } from "./regex.ts";
+import { type ToolMode, type ToolSpec, writeToolCallGrammar } from "./tool-grammar.ts";
 
 export type ConstraintSpec =
   | { readonly kind: "json_object" }
   | { readonly kind: "json_schema"; readonly schema: unknown }
   | { readonly kind: "regex"; readonly pattern: string }
-  | { readonly kind: "choice"; readonly choices: readonly string[] };
+  | { readonly kind: "choice"; readonly choices: readonly string[] }
+  | {
+      readonly kind: "tool_calls";
+      readonly family: ToolFamily;
+      readonly tools: readonly ToolSpec[];
+      readonly mode: ToolMode;
+      readonly parallel: boolean;
+    };
 
 /** JSON with object keys sorted: equal for equal schemas whatever their key order. */
 function canonicalJson(value: unknown): string {
@@ -60,6 +69,12 @@ export function compileConstraint(spec: ConstraintSpec, timeoutMs: number): Int3
         budget,
         "choice lists no string",
       );
+    case "tool_calls": {
+      const grammar = new GrammarBuilder(budget);
+      return grammar.program(
+        writeToolCallGrammar(grammar, spec.family, spec.tools, spec.mode, spec.parallel, budget),
+      );
+    }
   }
 }
 

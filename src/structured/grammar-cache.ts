@@ -9,6 +9,7 @@ import type { Tokenizer } from "../engine/tokenizer.ts";
 import { MultiloraError } from "../errors.ts";
 import type { CompilerThread } from "./compiler-thread.ts";
 import { type ConstraintSpec, constraintKey } from "./constraint.ts";
+import { FAMILY_TEXTS } from "./tool-grammar.ts";
 
 export interface GrammarCacheOptions {
   compileTimeoutMs: number;
@@ -18,7 +19,8 @@ export interface GrammarCacheOptions {
 const MAX_REMEMBERED_FAILURES = 256;
 
 export class GrammarCache {
-  #vocab: ConstraintVocab | null = null;
+  /** The vocabulary for JSON, regex and choice (added tokens excluded), and the one for tool calls. */
+  readonly #vocabs = new Map<"text" | "tools", ConstraintVocab>();
   readonly #grammars = new Map<string, ConstraintGrammar>(); // least recently used first
   readonly #compiling = new Map<string, Promise<ConstraintGrammar>>();
   readonly #failures = new Map<string, MultiloraError>();
@@ -29,17 +31,21 @@ export class GrammarCache {
     readonly options: GrammarCacheOptions,
   ) {}
 
-  #ensureVocab(): ConstraintVocab {
-    if (this.#vocab) return this.#vocab;
-    const tokens = this.tokenizer.constraintTokens();
+  #ensureVocab(kind: "text" | "tools"): ConstraintVocab {
+    const known = this.#vocabs.get(kind);
+    if (known) return known;
+    // Tool calls: the families' call texts may be added tokens, written as one token.
+    const allow = kind === "tools" ? new Set(FAMILY_TEXTS) : new Set<string>();
+    const tokens = this.tokenizer.constraintTokens(allow);
     if (!tokens) {
       throw new MultiloraError(
         "structured output needs a byte-level tokenizer (tokenizer.json with a ByteLevel decoder); this model's is not",
         { code: "unsupported" },
       );
     }
-    this.#vocab = ConstraintVocab.create(tokens.bytes, tokens.excluded);
-    return this.#vocab;
+    const vocab = ConstraintVocab.create(tokens.bytes, tokens.excluded);
+    this.#vocabs.set(kind, vocab);
+    return vocab;
   }
 
   /** A matcher at the start of the constraint (the caller frees it; engines copy it at enqueue). */
@@ -65,7 +71,7 @@ export class GrammarCache {
 
   async #compile(key: string, spec: ConstraintSpec): Promise<ConstraintGrammar> {
     try {
-      const vocab = this.#ensureVocab();
+      const vocab = this.#ensureVocab(spec.kind === "tool_calls" ? "tools" : "text");
       const program = await this.compiler.compile(spec, this.options.compileTimeoutMs);
       const grammar = ConstraintGrammar.create(vocab, program);
       this.#grammars.set(key, grammar);
@@ -106,7 +112,7 @@ export class GrammarCache {
   close(): void {
     for (const g of this.#grammars.values()) g.release();
     this.#grammars.clear();
-    this.#vocab?.release();
-    this.#vocab = null;
+    for (const v of this.#vocabs.values()) v.release();
+    this.#vocabs.clear();
   }
 }

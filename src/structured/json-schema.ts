@@ -193,10 +193,11 @@ class Compiler {
   constructor(
     root: Json,
     readonly budget: Budget,
+    grammar: GrammarBuilder,
   ) {
     const dialect = isObject(root) && typeof root.$schema === "string" ? root.$schema : "";
     this.#legacyRef = /draft-0[3-7]/.test(dialect);
-    this.#grammar = new GrammarBuilder(budget);
+    this.#grammar = grammar;
     this.#indexIds(root, "#", ROOT_URI);
   }
 
@@ -689,10 +690,11 @@ class Compiler {
     return rule;
   }
 
-  program(root: Json): Int32Array {
+  /** The rule of the root schema's values; throws SchemaProblems listing every problem. */
+  rootRule(root: Json): number {
     const rule = this.valueRule([{ schema: root, pointer: "#", base: ROOT_URI }]);
     if (this.problems.length > 0) throw new SchemaProblems(this.problems);
-    return this.#grammar.program(rule);
+    return rule;
   }
 
   #writeBase(nfa: RuleNfa, from: number, to: number, b: Base): void {
@@ -757,27 +759,8 @@ class Compiler {
     if (!dfa) return null;
     const rule = this.#grammar.declare(key);
     this.#rules.set(key, rule);
-    this.#grammar.define(rule, (nfa) => this.#writeString(nfa, nfa.start, nfa.accept, dfa));
+    this.#grammar.define(rule, (nfa) => writeJsonString(nfa, nfa.start, nfa.accept, dfa));
     return rule;
-  }
-
-  #writeString(nfa: RuleNfa, from: number, to: number, content: CharDfa): void {
-    nfa.sequence(from, to, [
-      (f, t) => nfa.literal(f, t, '"'),
-      (f, t) => nfa.chars(f, t, content, "json"),
-      (f, t) => nfa.literal(f, t, '"'),
-    ]);
-  }
-
-  #ws(nfa: RuleNfa, from: number, to: number): void {
-    let at = from;
-    nfa.epsilon(at, to);
-    for (let i = 0; i < MAX_WHITESPACE; i++) {
-      const next = nfa.add();
-      for (const c of [0x20, 0x0a, 0x0d, 0x09]) nfa.byte(at, c, c, next);
-      nfa.epsilon(next, to);
-      at = next;
-    }
   }
 
   /** A rule for keys: a string whose characters a DFA allows (a leaf rule, so its masks are shared). */
@@ -786,7 +769,7 @@ class Compiler {
     if (known !== undefined) return known;
     const rule = this.#grammar.declare(key);
     this.#rules.set(key, rule);
-    this.#grammar.define(rule, (nfa) => this.#writeString(nfa, nfa.start, nfa.accept, content));
+    this.#grammar.define(rule, (nfa) => writeJsonString(nfa, nfa.start, nfa.accept, content));
     return rule;
   }
 
@@ -889,7 +872,7 @@ class Compiler {
       const open = nfa.add();
       nfa.literal(nfa.start, open, "{");
       let none = nfa.add(); // nothing written yet
-      this.#ws(nfa, open, none);
+      writeWhitespace(nfa, open, none);
       let some = Array.from({ length: cap + 1 }, () => nfa.add()); // some[c]: c members written (c >= 1)
       const member = (
         from: number,
@@ -903,14 +886,14 @@ class Compiler {
             ? []
             : [
                 (f: number, t: number) => nfa.literal(f, t, ","),
-                (f: number, t: number) => this.#ws(nfa, f, t),
+                (f: number, t: number) => writeWhitespace(nfa, f, t),
               ]),
           key,
-          (f: number, t: number) => this.#ws(nfa, f, t),
+          (f: number, t: number) => writeWhitespace(nfa, f, t),
           (f: number, t: number) => nfa.literal(f, t, ":"),
-          (f: number, t: number) => this.#ws(nfa, f, t),
+          (f: number, t: number) => writeWhitespace(nfa, f, t),
           (f: number, t: number) => nfa.call(f, this.valueRule(conj), t),
-          (f: number, t: number) => this.#ws(nfa, f, t),
+          (f: number, t: number) => writeWhitespace(nfa, f, t),
         ]);
       /** One member, from nothing written to 1 and from each count c to c + 1; `into`: the states after. */
       const counted = (key: (f: number, t: number) => void, conj: Located[], into: number[]) => {
@@ -922,7 +905,7 @@ class Compiler {
         }
       };
       for (const m of members) {
-        const literalKey = (f: number, t: number) => this.#writeString(nfa, f, t, literalDfa(m.name));
+        const literalKey = (f: number, t: number) => writeJsonString(nfa, f, t, literalDfa(m.name));
         const nextNone = nfa.add();
         const nextSome = some.map(() => nfa.add());
         counted(literalKey, m.conj, nextSome);
@@ -965,17 +948,17 @@ class Compiler {
       const open = nfa.add();
       nfa.literal(nfa.start, open, "[");
       let at = nfa.add(); // before item 0
-      this.#ws(nfa, open, at);
+      writeWhitespace(nfa, open, at);
       const item = (from: number, to: number, i: number, conj: Located[]) =>
         nfa.sequence(from, to, [
           ...(i > 0
             ? [
                 (f: number, t: number) => nfa.literal(f, t, ","),
-                (f: number, t: number) => this.#ws(nfa, f, t),
+                (f: number, t: number) => writeWhitespace(nfa, f, t),
               ]
             : []),
           (f: number, t: number) => nfa.call(f, this.valueRule(conj), t),
-          (f: number, t: number) => this.#ws(nfa, f, t),
+          (f: number, t: number) => writeWhitespace(nfa, f, t),
         ]);
       const limit = max === null ? last : max;
       for (let i = 0; ; i++) {
@@ -1001,40 +984,40 @@ class Compiler {
       nfa.literal(from, to, JSON.stringify(value));
       if (Number.isInteger(value) && Math.abs(value) < 1e21)
         nfa.literal(from, to, `${JSON.stringify(value)}.0`);
-    } else if (typeof value === "string") this.#writeString(nfa, from, to, literalDfa(value));
+    } else if (typeof value === "string") writeJsonString(nfa, from, to, literalDfa(value));
     else if (Array.isArray(value)) {
       nfa.sequence(from, to, [
         (f, t) => nfa.literal(f, t, "["),
-        (f, t) => this.#ws(nfa, f, t),
+        (f, t) => writeWhitespace(nfa, f, t),
         ...value.flatMap((v, i) => [
           ...(i > 0
             ? [
                 (f: number, t: number) => nfa.literal(f, t, ","),
-                (f: number, t: number) => this.#ws(nfa, f, t),
+                (f: number, t: number) => writeWhitespace(nfa, f, t),
               ]
             : []),
           (f: number, t: number) => this.#writeLiteral(nfa, f, t, v),
-          (f: number, t: number) => this.#ws(nfa, f, t),
+          (f: number, t: number) => writeWhitespace(nfa, f, t),
         ]),
         (f, t) => nfa.literal(f, t, "]"),
       ]);
     } else {
       nfa.sequence(from, to, [
         (f, t) => nfa.literal(f, t, "{"),
-        (f, t) => this.#ws(nfa, f, t),
+        (f, t) => writeWhitespace(nfa, f, t),
         ...Object.entries(value).flatMap(([k, v], i) => [
           ...(i > 0
             ? [
                 (f: number, t: number) => nfa.literal(f, t, ","),
-                (f: number, t: number) => this.#ws(nfa, f, t),
+                (f: number, t: number) => writeWhitespace(nfa, f, t),
               ]
             : []),
-          (f: number, t: number) => this.#writeString(nfa, f, t, literalDfa(k)),
-          (f: number, t: number) => this.#ws(nfa, f, t),
+          (f: number, t: number) => writeJsonString(nfa, f, t, literalDfa(k)),
+          (f: number, t: number) => writeWhitespace(nfa, f, t),
           (f: number, t: number) => nfa.literal(f, t, ":"),
-          (f: number, t: number) => this.#ws(nfa, f, t),
+          (f: number, t: number) => writeWhitespace(nfa, f, t),
           (f: number, t: number) => this.#writeLiteral(nfa, f, t, v),
-          (f: number, t: number) => this.#ws(nfa, f, t),
+          (f: number, t: number) => writeWhitespace(nfa, f, t),
         ]),
         (f, t) => nfa.literal(f, t, "}"),
       ]);
@@ -1137,8 +1120,29 @@ function merge(a: Base, b: Base): Base | null {
   };
 }
 
+/** A JSON string whose characters a DFA allows, quotes included. */
+export function writeJsonString(nfa: RuleNfa, from: number, to: number, content: CharDfa): void {
+  nfa.sequence(from, to, [
+    (f, t) => nfa.literal(f, t, '"'),
+    (f, t) => nfa.chars(f, t, content, "json"),
+    (f, t) => nfa.literal(f, t, '"'),
+  ]);
+}
+
+/** Whitespace between JSON tokens: JSON's four characters, in a run of at most MAX_WHITESPACE. */
+export function writeWhitespace(nfa: RuleNfa, from: number, to: number): void {
+  let at = from;
+  nfa.epsilon(at, to);
+  for (let i = 0; i < MAX_WHITESPACE; i++) {
+    const next = nfa.add();
+    for (const c of [0x20, 0x0a, 0x0d, 0x09]) nfa.byte(at, c, c, next);
+    nfa.epsilon(next, to);
+    at = next;
+  }
+}
+
 /** Every string but those a DFA accepts (the DFA made total over ANY, accepting flipped). */
-function complementDfa(dfa: CharDfa): CharDfa {
+export function complementDfa(dfa: CharDfa): CharDfa {
   const n = dfa.accepting.length;
   const sink = n;
   const trans = dfa.trans.map((row) => {
@@ -1170,8 +1174,17 @@ function complementDfa(dfa: CharDfa): CharDfa {
 
 /** The program of a JSON Schema; throws SchemaProblems (400 unsupported_schema) listing every problem. */
 export function compileJsonSchema(schema: unknown, budget: Budget): Int32Array {
+  const grammar = new GrammarBuilder(budget);
+  return grammar.program(jsonSchemaRule(grammar, schema, budget));
+}
+
+/**
+ * A rule of `grammar` for the values of a JSON Schema (a part of a larger grammar: tool calls); throws
+ * SchemaProblems (400 unsupported_schema) listing every problem.
+ */
+export function jsonSchemaRule(grammar: GrammarBuilder, schema: unknown, budget: Budget): number {
   if (typeof schema !== "boolean" && !isObject(schema as Json)) {
     throw new MultiloraError("a JSON Schema must be an object or a boolean", { code: "invalid_schema" });
   }
-  return new Compiler(schema as Json, budget).program(schema as Json);
+  return new Compiler(schema as Json, budget, grammar).rootRule(schema as Json);
 }

@@ -185,3 +185,72 @@ describe("constrained generation on the CPU engine", () => {
     big.release();
   });
 });
+
+describe("constraint masks computed while the forward pass runs", () => {
+  test("the mask thread computes every constrained row's mask during the pass; tokens equal those of masks computed after it", async () => {
+    const e = open({ maxBatch: 8 });
+    // letters, then "!" ends the text: most sequences run to max_new_tokens
+    const letters: StateSpec[] = [
+      {
+        bytes: [
+          ["a", "z", 0],
+          ["!", 1],
+        ],
+      },
+      { accept: true },
+    ];
+    const constraint = ConstraintMatcher.create(ConstraintGrammar.create(vocab, buildProgram([letters])));
+    const requests: GenerateRequest[] = [
+      ...[1, 2, 3, 4, 5].map((seed) => ({ ...BASE, seed, endIds: [END], constraint })),
+      { ...BASE, seed: 6, constraint, temperature: 0 },
+      { ...BASE, seed: 7 },
+      { ...BASE, seed: 8, maxNewTokens: 5 },
+    ];
+    const run = async (mode: "inline" | "thread" | "overlap") => {
+      const before = e.testMaskOverlap(mode);
+      const outs = await Promise.all(requests.map((r) => collect(e.enqueue(r))));
+      const after = e.testMaskOverlap();
+      const masks = outs.reduce((n, o, i) => n + (requests[i]?.constraint ? o.tokens.length : 0), 0);
+      return {
+        tokens: outs.map((o) => o.tokens),
+        masks,
+        precomputed: after.precomputed - before.precomputed,
+        inline: after.inline - before.inline,
+      };
+    };
+    const inline = await run("inline");
+    expect(inline.masks).toBeGreaterThan(40);
+    expect([inline.precomputed, inline.inline]).toEqual([0, inline.masks]);
+    // every mask by the thread, first tokens after a prefill included
+    const thread = await run("thread");
+    expect(thread.tokens).toEqual(inline.tokens);
+    expect([thread.precomputed, thread.inline]).toEqual([inline.masks, 0]);
+    // the default: the thread's, and the scheduler's for what the thread had not started after the pass
+    const overlap = await run("overlap");
+    expect(overlap.tokens).toEqual(inline.tokens);
+    expect(overlap.precomputed + overlap.inline).toBe(inline.masks);
+    // and each request alone gets the tokens it gets in the batch
+    for (const [i, r] of requests.entries())
+      expect((await collect(e.enqueue(r))).tokens).toEqual(inline.tokens[i] as number[]);
+    constraint.free();
+  });
+
+  test("a failed forward pass while the mask thread holds rows: the step's requests end, the engine serves on", async () => {
+    const e = open({ maxBatch: 4 });
+    const constraint = matcher(["hello!", "help!", "hero!"]);
+    e.testMaskOverlap("thread");
+    const running = [1, 2, 3].map((seed) => collect(e.enqueue({ ...BASE, seed, constraint })));
+    e.failNextScratchAllocations(1);
+    const settled = await Promise.allSettled(running);
+    e.failNextScratchAllocations(0);
+    for (const s of settled) {
+      if (s.status === "rejected") expect((s.reason as EngineError).engineCode).toBe("OUT_OF_MEMORY");
+      else expect(s.value.finishReason).toBe("constraint");
+    }
+    expect(settled.some((s) => s.status === "rejected")).toBe(true);
+    const after = await collect(e.enqueue({ ...BASE, seed: 4, constraint }));
+    expect(after.finishReason).toBe("constraint");
+    e.testMaskOverlap("overlap");
+    constraint.free();
+  });
+});

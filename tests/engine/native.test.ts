@@ -113,9 +113,13 @@ test.skipIf(!haveSanitizers || process.env.MULTILORA_SANITIZED === "1")(
         "lora-cache",
         "scheduling",
         "step-failures",
+        // the matrix kernels of every path this CPU runs, against float64 and batch invariance
+        "kernels",
         // output constraints: the matcher's masks and accepts, and constrained requests in the engine
         "constraint-native",
         "constraint-engine",
+        // logit_bias in the sampler, alone, in batches and under constraints
+        "logit-bias",
       ].map((f) => join(import.meta.dir, `${f}.test.ts`)),
       // the mask code over the whole JSON Schema Test Suite (skips without ../shared/fixtures)
       join(import.meta.dir, "../structured/json-schema-suite.test.ts"),
@@ -138,7 +142,7 @@ test.skipIf(!haveSanitizers || process.env.MULTILORA_SANITIZED === "1")(
     const output = `${run.stdout}\n${run.stderr}`;
     expect(output).not.toMatch(/ERROR: AddressSanitizer|runtime error:/);
     expect(output).toMatch(/\n 0 fail\n/);
-    expect(output).toMatch(/Ran \d+ tests across 11 files/);
+    expect(output).toMatch(/Ran \d+ tests across 13 files/);
     expect(run.status).toBe(0);
   },
   300_000,

@@ -307,9 +307,9 @@ describe("the task", () => {
     const body = v.parse(ChatCompletionRequestSchema, {
       model: "demo",
       messages: [{ role: "user", content: "hi" }],
-      logit_bias: { "5": 10 },
-      tools: [{ type: "function", function: { name: "f" } }],
       min_tokens: 3,
+      ignore_eos: true,
+      prediction: { type: "content", content: "x" },
     });
     const target = await core.target("demo", null, null);
     let error: MultiloraError | undefined;
@@ -319,10 +319,10 @@ describe("the task", () => {
       error = e as MultiloraError;
     }
     expect(error?.code).toBe("unsupported_field");
-    expect(error?.param).toBe("logit_bias");
+    expect(error?.param).toBe("min_tokens");
     expect(error?.message).toContain("min_tokens");
-    expect(error?.message).toContain("logit_bias");
-    expect(error?.message).toContain("tools");
+    expect(error?.message).toContain("ignore_eos");
+    expect(error?.message).toContain("prediction");
     // What asks for no change is accepted.
     const harmless = v.parse(ChatCompletionRequestSchema, {
       model: "demo",

@@ -62,6 +62,8 @@ export class FakeEngine implements Engine {
       /** False: like TensorRT-LLM's executor, the server must estimate what is cached. */
       listsTasks?: boolean;
       maxSeqLen?: number;
+      /** The capability (default false: the fake applies no bias). */
+      logitBias?: boolean;
     },
   ) {
     this.maxSeqLen = options.maxSeqLen ?? 512;
@@ -77,6 +79,7 @@ export class FakeEngine implements Engine {
       loraDtype: "F32",
       rawLogprobs: true,
       constraints: false,
+      logitBias: options.logitBias ?? false,
     };
   }
 

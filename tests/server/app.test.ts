@@ -82,7 +82,7 @@ test("a field that would change the output and is not implemented is a 400 namin
       body: JSON.stringify({
         model: "demo",
         messages: [{ role: "user", content: "hi" }],
-        logit_bias: { "7": -100 },
+        min_tokens: 4,
       }),
     }),
   );
@@ -91,7 +91,7 @@ test("a field that would change the output and is not implemented is a 400 namin
   expect(error).toMatchObject({
     type: "invalid_request_error",
     code: "unsupported_field",
-    param: "logit_bias",
+    param: "min_tokens",
   });
   expect(engine.enqueued).toHaveLength(0);
 });
