@@ -24,10 +24,10 @@ import { join } from "node:path";
 import { parseArgs } from "node:util";
 import { loadCheckpoint } from "../src/engine/checkpoint.ts";
 import { CpuEngine } from "../src/engine/cpu-engine.ts";
-import type { LoraRef, RequestHandle } from "../src/engine/engine.ts";
+import type { LoraRef } from "../src/engine/engine.ts";
 import { writeLlamaCheckpoint } from "../src/engine/random-checkpoint.ts";
 import { cpuKernelPath, peakFlops, readBandwidth } from "./native-yardstick.ts";
-import { randomAdapter, SMOLLM2_360M } from "./shapes.ts";
+import { decodeRate, randomAdapter, SMOLLM2_360M } from "./shapes.ts";
 
 const { values } = parseArgs({
   options: { threads: { type: "string" }, tokens: { type: "string", default: "48" } },
@@ -80,25 +80,6 @@ function adapterRef(taskId: bigint, rank: number): LoraRef {
     weights: { bytes: a.weights, dtype: "BF16", rows: a.rows, rowLength: a.rowLength },
     config: a.config,
   };
-}
-
-/** Aggregate decode tokens/s of `handles`, counted from the first token to the last. */
-async function decodeRate(handles: RequestHandle[]): Promise<number> {
-  let first = 0;
-  let last = 0;
-  let tokens = 0;
-  await Promise.all(
-    handles.map(async (h) => {
-      for await (const event of h.events) {
-        if (event.token < 0) continue;
-        const now = performance.now();
-        if (first === 0) first = now;
-        else tokens++;
-        last = now;
-      }
-    }),
-  );
-  return tokens / ((last - first) / 1000);
 }
 
 const work = mkdtempSync(join(tmpdir(), "multilora-bench-engine-"));

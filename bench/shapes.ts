@@ -3,6 +3,7 @@
 import { writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { buildDemoTokenizer, demoTokenizerConfig } from "../src/engine/demo-tokenizer.ts";
+import type { RequestHandle } from "../src/engine/engine.ts";
 import { rng, writeLlamaCheckpoint } from "../src/engine/random-checkpoint.ts";
 import { castFloats } from "../src/formats/dtypes.ts";
 import { MODULE_IDS, type ModuleName, moduleShape } from "../src/formats/lora-modules.ts";
@@ -82,4 +83,23 @@ export function writeRandomAdapter(path: string, dims: AdapterDims, rank: number
 
 export function median(xs: number[]): number {
   return [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)] as number;
+}
+
+/** Aggregate decode tokens/s of `handles`, counted from the first token to the last. */
+export async function decodeRate(handles: RequestHandle[]): Promise<number> {
+  let first = 0;
+  let last = 0;
+  let tokens = 0;
+  await Promise.all(
+    handles.map(async (h) => {
+      for await (const event of h.events) {
+        if (event.token < 0) continue;
+        const now = performance.now();
+        if (first === 0) first = now;
+        else tokens++;
+        last = now;
+      }
+    }),
+  );
+  return tokens / ((last - first) / 1000);
 }

@@ -22,11 +22,10 @@ import { checkSchema, openVocabulary } from "../src/commands/grammar.ts";
 import { loadCheckpoint } from "../src/engine/checkpoint.ts";
 import { ConstraintGrammar, ConstraintMatcher, ConstraintVocab } from "../src/engine/constraint-native.ts";
 import { CpuEngine } from "../src/engine/cpu-engine.ts";
-import type { RequestHandle } from "../src/engine/engine.ts";
 import { loadTokenizer } from "../src/engine/tokenizer.ts";
 import { compileConstraint } from "../src/structured/constraint.ts";
 import { pythonDumps } from "../src/structured/python-json.ts";
-import { writeSmolShapedModel } from "./shapes.ts";
+import { decodeRate, writeSmolShapedModel } from "./shapes.ts";
 
 const { values } = parseArgs({
   options: { threads: { type: "string" }, tokens: { type: "string", default: "24" } },
@@ -75,25 +74,6 @@ function suiteTimes(): { schemas: number; compile: number[]; mask: number[] } | 
     `(1) ${schemas} compilable schemas, ${mask.length} masks over the 49,152-token vocabulary: compile p50 ${round(quantile(compile, 0.5), 2)} ms, p99 ${round(quantile(compile, 0.99), 2)} ms; mask p50 ${quantile(mask, 0.5)} µs, p99 ${quantile(mask, 0.99)} µs, max ${quantile(mask, 1)} µs`,
   );
   return { schemas, compile, mask };
-}
-
-/** Aggregate decode tokens/s of `handles`, from each one's first token to the last token of all. */
-async function decodeRate(handles: RequestHandle[]): Promise<number> {
-  let first = 0;
-  let last = 0;
-  let tokens = 0;
-  await Promise.all(
-    handles.map(async (h) => {
-      for await (const event of h.events) {
-        if (event.token < 0) continue;
-        const now = performance.now();
-        if (first === 0) first = now;
-        else tokens++;
-        last = now;
-      }
-    }),
-  );
-  return tokens / ((last - first) / 1000);
 }
 
 /** (2) batch-16 decode, constrained against free. */

@@ -337,3 +337,15 @@ export function embedInNfa(nfa: CharNfa, dfa: CharDfa, from: number, to: number)
       nfa.edge(ids[s] as number, [t.lo, t.hi], ids[t.to] as number);
   });
 }
+
+/** Whether a DFA accepts a text (code point by code point). */
+export function dfaAccepts(dfa: CharDfa, text: string): boolean {
+  let s = 0;
+  for (const ch of text) {
+    const cp = ch.codePointAt(0) as number;
+    const t = (dfa.trans[s] ?? []).find((x) => x.lo <= cp && cp <= x.hi);
+    if (!t) return false;
+    s = t.to;
+  }
+  return dfa.accepting[s] === true;
+}

@@ -14,7 +14,15 @@
 import { MultiloraError } from "../errors.ts";
 import type { Budget } from "./budget.ts";
 import { GrammarBuilder, type RuleNfa } from "./byte-grammar.ts";
-import { type CharDfa, intersectDfa, literalDfa, minimize, repeatDfa, unionDfa } from "./char-automaton.ts";
+import {
+  type CharDfa,
+  dfaAccepts,
+  intersectDfa,
+  literalDfa,
+  minimize,
+  repeatDfa,
+  unionDfa,
+} from "./char-automaton.ts";
 import { ANY } from "./charset.ts";
 import { FORMATS, formatDfa } from "./formats.ts";
 import { type Bound, type Decimal, decimalOf, MAX_MULTIPLE, multipleParts, numberDfa } from "./numbers.ts";
@@ -161,17 +169,6 @@ function typeBitsOf(value: Json): number {
   if (typeof value === "number") return Number.isInteger(value) ? INTEGER : FRACTION;
   if (typeof value === "string") return STRING;
   return Array.isArray(value) ? ARRAY : OBJECT;
-}
-
-function dfaAccepts(dfa: CharDfa, text: string): boolean {
-  let s = 0;
-  for (const ch of text) {
-    const cp = ch.codePointAt(0) as number;
-    const t = (dfa.trans[s] ?? []).find((x) => x.lo <= cp && cp <= x.hi);
-    if (!t) return false;
-    s = t.to;
-  }
-  return dfa.accepting[s] === true;
 }
 
 export class SchemaProblems extends MultiloraError {

@@ -5,20 +5,10 @@
  */
 import { describe, expect, test } from "bun:test";
 import { Budget } from "../../src/structured/budget.ts";
-import type { CharDfa } from "../../src/structured/char-automaton.ts";
+import { type CharDfa, dfaAccepts } from "../../src/structured/char-automaton.ts";
 import { decimalOf, numberDfa } from "../../src/structured/numbers.ts";
 
-function accepts(dfa: CharDfa | null, text: string): boolean {
-  if (!dfa) return false;
-  let s = 0;
-  for (const ch of text) {
-    const cp = ch.codePointAt(0) as number;
-    const t = (dfa.trans[s] ?? []).find((x) => x.lo <= cp && cp <= x.hi);
-    if (!t) return false;
-    s = t.to;
-  }
-  return dfa.accepting[s] === true;
-}
+const accepts = (dfa: CharDfa | null, text: string): boolean => dfa !== null && dfaAccepts(dfa, text);
 
 /** value * 10^SCALE as a BigInt (exact for texts with at most SCALE fraction digits). */
 const SCALE = 12;

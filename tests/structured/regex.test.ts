@@ -5,19 +5,10 @@
  */
 import { describe, expect, test } from "bun:test";
 import { Budget } from "../../src/structured/budget.ts";
-import type { CharDfa } from "../../src/structured/char-automaton.ts";
+import { type CharDfa, dfaAccepts } from "../../src/structured/char-automaton.ts";
 import { fullMatchDfa, RegexError, searchDfa } from "../../src/structured/regex.ts";
 
-function accepts(dfa: CharDfa, text: string): boolean {
-  let s = 0;
-  for (const ch of text) {
-    const cp = ch.codePointAt(0) as number;
-    const t = (dfa.trans[s] ?? []).find((x) => x.lo <= cp && cp <= x.hi);
-    if (!t) return false;
-    s = t.to;
-  }
-  return dfa.accepting[s] === true;
-}
+const accepts = (dfa: CharDfa | null, text: string): boolean => dfa !== null && dfaAccepts(dfa, text);
 
 const PATTERNS = [
   "abc",
