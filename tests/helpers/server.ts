@@ -17,10 +17,15 @@ export interface TestServer {
 }
 
 /** The demo model in a temp dir, its adapters copied into a LoRA dir the test may change. */
-export async function startTestServer(settings: Record<string, unknown> = {}): Promise<TestServer> {
+export async function startTestServer(
+  settings: Record<string, unknown> = {},
+  /** Changes the model folder before the server reads it (another chat template, say). */
+  prepare?: (modelDir: string) => void,
+): Promise<TestServer> {
   const work = mkdtempSync(join(tmpdir(), "multilora-server-"));
   const modelDir = join(work, "model");
   writeDemoModel(modelDir, { seed: 3 });
+  prepare?.(modelDir);
   const loraDir = join(work, "loras");
   mkdirSync(loraDir);
   for (const name of ["demo-attention", "demo-all"]) {

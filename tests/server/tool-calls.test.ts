@@ -4,7 +4,7 @@
  * parameters. The chat templates of SmolLM2 and Qwen2.5 (../shared/fixtures) render multi-turn exchanges.
  */
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
-import { existsSync, readFileSync } from "node:fs";
+import { existsSync, readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import Ajv2020 from "ajv/dist/2020";
 import type OpenAI from "openai";
@@ -239,6 +239,45 @@ describe("multi-turn: the call and the tool's result go back through the chat te
   );
 
   const qwen = join(FIXTURES, "qwen2.5-0.5b-instruct-lora-r8/tokenizer_config.json");
+
+  for (const [name, path, readTemplate] of [
+    ["SmolLM2", smol, (p: string) => readFileSync(p, "utf8")],
+    [
+      "Qwen2.5",
+      qwen,
+      (p: string) => (JSON.parse(readFileSync(p, "utf8")) as { chat_template: string }).chat_template,
+    ],
+  ] as const) {
+    test.skipIf(!existsSync(path))(
+      `through a server whose model has ${name}'s template, with the openai client`,
+      async () => {
+        const server = await startTestServer({}, (dir) =>
+          writeFileSync(join(dir, "chat_template.jinja"), readTemplate(path)),
+        );
+        try {
+          const r = await server.client.chat.completions.create({
+            model: "model",
+            messages: turns as OpenAI.ChatCompletionMessageParam[],
+            tools: TOOLS,
+            tool_choice: "required",
+            max_tokens: 300,
+            seed: 2,
+            // @ts-expect-error: multilora's and vLLM's extension
+            return_token_ids: true,
+          });
+          expectValidCalls(r.choices[0]?.message as OpenAI.ChatCompletionMessage);
+          const prompt = server.server.ctx.core.tokenizer.decode(
+            (r as unknown as { prompt_token_ids: number[] }).prompt_token_ids,
+          );
+          expect(prompt).toContain("get_weather"); // the tools, shown
+          expect(prompt).toContain('"city": "Paris"'); // the earlier call
+          expect(prompt).toContain('{"temp": 21}'); // the tool's result
+        } finally {
+          await server.close();
+        }
+      },
+    );
+  }
   test.skipIf(!existsSync(qwen))(
     "Qwen2.5's template: its own tool list, <tool_call> blocks and <tool_response>",
     () => {
