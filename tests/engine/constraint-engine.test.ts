@@ -12,7 +12,7 @@ import type { CpuEngine } from "../../src/engine/cpu-engine.ts";
 import type { EngineError, GenerateRequest } from "../../src/engine/engine.ts";
 import { writeLlamaCheckpoint } from "../../src/engine/random-checkpoint.ts";
 import { collect, openEngine, tinySpec } from "../helpers/engine.ts";
-import { buildProgram, type StateSpec, vocabOf } from "./constraint-helpers.ts";
+import { buildProgram, choice, type StateSpec, vocabOf } from "./constraint-helpers.ts";
 
 const work = mkdtempSync(join(tmpdir(), "multilora-constraint-"));
 const model = writeLlamaCheckpoint(join(work, "model"), tinySpec(21));
@@ -33,27 +33,6 @@ const PIECES = ["he", "hel", "ll", "lo", "llo", "elp", "ro", "her", "o!", "p!", 
 const TOKENS = ["<end>", ..."abcdefghijklmnopqrstuvwxyz", ...PIECES];
 while (TOKENS.length < 64) TOKENS.push(`${TOKENS.length}#`);
 const vocab = vocabOf(TOKENS, [END]);
-
-/** A rule matching exactly one of `words` (a trie of them). */
-function choice(words: string[]): StateSpec[] {
-  const states: StateSpec[] = [{}];
-  for (const w of words) {
-    let s = 0;
-    for (const ch of w) {
-      const edges = (states[s] as StateSpec).bytes ?? [];
-      const found = edges.find((e) => e[0] === ch);
-      if (found) s = found[1] as number;
-      else {
-        states.push({});
-        edges.push([ch, states.length - 1]);
-        (states[s] as StateSpec).bytes = edges;
-        s = states.length - 1;
-      }
-    }
-    (states[s] as StateSpec).accept = true;
-  }
-  return states;
-}
 
 function matcher(words: string[]): ConstraintMatcher {
   return ConstraintMatcher.create(ConstraintGrammar.create(vocab, buildProgram([choice(words)])));

@@ -133,3 +133,24 @@ export function bruteForceIds(m: ConstraintMatcher): number[] {
 export function matcherOf(vocab: ConstraintVocab, program: Int32Array): ConstraintMatcher {
   return ConstraintMatcher.create(ConstraintGrammar.create(vocab, program));
 }
+
+/** A rule matching exactly one of `words` (a trie of them). */
+export function choice(words: string[]): StateSpec[] {
+  const states: StateSpec[] = [{}];
+  for (const w of words) {
+    let s = 0;
+    for (const ch of w) {
+      const edges = (states[s] as StateSpec).bytes ?? [];
+      const found = edges.find((e) => e[0] === ch);
+      if (found) s = found[1] as number;
+      else {
+        states.push({});
+        edges.push([ch, states.length - 1]);
+        (states[s] as StateSpec).bytes = edges;
+        s = states.length - 1;
+      }
+    }
+    (states[s] as StateSpec).accept = true;
+  }
+  return states;
+}

@@ -12,7 +12,7 @@ import type { CpuEngine } from "../../src/engine/cpu-engine.ts";
 import type { EngineError, GenerateRequest } from "../../src/engine/engine.ts";
 import { writeLlamaCheckpoint } from "../../src/engine/random-checkpoint.ts";
 import { collect, openEngine, tinySpec } from "../helpers/engine.ts";
-import { buildProgram, type StateSpec, vocabOf } from "./constraint-helpers.ts";
+import { buildProgram, choice, vocabOf } from "./constraint-helpers.ts";
 
 const work = mkdtempSync(join(tmpdir(), "multilora-logit-bias-"));
 const model = writeLlamaCheckpoint(join(work, "model"), tinySpec(33));
@@ -179,25 +179,6 @@ const vocab = vocabOf(TOKENS, [END]);
 const id = (t: string) => TOKENS.indexOf(t);
 const text = (ids: number[]) => ids.map((i) => TOKENS[i]).join("");
 
-function choice(words: string[]): StateSpec[] {
-  const states: StateSpec[] = [{}];
-  for (const w of words) {
-    let s = 0;
-    for (const ch of w) {
-      const edges = (states[s] as StateSpec).bytes ?? [];
-      const found = edges.find((e) => e[0] === ch);
-      if (found) s = found[1] as number;
-      else {
-        states.push({});
-        edges.push([ch, states.length - 1]);
-        (states[s] as StateSpec).bytes = edges;
-        s = states.length - 1;
-      }
-    }
-    (states[s] as StateSpec).accept = true;
-  }
-  return states;
-}
 const matcher = (words: string[]) =>
   ConstraintMatcher.create(ConstraintGrammar.create(vocab, buildProgram([choice(words)])));
 
