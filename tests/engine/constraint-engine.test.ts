@@ -3,29 +3,13 @@
  * is complete, "constraint" as the finish of a finite language, unconstrained neighbours in the batch
  * untouched, and a dead end answered with an error while the engine serves on.
  */
-import { afterAll, describe, expect, test } from "bun:test";
-import { mkdtempSync, rmSync } from "node:fs";
-import { tmpdir } from "node:os";
-import { join } from "node:path";
+import { describe, expect, test } from "bun:test";
 import { ConstraintGrammar, ConstraintMatcher } from "../../src/engine/constraint-native.ts";
-import type { CpuEngine } from "../../src/engine/cpu-engine.ts";
 import type { EngineError, GenerateRequest } from "../../src/engine/engine.ts";
-import { writeLlamaCheckpoint } from "../../src/engine/random-checkpoint.ts";
-import { collect, openEngine, tinySpec } from "../helpers/engine.ts";
+import { collect, engineTestModel, tinySpec } from "../helpers/engine.ts";
 import { buildProgram, choice, type StateSpec, vocabOf } from "./constraint-helpers.ts";
 
-const work = mkdtempSync(join(tmpdir(), "multilora-constraint-"));
-const model = writeLlamaCheckpoint(join(work, "model"), tinySpec(21));
-const engines: CpuEngine[] = [];
-afterAll(async () => {
-  for (const e of engines) await e.close();
-  rmSync(work, { recursive: true, force: true });
-});
-const open = (options = {}) => {
-  const e = openEngine(model.dir, options);
-  engines.push(e);
-  return e;
-};
+const { open } = engineTestModel("constraint", tinySpec(21));
 
 /** The model's 64 ids as text: 0 is the end id (excluded), then letters, then pieces of several bytes. */
 const END = 0;

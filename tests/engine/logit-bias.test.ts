@@ -3,29 +3,14 @@
  * batch, under a constraint only among the tokens it allows; logprobs stay the raw model's; bad ids and
  * values are refused at enqueue.
  */
-import { afterAll, describe, expect, test } from "bun:test";
-import { mkdtempSync, rmSync } from "node:fs";
-import { tmpdir } from "node:os";
-import { join } from "node:path";
+import { describe, expect, test } from "bun:test";
 import { ConstraintGrammar, ConstraintMatcher } from "../../src/engine/constraint-native.ts";
 import type { CpuEngine } from "../../src/engine/cpu-engine.ts";
 import type { EngineError, GenerateRequest } from "../../src/engine/engine.ts";
-import { writeLlamaCheckpoint } from "../../src/engine/random-checkpoint.ts";
-import { collect, openEngine, tinySpec } from "../helpers/engine.ts";
+import { collect, engineTestModel, tinySpec } from "../helpers/engine.ts";
 import { buildProgram, choice, vocabOf } from "./constraint-helpers.ts";
 
-const work = mkdtempSync(join(tmpdir(), "multilora-logit-bias-"));
-const model = writeLlamaCheckpoint(join(work, "model"), tinySpec(33));
-const engines: CpuEngine[] = [];
-afterAll(async () => {
-  for (const e of engines) await e.close();
-  rmSync(work, { recursive: true, force: true });
-});
-const open = (options = {}) => {
-  const e = openEngine(model.dir, options);
-  engines.push(e);
-  return e;
-};
+const { open } = engineTestModel("logit-bias", tinySpec(33));
 
 const bias = (entries: Record<number, number>) => {
   const ids = Object.keys(entries).map(Number);

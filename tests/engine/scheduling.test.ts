@@ -1,30 +1,18 @@
 /** The CPU engine's scheduling and its errors: cancel, the KV budget, bad requests, bad models, bad adapters. */
-import { afterAll, describe, expect, test } from "bun:test";
-import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
-import { tmpdir } from "node:os";
+import { describe, expect, test } from "bun:test";
+import { writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { loadCheckpoint } from "../../src/engine/checkpoint.ts";
 import { CpuEngine } from "../../src/engine/cpu-engine.ts";
 import type { EngineError } from "../../src/engine/engine.ts";
 import { writeLlamaCheckpoint } from "../../src/engine/random-checkpoint.ts";
-import { collect, loraFromPeft, openEngine, tinySpec } from "../helpers/engine.ts";
+import { collect, engineTestModel, loraFromPeft, tinySpec } from "../helpers/engine.ts";
 import { writePeftAdapter } from "../helpers/peft.ts";
 
-const work = mkdtempSync(join(tmpdir(), "multilora-sched-"));
 const SPEC = tinySpec(4);
-const model = writeLlamaCheckpoint(join(work, "model"), SPEC);
+const { work, model, open } = engineTestModel("sched", SPEC);
 /** KV bytes per token: 2 (K and V) x 2 layers x 32 (kv width) x 4 bytes. */
 const KV_PER_TOKEN = 2 * 2 * 32 * 4;
-const engines: CpuEngine[] = [];
-afterAll(async () => {
-  for (const e of engines) await e.close();
-  rmSync(work, { recursive: true, force: true });
-});
-const open = (options = {}) => {
-  const e = openEngine(model.dir, options);
-  engines.push(e);
-  return e;
-};
 
 describe("cancel", () => {
   test("a cancelled request ends with 'cancelled' and its slot and KV are free before the next step", async () => {

@@ -3,30 +3,15 @@
  * mlr_cpu_test_fail_allocs): the requests of the failed step end with OUT_OF_MEMORY, their slots and KV
  * are freed, and the engine goes on serving, with the very tokens it gave before.
  */
-import { afterAll, describe, expect, test } from "bun:test";
-import { mkdtempSync, rmSync } from "node:fs";
-import { tmpdir } from "node:os";
+import { describe, expect, test } from "bun:test";
 import { join } from "node:path";
-import type { CpuEngine, CpuEngineOptions } from "../../src/engine/cpu-engine.ts";
 import type { EngineError, RequestHandle, TokenEvent } from "../../src/engine/engine.ts";
-import { writeLlamaCheckpoint } from "../../src/engine/random-checkpoint.ts";
-import { collect, loraFromPeft, openEngine, TINY_DIMS, tinySpec } from "../helpers/engine.ts";
+import { collect, engineTestModel, loraFromPeft, TINY_DIMS, tinySpec } from "../helpers/engine.ts";
 import { ALL_SEVEN, writePeftAdapter } from "../helpers/peft.ts";
 
-const work = mkdtempSync(join(tmpdir(), "multilora-failures-"));
 const SPEC = tinySpec(8);
-const model = writeLlamaCheckpoint(join(work, "model"), SPEC);
+const { work, open } = engineTestModel("failures", SPEC);
 const PROMPT = [1, 9, 33, 4, 17, 60, 2];
-const engines: CpuEngine[] = [];
-afterAll(async () => {
-  for (const e of engines) await e.close();
-  rmSync(work, { recursive: true, force: true });
-});
-const open = (options: CpuEngineOptions = {}) => {
-  const e = openEngine(model.dir, options);
-  engines.push(e);
-  return e;
-};
 
 /** Reads a request to its end: the events that came, and the error it ended with (if any). */
 async function drain(

@@ -1,8 +1,12 @@
 /** Helpers for tests that run the real CPU engine. */
+import { afterAll } from "bun:test";
+import { mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { loadCheckpoint } from "../../src/engine/checkpoint.ts";
 import { CpuEngine, type CpuEngineOptions } from "../../src/engine/cpu-engine.ts";
 import type { LoraRef, RequestHandle, TokenEvent } from "../../src/engine/engine.ts";
+import { type LlamaSpec, writeLlamaCheckpoint } from "../../src/engine/random-checkpoint.ts";
 import type { FloatDType } from "../../src/formats/dtypes.ts";
 import { convertPeftAdapter } from "../../src/lora/convert.ts";
 import { readPeftAdapter } from "../../src/lora/peft-adapter.ts";
@@ -21,6 +25,26 @@ export function tinySpec(seed: number, vocab = 64) {
 /** Two threads at most: CI machines have two cores. */
 export function openEngine(dir: string, options: CpuEngineOptions = {}): CpuEngine {
   return CpuEngine.create(loadCheckpoint(dir), { threads: 2, ...options });
+}
+
+/**
+ * A test file's random model in a temp folder, and `open` for engines over it; after the file's tests
+ * every engine opened is closed and the folder removed.
+ */
+export function engineTestModel(name: string, spec: LlamaSpec) {
+  const work = mkdtempSync(join(tmpdir(), `multilora-${name}-`));
+  const model = writeLlamaCheckpoint(join(work, "model"), spec);
+  const engines: CpuEngine[] = [];
+  afterAll(async () => {
+    for (const e of engines) await e.close();
+    rmSync(work, { recursive: true, force: true });
+  });
+  const open = (options: CpuEngineOptions = {}) => {
+    const e = openEngine(model.dir, options);
+    engines.push(e);
+    return e;
+  };
+  return { work, model, open };
 }
 
 export interface Collected {
