@@ -23,8 +23,8 @@ function appOver(engine: FakeEngine, maxRequests: number) {
   return fakeApp(engine, modelDir, { maxRequests }).app;
 }
 
-const post = (body: unknown) =>
-  new Request("http://test/v1/completions", {
+const post = (body: unknown, route = "/v1/completions") =>
+  new Request(`http://test${route}`, {
     method: "POST",
     headers: { "content-type": "application/json" },
     body: JSON.stringify(body),
@@ -76,15 +76,10 @@ test("a field that would change the output and is not implemented is a 400 namin
   const engine = new FakeEngine({ vocab: DEMO_PRESETS.tiny.vocab, loraSlots: 1 });
   const app = appOver(engine, 4);
   const response = await app.request(
-    new Request("http://test/v1/chat/completions", {
-      method: "POST",
-      headers: { "content-type": "application/json" },
-      body: JSON.stringify({
-        model: "demo",
-        messages: [{ role: "user", content: "hi" }],
-        min_tokens: 4,
-      }),
-    }),
+    post(
+      { model: "demo", messages: [{ role: "user", content: "hi" }], min_tokens: 4 },
+      "/v1/chat/completions",
+    ),
   );
   expect(response.status).toBe(400);
   const { error } = (await response.json()) as { error: Record<string, unknown> };
@@ -100,15 +95,14 @@ test("structured output on a backend without it is a 501 naming the field, never
   const engine = new FakeEngine({ vocab: DEMO_PRESETS.tiny.vocab, loraSlots: 1 });
   const app = appOver(engine, 4);
   const response = await app.request(
-    new Request("http://test/v1/chat/completions", {
-      method: "POST",
-      headers: { "content-type": "application/json" },
-      body: JSON.stringify({
+    post(
+      {
         model: "demo",
         messages: [{ role: "user", content: "hi" }],
         response_format: { type: "json_schema", json_schema: { name: "x", schema: { type: "object" } } },
-      }),
-    }),
+      },
+      "/v1/chat/completions",
+    ),
   );
   expect(response.status).toBe(501);
   const { error } = (await response.json()) as { error: Record<string, unknown> };
