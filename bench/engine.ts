@@ -13,10 +13,13 @@
  *       without LoRA (aggregate decode tokens/s, "lora_ratio"); the batch without LoRA against the peak.
  *   (3) prefill (one 512-token prompt, best of two) against the peak ("prefill_peak_ratio"): the FLOPs of
  *       every matrix product and of causal attention, over the time to the first token.
+ *   (4) prefix reuse: a 2,000-token prompt sent twice, the second time to the first token over the first's
+ *       ("prefix_ttft_ratio"; the second copies the first's KV blocks instead of computing them).
  *
  *   bun bench/engine.ts [--threads N] [--tokens N]
  *
- * Last line: {"bench":"engine","roofline":F,"lora_ratio":R,"prefill_peak_ratio":P,"decode16_peak_ratio":D}
+ * Last line: {"bench":"engine","roofline":F,"lora_ratio":R,"prefill_peak_ratio":P,"decode16_peak_ratio":D,
+ *             "prefix_ttft_ratio":T}
  */
 import { mkdtempSync, rmSync } from "node:fs";
 import { availableParallelism, tmpdir } from "node:os";
@@ -142,16 +145,28 @@ try {
   const loraBatch = middle.lora;
   const loraRatio = loraBatch / baseRate; // the median pair's
 
-  // (3) prefill, best of two (this VM's speed drifts between runs)
-  const long = Array.from({ length: 512 }, (_, i) => (i * 7919) % DIMS.vocab);
-  let prefillSeconds = Number.POSITIVE_INFINITY;
-  for (let round = 0; round < 2; round++) {
+  // (3) prefill, best of two (this VM's speed drifts between runs); each round's prompt differs from its
+  // first token on, so it reuses no KV block of the other
+  const longPrompt = (round: number) =>
+    Array.from({ length: 512 }, (_, i) => (i * 7919 + round * 101) % DIMS.vocab);
+  const firstTokenSeconds = async (p: number[]) => {
     t = performance.now();
-    for await (const _ of engine.enqueue({ prompt: long, maxNewTokens: 1, temperature: 0 }).events) {
+    for await (const _ of engine.enqueue({ prompt: p, maxNewTokens: 1, temperature: 0 }).events) {
     }
-    prefillSeconds = Math.min(prefillSeconds, (performance.now() - t) / 1000);
-  }
-  const prefill = long.length / prefillSeconds;
+    return (performance.now() - t) / 1000;
+  };
+  let prefillSeconds = Number.POSITIVE_INFINITY;
+  for (let round = 0; round < 2; round++)
+    prefillSeconds = Math.min(prefillSeconds, await firstTokenSeconds(longPrompt(round)));
+  const prefill = 512 / prefillSeconds;
+
+  // (4) a repeated 2,000-token prompt: the first time computes it, the second reuses its KV blocks
+  const chat = Array.from({ length: 2000 }, (_, i) => (i * 4099 + 17) % DIMS.vocab);
+  const hitsBefore = engine.stats().prefixHitTokens;
+  const coldSeconds = await firstTokenSeconds(chat);
+  const warmSeconds = await firstTokenSeconds(chat);
+  const reusedTokens = engine.stats().prefixHitTokens - hitsBefore;
+  const prefixRatio = warmSeconds / coldSeconds;
   await engine.close();
 
   const after = yardsticks(perToken);
@@ -159,8 +174,7 @@ try {
   const peak = Math.max(before.peak, after.peak);
   const roofline = decode / (bandwidth / perToken);
   // the prompt's layers and attention, and lm_head for its last token
-  const prefillFlops =
-    (long.length * layerFlopsPerToken() + LM_HEAD_FLOPS + attentionFlops(0, long.length)) / prefillSeconds;
+  const prefillFlops = (512 * layerFlopsPerToken() + LM_HEAD_FLOPS + attentionFlops(0, 512)) / prefillSeconds;
   const peakRatio = (rate: number) => (peak > 0 ? Number((rate / peak).toFixed(3)) : null);
   // one decode step of 16 sequences at positions ~8 + tokens / 2
   const mid = prompt.length + Math.floor(decodeTokens / 2);
@@ -191,12 +205,16 @@ try {
     `| prefill, 512 tokens | ${prefill.toFixed(1)} tokens/s (${(prefillFlops / 1e9).toFixed(1)} GFLOP/s, ${peakRatio(prefillFlops)} of peak) |`,
   );
   console.log(
+    `| 2,000-token prompt, time to first token | ${coldSeconds.toFixed(2)} s, then ${(warmSeconds * 1000).toFixed(0)} ms repeated (${reusedTokens} tokens reused; ${prefixRatio.toFixed(3)}) |`,
+  );
+  console.log(
     JSON.stringify({
       bench: "engine",
       roofline: Number(roofline.toFixed(3)),
       lora_ratio: Number(loraRatio.toFixed(3)),
       prefill_peak_ratio: peakRatio(prefillFlops),
       decode16_peak_ratio: peakRatio(decode16Flops),
+      prefix_ttft_ratio: Number(prefixRatio.toFixed(4)),
     }),
   );
 } finally {

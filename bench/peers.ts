@@ -472,6 +472,8 @@ async function measureOurs(dir: string): Promise<Figures> {
     maxBatch: ADAPTERS,
     loraCacheBytes: 2 * 1024 ** 3,
     maxLoraRank: RANK,
+    // every figure computes every token, as llama.cpp does here (its prompts clear their history)
+    kvCacheReuse: false,
   });
   try {
     const greedy = (prompt: number[], lora?: LoraRef) =>

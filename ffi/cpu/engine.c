@@ -44,6 +44,7 @@
 #include "lora_cache.h"
 #include "model.h"
 #include "multilora.h"
+#include "prefix_cache.h"
 #include "sampler.h"
 #include "thread_pool.h"
 
@@ -63,6 +64,8 @@ typedef struct request {
     seq_kv kv;
     int64_t kv_bytes;
     int32_t n_cached;        /* positions whose K/V are stored */
+    prefix_block *prefix_last; /* held: the last of the sequence's blocks in the prefix cache, NULL none */
+    int32_t prefix_blocks;   /* its blocks in the prefix cache: positions 0 .. prefix_blocks * block_tokens */
     int32_t n_generated;
     lora_adapter *lora;
     sampler_state sampler;
@@ -81,6 +84,9 @@ typedef struct step_plan {
                               * word id / 32) */
     int32_t *mask_status;    /* [max_batch]: constraint_mask's result for the row, once computed */
     int32_t *mask_done;      /* [max_batch]: 1 when the row's mask is computed (by either thread) */
+    int32_t *prefill_slot;   /* [max_batch]: the slots whose prompts the step computes, in plan order, */
+    int32_t *prefill_from;   /* from which position, */
+    int32_t *prefill_take;   /* and how many tokens */
 } step_plan;
 
 /*
@@ -115,6 +121,8 @@ struct mlr_engine {
     int32_t mask_words;      /* (vocab + 31) / 32 */
     step_plan plan;          /* the scheduler thread's */
     mask_worker masks;
+    prefix_cache prefix;     /* the scheduler thread's (see prefix_cache.h); used when params.kv_cache_reuse */
+    prefix_counters prefix_seen; /* its counters, copied under mu for mlr_stats_get */
 
     pthread_t scheduler;
     pthread_mutex_t mu;
@@ -149,6 +157,8 @@ void mlr_cpu_params_default(mlr_cpu_params *p) {
     p->lora_cache_bytes = 256ll << 20;
     p->max_loras = 0;
     p->lora_dtype = -1;
+    p->kv_cache_reuse = 1;
+    p->kv_block_tokens = 32;
 }
 
 /* ============================================================================================== */
@@ -205,13 +215,80 @@ static void request_free(request *r) {
     free(r);
 }
 
-/* Ends a running request: frees its slot, KV and adapter use. Caller holds mu. */
+/* Ends a running request: frees its slot, KV, adapter use and hold on the prefix cache. Caller holds mu. */
 static void finish_running(mlr_engine *e, int32_t slot) {
     request *r = e->running[slot];
     if (r->lora) lora_cache_release_use(&e->loras, r->lora, e->steps);
+    prefix_block_release(r->prefix_last);
     e->kv_used -= r->kv_bytes;
     e->running[slot] = e->running[--e->n_running];
     request_free(r);
+}
+
+/* ============================================================================================== */
+/* prefix reuse (prefix_cache.h): scheduler thread only */
+
+/* Room for `bytes` more of KV within the budget, evicting cached prefix blocks (least recently used
+ * first) while that makes room. Returns 1, or 0 when running sequences and held blocks leave too little. */
+static int kv_room(mlr_engine *e, int64_t bytes) {
+    while (e->kv_used + e->prefix.counters.bytes + bytes > e->kv_capacity)
+        if (!prefix_cache_evict_one(&e->prefix)) return 0;
+    return 1;
+}
+
+/* The prompt positions a request may take from the cache: whole blocks before its last position (whose
+ * logits start the answer, so it is always computed). */
+static int32_t reusable_end(const mlr_engine *e, const request *r) {
+    const int32_t b = e->prefix.block_tokens;
+    return (r->p.prompt_len - 1) / b * b;
+}
+
+/* Copies the cached blocks that continue a request's prompt from where its K/V stand, when they stand at
+ * the end of its cached blocks. */
+static void reuse_prefix(mlr_engine *e, request *r) {
+    const int32_t b = e->prefix.block_tokens;
+    const uint64_t task = r->p.lora_task_id;
+    while (r->n_cached == r->prefix_blocks * b && r->n_cached + b <= reusable_end(e, r)) {
+        prefix_block *found = prefix_cache_find(&e->prefix, r->prefix_last, task, r->p.lora_scale, r->tokens + r->n_cached);
+        if (!found) return;
+        prefix_block_load(&e->prefix, found, &r->kv, r->n_cached);
+        prefix_block_release(r->prefix_last);
+        prefix_block_hold(found);
+        r->prefix_last = found;
+        r->prefix_blocks++;
+        r->n_cached += b;
+        e->prefix.counters.hit_tokens += b;
+        e->prefix.counters.reused_blocks++;
+    }
+}
+
+/* Adds a request's whole blocks of stored K/V (prompt and generated positions) that the cache lacks, while
+ * the budget has room; what does not fit is tried again after the next step. */
+static void publish_prefix(mlr_engine *e, request *r) {
+    const int32_t b = e->prefix.block_tokens;
+    while ((r->prefix_blocks + 1) * b <= r->n_cached && kv_room(e, e->prefix.block_bytes)) {
+        const int32_t pos = r->prefix_blocks * b;
+        prefix_block *stored = prefix_cache_store(&e->prefix, r->prefix_last, r->p.lora_task_id, r->p.lora_scale,
+                                                  r->tokens + pos, &r->kv, pos);
+        if (!stored) return;
+        prefix_block_release(r->prefix_last);
+        prefix_block_hold(stored);
+        r->prefix_last = stored;
+        r->prefix_blocks++;
+    }
+}
+
+/* Whether a request should leave its next prompt block to a sequence planned before it in this step
+ * (slot o, prefilling from o_from with o_take tokens), which computes the same block (same tokens up to
+ * its end, adapter and scale) and will publish it: the request then copies it after the step instead of
+ * computing it too, so n > 1 choices of one prompt share one prefill. */
+static int leaves_block_to(const mlr_engine *e, const request *r, const request *o, int32_t o_from, int32_t o_take) {
+    const int32_t b = e->prefix.block_tokens, end = r->n_cached + b;
+    if (r->n_cached != r->prefix_blocks * b || end > reusable_end(e, r)) return 0;
+    if (o->p.lora_task_id != r->p.lora_task_id || (r->p.lora_task_id != 0 && o->p.lora_scale != r->p.lora_scale)) return 0;
+    if (o_from < r->n_cached || o_from >= end || o_from + o_take < end || o->prefix_blocks * b != o_from - o_from % b)
+        return 0;
+    return o->p.prompt_len >= end && memcmp(o->tokens, r->tokens, (size_t)end * sizeof(int32_t)) == 0;
 }
 
 static int32_t find_id(const int32_t *ids, int32_t n, int32_t token) {
@@ -236,7 +313,7 @@ static void admit(mlr_engine *e) {
             r->cancelled = 2;
             respond_error(e, r->id, MLR_INVALID_ARGUMENT, MLR_FINISH_ERROR, text);
         }
-        if (!r->cancelled && e->kv_used + need > e->kv_capacity) return; /* waits for room */
+        if (!r->cancelled && (e->kv_used + need > e->kv_capacity || !kv_room(e, need))) return; /* waits for room */
         e->queue_head = r->next;
         if (!e->queue_head) e->queue_tail = NULL;
         if (r->cancelled) {
@@ -270,6 +347,7 @@ static void admit(mlr_engine *e) {
         }
         r->kv_bytes = need;
         e->kv_used += need;
+        if (e->params.kv_cache_reuse) e->prefix.counters.query_tokens += r->p.prompt_len;
         e->running[e->n_running++] = r;
     }
 }
@@ -286,8 +364,11 @@ static int plan_alloc(step_plan *plan, int32_t max_tokens, int32_t max_batch, in
     plan->masks = malloc((size_t)max_batch * (size_t)mask_words * sizeof(uint32_t));
     plan->mask_status = malloc((size_t)max_batch * sizeof(int32_t));
     plan->mask_done = calloc((size_t)max_batch, sizeof(int32_t));
+    plan->prefill_slot = malloc((size_t)max_batch * sizeof(int32_t));
+    plan->prefill_from = malloc((size_t)max_batch * sizeof(int32_t));
+    plan->prefill_take = malloc((size_t)max_batch * sizeof(int32_t));
     return plan->batch && plan->slot_of_row && plan->in_step && plan->done && plan->picked && plan->masks &&
-           plan->mask_status && plan->mask_done;
+           plan->mask_status && plan->mask_done && plan->prefill_slot && plan->prefill_from && plan->prefill_take;
 }
 
 static void plan_free(step_plan *plan) {
@@ -299,6 +380,9 @@ static void plan_free(step_plan *plan) {
     free(plan->masks);
     free(plan->mask_status);
     free(plan->mask_done);
+    free(plan->prefill_slot);
+    free(plan->prefill_from);
+    free(plan->prefill_take);
     *plan = (step_plan){0};
 }
 
@@ -315,11 +399,21 @@ static int32_t plan_step(mlr_engine *e, step_plan *plan, int32_t *rows) {
         plan->slot_of_row[*rows] = s;
         plan->batch[n++] = (batch_entry){r->tokens[r->n_cached], r->n_cached, &r->kv, r->lora, r->p.lora_scale, (*rows)++};
     }
+    int32_t n_prefill = 0; /* the prompts planned so far: slots plan->prefill_slot[0 ..) */
     for (int32_t s = 0; s < e->n_running && budget > 0; s++) {
         request *r = e->running[s];
         const int32_t left = r->p.prompt_len - r->n_cached;
         if (left <= 0) continue;
+        int waits = 0;
+        for (int32_t i = 0; e->params.kv_cache_reuse && i < n_prefill && !waits; i++) {
+            const request *o = e->running[plan->prefill_slot[i]];
+            waits = leaves_block_to(e, r, o, plan->prefill_from[i], plan->prefill_take[i]);
+        }
+        if (waits) continue;
         const int32_t take = left < budget ? left : budget;
+        plan->prefill_slot[n_prefill] = s;
+        plan->prefill_from[n_prefill] = r->n_cached;
+        plan->prefill_take[n_prefill++] = take;
         plan->in_step[s] = 1;
         for (int32_t i = 0; i < take; i++) {
             const int32_t pos = r->n_cached + i;
@@ -543,15 +637,7 @@ static void sample_rows(mlr_engine *e, const step_plan *plan, int32_t rows) {
 
 /* After a step and its sampling: advance every sequence, answer, end finished ones.
  * Caller holds mu and reserved room for max_batch responses. */
-static void complete_step(mlr_engine *e, const step_plan *plan, int32_t n, int32_t rows) {
-    for (int32_t t = 0; t < n; t++) { /* count the stored positions */
-        for (int32_t s = 0; s < e->n_running; s++) {
-            if (&e->running[s]->kv == plan->batch[t].kv) {
-                e->running[s]->n_cached = plan->batch[t].pos + 1;
-                break;
-            }
-        }
-    }
+static void complete_step(mlr_engine *e, const step_plan *plan, int32_t rows) {
     int32_t *done = plan->done;
     memset(done, 0, (size_t)e->n_running * sizeof(int32_t));
     for (int32_t row = 0; row < rows; row++) {
@@ -565,6 +651,21 @@ static void complete_step(mlr_engine *e, const step_plan *plan, int32_t n, int32
     /* End finished sequences (from the highest slot down: finish_running moves the last slot). */
     for (int32_t s = e->n_running - 1; s >= 0; s--)
         if (done[s]) finish_running(e, s);
+}
+
+/* After a step that ran: counts each sequence's stored positions, and adds its new whole blocks to the
+ * prefix cache. Scheduler thread, without mu (only this thread reads n_cached and the cache). */
+static void store_step(mlr_engine *e, const step_plan *plan, int32_t n) {
+    for (int32_t t = 0; t < n; t++) {
+        for (int32_t s = 0; s < e->n_running; s++) {
+            if (&e->running[s]->kv == plan->batch[t].kv) {
+                e->running[s]->n_cached = plan->batch[t].pos + 1;
+                break;
+            }
+        }
+    }
+    for (int32_t s = 0; e->params.kv_cache_reuse && s < e->n_running; s++)
+        if (plan->in_step[s]) publish_prefix(e, e->running[s]);
 }
 
 /* After a step that failed (status: why, MLR_OUT_OF_MEMORY): every request with tokens in it ends with an
@@ -629,6 +730,13 @@ static void *scheduler_main(void *arg) {
             pthread_cond_wait(&e->work, &e->mu);
             continue;
         }
+        if (e->params.kv_cache_reuse) {
+            /* the prompts that continue cached blocks copy them (without mu: only this thread uses the cache) */
+            pthread_mutex_unlock(&e->mu);
+            for (int32_t s = 0; s < e->n_running; s++)
+                if (e->running[s]->n_cached < e->running[s]->p.prompt_len) reuse_prefix(e, e->running[s]);
+            pthread_mutex_lock(&e->mu);
+        }
         int32_t rows = 0;
         const int32_t n = plan_step(e, plan, &rows);
         pthread_mutex_unlock(&e->mu);
@@ -638,10 +746,14 @@ static void *scheduler_main(void *arg) {
         const int32_t status = forward(&ctx, plan->batch, n, e->logits);
         pthread_mutex_unlock(&e->compute_mu);
         mask_settle(e, plan, status == MLR_OK);
-        if (status == MLR_OK) sample_rows(e, plan, rows);
+        if (status == MLR_OK) {
+            sample_rows(e, plan, rows);
+            store_step(e, plan, n);
+        }
         pthread_mutex_lock(&e->mu);
         e->steps++;
-        if (status == MLR_OK) complete_step(e, plan, n, rows);
+        e->prefix_seen = e->prefix.counters;
+        if (status == MLR_OK) complete_step(e, plan, rows);
         else fail_step(e, plan, status);
         pthread_cond_broadcast(&e->answered);
     }
@@ -676,8 +788,11 @@ int32_t mlr_cpu_create(const mlr_cpu_params *params, mlr_engine **out, char *err
     const int32_t max_pos = p->model.max_position > 0 ? p->model.max_position : 4096;
     if (p->max_seq_len <= 0) p->max_seq_len = max_pos < 4096 ? max_pos : 4096;
     if (p->max_batch <= 0 || p->prefill_chunk <= 0 || p->max_lora_rank <= 0 || p->lora_cache_bytes < 0 ||
-        p->max_loras < 0 || p->kv_cache_bytes < 0 || p->threads < 0) {
-        errbuf_add(err, err_len, "max_batch, prefill_chunk and max_lora_rank must be positive; sizes and counts not negative");
+        p->max_loras < 0 || p->kv_cache_bytes < 0 || p->threads < 0 || p->kv_block_tokens < 1 ||
+        p->kv_block_tokens > 4096 || (p->kv_cache_reuse != 0 && p->kv_cache_reuse != 1)) {
+        errbuf_add(err, err_len,
+                   "max_batch, prefill_chunk and max_lora_rank must be positive; sizes and counts not negative; "
+                   "kv_block_tokens 1..4096; kv_cache_reuse 0 or 1");
         model_free(&e->m);
         free(e);
         return MLR_INVALID_ARGUMENT;
@@ -698,6 +813,7 @@ int32_t mlr_cpu_create(const mlr_cpu_params *params, mlr_engine **out, char *err
     int ok = e->running && e->logits && e->responses && sampler_scratch_alloc(&e->sampling, vocab);
     ok = ok && plan_alloc(&e->plan, max_tokens, p->max_batch, e->mask_words);
     ok = ok && forward_scratch_alloc(&e->scratch, &e->m, max_tokens, p->max_lora_rank);
+    ok = ok && prefix_cache_init(&e->prefix, &e->m, p->kv_block_tokens);
     const int pool_ok = ok && thread_pool_init(&e->pool, p->threads) == 0;
     ok = pool_ok && mask_worker_start(e, p->max_batch);
     if (pool_ok && !ok) thread_pool_free(&e->pool);
@@ -713,6 +829,7 @@ int32_t mlr_cpu_create(const mlr_cpu_params *params, mlr_engine **out, char *err
     if (!ok) {
         errbuf_add(err, err_len, "out of memory or threads while creating the engine");
         forward_scratch_free(&e->scratch);
+        prefix_cache_free(&e->prefix);
         plan_free(&e->plan);
         sampler_scratch_free(&e->sampling);
         free(e->running);
@@ -744,6 +861,7 @@ void mlr_destroy(mlr_engine *e) {
     }
     thread_pool_free(&e->pool);
     forward_scratch_free(&e->scratch);
+    prefix_cache_free(&e->prefix);
     lora_cache_free(&e->loras);
     model_free(&e->m);
     plan_free(&e->plan);
@@ -913,7 +1031,12 @@ int32_t mlr_stats_get(mlr_engine *e, mlr_stats *out, mlr_lora_task_stats *tasks,
                        .lora_misses = c->misses,
                        .lora_evictions = c->evictions,
                        .steps = e->steps,
-                       .tokens_generated = e->tokens_generated};
+                       .tokens_generated = e->tokens_generated,
+                       .prefix_query_tokens = e->prefix_seen.query_tokens,
+                       .prefix_hit_tokens = e->prefix_seen.hit_tokens,
+                       .prefix_reused_blocks = e->prefix_seen.reused_blocks,
+                       .prefix_blocks = e->prefix_seen.blocks,
+                       .prefix_bytes = e->prefix_seen.bytes};
     int32_t n = 0;
     if (tasks && capacity > 0) {
         mlr_lora_task_stats *all = malloc((size_t)(c->n_tasks > 0 ? c->n_tasks : 1) * sizeof *all);

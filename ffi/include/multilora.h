@@ -158,6 +158,10 @@ typedef struct mlr_cpu_params {
     int64_t lora_cache_bytes;    /* adapter cache capacity; default 256 MiB */
     int32_t max_loras;           /* most adapters cached at once; default 0 = limited by bytes only */
     int32_t lora_dtype;          /* dtype adapters must have; default -1 = the model weights' dtype */
+    int32_t kv_cache_reuse;      /* prefix reuse: 1 (default) keeps the K/V of whole blocks of sequences in the
+                                  * KV budget's free room for later prompts that start with the same tokens,
+                                  * adapter and lora_scale; 0 off */
+    int32_t kv_block_tokens;     /* positions per reused block, 1..4096; default 32 */
 } mlr_cpu_params;
 
 void mlr_cpu_params_default(mlr_cpu_params *params);
@@ -352,6 +356,11 @@ typedef struct mlr_stats {
     int64_t lora_evictions;
     int64_t steps;               /* forward steps run */
     int64_t tokens_generated;
+    int64_t prefix_query_tokens; /* prompt tokens looked up in the prefix cache */
+    int64_t prefix_hit_tokens;   /* of those, reused (their K/V copied, not computed) */
+    int64_t prefix_reused_blocks;
+    int64_t prefix_blocks;       /* blocks cached now (TensorRT-LLM: 0, it does not say) */
+    int64_t prefix_bytes;        /* their memory, within kv_bytes_capacity beside kv_bytes_used */
 } mlr_stats;
 
 typedef struct mlr_lora_task_stats {

@@ -738,6 +738,14 @@ int32_t mlr_stats_get(mlr_engine *e, mlr_stats *out, mlr_lora_task_stats *, int3
             out->queued = s.numQueuedRequests;
             out->steps = static_cast<int64_t>(s.iter) + 1;
             /* KvCacheStats counts blocks, not bytes; bytes per block is not known here (see README) */
+            if (s.kvCacheStats) {
+                /* block reuse: the block manager's running totals of reused and missed blocks, in tokens
+                 * as whole blocks (a partly matched last block counts as missed) */
+                tle::KvCacheStats const &kv = *s.kvCacheStats;
+                out->prefix_reused_blocks = kv.reusedBlocks;
+                out->prefix_hit_tokens = static_cast<int64_t>(kv.reusedBlocks) * kv.tokensPerBlock;
+                out->prefix_query_tokens = static_cast<int64_t>(kv.reusedBlocks + kv.missedBlocks) * kv.tokensPerBlock;
+            }
         }
         out->lora_bytes_capacity = e->params.lora_host_cache_bytes > 0 ? e->params.lora_host_cache_bytes : 0;
         out->max_loras = e->params.max_loras > 0 ? e->params.max_loras : 0;

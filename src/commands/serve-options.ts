@@ -125,6 +125,20 @@ export const SERVE_SETTINGS = {
     help: "prompt tokens per step",
     arg: "<n>",
   },
+  "kv-cache-reuse": {
+    schema: v.optional(v.picklist(ON_OFF), "on"),
+    read: "string",
+    group: "general",
+    help: "reuse the KV blocks of a prompt prefix computed before (safe with adapters: blocks are keyed by adapter version and lora_scale)",
+    arg: ON_OFF.join("|"),
+  },
+  "kv-block-tokens": {
+    schema: v.optional(v.pipe(Positive, v.maxValue(4096)), 32),
+    read: "number",
+    group: "general",
+    help: "positions per reused KV block (CPU engine; TensorRT-LLM's come from the engine build)",
+    arg: "<n>",
+  },
   "max-lora-rank": {
     schema: v.optional(Positive, 64),
     read: "number",
@@ -293,13 +307,6 @@ export const SERVE_SETTINGS = {
     help: "GPU memory left after loading given to the KV cache",
     arg: "<x>",
     shown: "0.9",
-  },
-  "kv-cache-reuse": {
-    schema: v.optional(v.picklist(ON_OFF), "on"),
-    read: "string",
-    group: "trtllm",
-    help: "reuse KV blocks across requests with a common prefix (safe with adapters: the blocks are keyed by LoRA task id, and each adapter version has its own)",
-    arg: ON_OFF.join("|"),
   },
   "lora-host-cache-mb": {
     schema: v.optional(Megabytes, 1024),

@@ -57,6 +57,8 @@ function openServedEngine(config: ServeConfig, modelDir: string): OpenedModel {
       maxLoraRank: config["max-lora-rank"],
       loraCacheBytes: Math.floor(config["lora-cache-mb"] * 1024 * 1024),
       maxLoras: config["max-loras"],
+      kvCacheReuse: config["kv-cache-reuse"] === "on",
+      kvBlockTokens: config["kv-block-tokens"],
     },
     trtllm: {
       maxBatch: config["max-batch"] ?? undefined,

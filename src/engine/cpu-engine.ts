@@ -39,6 +39,11 @@ export interface CpuEngineOptions {
   maxLoras?: number;
   /** dtype adapters must have (default: the model's). */
   loraDtype?: FloatDType;
+  /** Prefix reuse: K/V blocks of earlier sequences copied into prompts that start with the same tokens,
+   * adapter and scale (default true). */
+  kvCacheReuse?: boolean;
+  /** Positions per reused block (default 32). */
+  kvBlockTokens?: number;
 }
 
 export class CpuEngine extends NativeEngine {
@@ -142,6 +147,8 @@ export class CpuEngine extends NativeEngine {
     if (options.loraCacheBytes !== undefined) params.set("lora_cache_bytes", options.loraCacheBytes);
     if (options.maxLoras !== undefined) params.set("max_loras", options.maxLoras);
     if (options.loraDtype !== undefined) params.set("lora_dtype", MLR_DTYPE[options.loraDtype]);
+    if (options.kvCacheReuse !== undefined) params.set("kv_cache_reuse", options.kvCacheReuse ? 1 : 0);
+    if (options.kvBlockTokens !== undefined) params.set("kv_block_tokens", options.kvBlockTokens);
 
     const out = new BigUint64Array(1);
     const err = new ErrorBuffer();

@@ -138,6 +138,14 @@ export interface EngineStats {
   loraEvictions: number;
   steps: number;
   tokensGenerated: number;
+  /** Prompt tokens looked up in the prefix (KV) cache, and of those the ones reused, not computed. */
+  prefixQueryTokens: number;
+  prefixHitTokens: number;
+  /** KV blocks copied from the prefix cache into sequences. */
+  prefixReusedBlocks: number;
+  /** Blocks in the prefix cache now, and their bytes (within kvBytesCapacity, beside kvBytesUsed). */
+  prefixBlocks: number;
+  prefixBytes: number;
   tasks: LoraTaskStats[];
 }
 

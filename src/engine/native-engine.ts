@@ -246,6 +246,11 @@ export class NativeEngine implements Engine {
       loraEvictions: s.get("lora_evictions"),
       steps: s.get("steps"),
       tokensGenerated: s.get("tokens_generated"),
+      prefixQueryTokens: s.get("prefix_query_tokens"),
+      prefixHitTokens: s.get("prefix_hit_tokens"),
+      prefixReusedBlocks: s.get("prefix_reused_blocks"),
+      prefixBlocks: s.get("prefix_blocks"),
+      prefixBytes: s.get("prefix_bytes"),
       tasks: Array.from({ length: n[0] as number }, (_, i) => {
         const t = tasks.at(i * LORA_TASK_STATS.size);
         return {

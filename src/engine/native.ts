@@ -264,6 +264,8 @@ export const CPU_PARAMS = new StructLayout("mlr_cpu_params", [
   ["lora_cache_bytes", "i64"],
   ["max_loras", "i32"],
   ["lora_dtype", "i32"],
+  ["kv_cache_reuse", "i32"],
+  ["kv_block_tokens", "i32"],
 ]);
 
 /** Mirrors `mlr_trtllm_params` (negative numbers: TensorRT-LLM's own default). */
@@ -360,6 +362,11 @@ export const STATS = new StructLayout("mlr_stats", [
   ["lora_evictions", "i64"],
   ["steps", "i64"],
   ["tokens_generated", "i64"],
+  ["prefix_query_tokens", "i64"],
+  ["prefix_hit_tokens", "i64"],
+  ["prefix_reused_blocks", "i64"],
+  ["prefix_blocks", "i64"],
+  ["prefix_bytes", "i64"],
 ]);
 
 export const LORA_TASK_STATS = new StructLayout("mlr_lora_task_stats", [

@@ -77,6 +77,23 @@ export interface RequestRecord {
   streaming?: boolean;
 }
 
+/**
+ * A counter that shows a total the engine keeps (since it started): each scrape adds what it grew by.
+ */
+export function engineCounter(registry: Registry, name: string, help: string, read: () => number): Counter {
+  let seen = 0;
+  return new Counter({
+    name,
+    help,
+    registers: [registry],
+    collect() {
+      const now = read();
+      if (now > seen) this.inc(now - seen);
+      seen = now;
+    },
+  });
+}
+
 export class Observer {
   readonly registry = new Registry();
   private readonly requests: Counter<"route" | "status" | "adapter">;
@@ -174,6 +191,33 @@ export class Observer {
       (s) => s.kvBytesUsed,
     );
     engineGauge("multilora_kv_cache_bytes_capacity", "KV cache budget", (s) => s.kvBytesCapacity);
+    engineGauge(
+      "multilora_prefix_cache_blocks",
+      "KV blocks kept for prefix reuse (CPU engine)",
+      (s) => s.prefixBlocks,
+    );
+    engineGauge(
+      "multilora_prefix_cache_bytes",
+      "Bytes of the KV blocks kept for prefix reuse, within the KV budget (CPU engine)",
+      (s) => s.prefixBytes,
+    );
+    const prefixCounter = (name: string, help: string, read: (s: ReturnType<Engine["stats"]>) => number) =>
+      engineCounter(r, name, help, () => read(engine.stats()));
+    prefixCounter(
+      "multilora_prefix_cache_query_tokens_total",
+      "Prompt tokens looked up in the prefix cache",
+      (s) => s.prefixQueryTokens,
+    );
+    prefixCounter(
+      "multilora_prefix_cache_hit_tokens_total",
+      "Prompt tokens whose KV was reused from the prefix cache, not computed",
+      (s) => s.prefixHitTokens,
+    );
+    prefixCounter(
+      "multilora_prefix_cache_reused_blocks_total",
+      "KV blocks copied from the prefix cache into prompts",
+      (s) => s.prefixReusedBlocks,
+    );
     engineGauge(
       "multilora_lora_cache_bytes_used",
       "Bytes of adapters in the engine's cache",

@@ -7,6 +7,7 @@
  */
 import { Gauge, type Registry } from "prom-client";
 import type { GenerationCore } from "../generation/core.ts";
+import { engineCounter } from "./observe.ts";
 
 export function registerVllmMetrics(registry: Registry, core: GenerationCore): void {
   const engine = core.engine;
@@ -33,6 +34,18 @@ export function registerVllmMetrics(registry: Registry, core: GenerationCore): v
     const s = engine.stats();
     return s.kvBytesCapacity > 0 ? s.kvBytesUsed / s.kvBytesCapacity : 0;
   });
+  engineCounter(
+    registry,
+    "vllm:prefix_cache_queries_total",
+    "Prompt tokens looked up in the prefix cache (vLLM's name)",
+    () => engine.stats().prefixQueryTokens,
+  );
+  engineCounter(
+    registry,
+    "vllm:prefix_cache_hits_total",
+    "Prompt tokens found in the prefix cache (vLLM's name)",
+    () => engine.stats().prefixHitTokens,
+  );
   new Gauge({
     name: "vllm:lora_requests_info",
     help: "Adapters with running and waiting requests, and how many fit; the value is the Unix time they last changed (vLLM's name)",

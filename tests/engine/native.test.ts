@@ -120,6 +120,8 @@ test.skipIf(!haveSanitizers || process.env.MULTILORA_SANITIZED === "1")(
         "constraint-engine",
         // logit_bias in the sampler, alone, in batches and under constraints
         "logit-bias",
+        // prefix (KV) reuse: blocks stored, found, copied and evicted
+        "prefix-cache",
       ].map((f) => join(import.meta.dir, `${f}.test.ts`)),
       // the mask code over the whole JSON Schema Test Suite (skips without ../shared/fixtures)
       join(import.meta.dir, "../structured/json-schema-suite.test.ts"),
@@ -142,7 +144,7 @@ test.skipIf(!haveSanitizers || process.env.MULTILORA_SANITIZED === "1")(
     const output = `${run.stdout}\n${run.stderr}`;
     expect(output).not.toMatch(/ERROR: AddressSanitizer|runtime error:/);
     expect(output).toMatch(/\n 0 fail\n/);
-    expect(output).toMatch(/Ran \d+ tests across 13 files/);
+    expect(output).toMatch(/Ran \d+ tests across 14 files/);
     expect(run.status).toBe(0);
   },
   300_000,

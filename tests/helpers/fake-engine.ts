@@ -263,6 +263,11 @@ export class FakeEngine implements Engine {
       loraEvictions: 0,
       steps: this.steps,
       tokensGenerated: this.tokens,
+      prefixQueryTokens: 0,
+      prefixHitTokens: 0,
+      prefixReusedBlocks: 0,
+      prefixBlocks: 0,
+      prefixBytes: 0,
       tasks: this.capabilities.loraTaskListing ? tasks : [],
     };
   }

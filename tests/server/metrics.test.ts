@@ -83,6 +83,28 @@ test("exact counters after a known sequence, only real adapters as labels, and t
   expect(get("multilora_queue_depth")).toBe(0);
 });
 
+test("prefix reuse: a repeated prompt's reused tokens and blocks, under our names and vLLM's", async () => {
+  const scrape = async () => parse(await (await fetch(`${t.server.url}/metrics`)).text());
+  const prompt = Array.from({ length: 70 }, (_, i) => 3 + ((i * 7) % 200));
+  const before = await scrape();
+  for (let i = 0; i < 2; i++) {
+    const r = await post(`${t.server.url}/v1/completions`, { model: "llama", prompt, max_tokens: 2 });
+    expect(r.status).toBe(200);
+  }
+  const after = await scrape();
+  const grew = (name: string) => (after.get(name) ?? 0) - (before.get(name) ?? 0);
+  // Blocks of 32: the second request reuses the first two (64 of 70 tokens; the last is always computed).
+  expect(grew("multilora_prefix_cache_query_tokens_total")).toBe(140);
+  expect(grew("multilora_prefix_cache_hit_tokens_total")).toBe(64);
+  expect(grew("multilora_prefix_cache_reused_blocks_total")).toBe(2);
+  expect(grew("vllm:prefix_cache_queries_total")).toBe(140);
+  expect(grew("vllm:prefix_cache_hits_total")).toBe(64);
+  const stats = t.server.ctx.core.engine.stats();
+  expect(after.get("multilora_prefix_cache_blocks")).toBe(stats.prefixBlocks);
+  expect(after.get("multilora_prefix_cache_bytes")).toBe(stats.prefixBytes);
+  expect(stats.prefixBlocks).toBeGreaterThanOrEqual(2);
+});
+
 test("one JSON log line per request with id, adapter, tokens, times and status", () => {
   const lines: string[] = [];
   const engine = t.server.ctx.core.engine;
