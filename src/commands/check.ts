@@ -251,6 +251,7 @@ async function script(
   adapters: string[],
   replace: (withSecond: boolean) => void,
   maxBatch: number,
+  kvCacheReuse: boolean,
 ): Promise<CheckResult[]> {
   const results: CheckResult[] = [];
   const record = (name: string, ok: boolean | null, value: string) =>
@@ -411,6 +412,30 @@ async function script(
     );
   }
 
+  // Prefix reuse: the same long prompt twice; the second copies the first's KV blocks.
+  const reuseName = "a repeated prompt reuses its KV prefix and answers the same";
+  if (!kvCacheReuse) record(reuseName, null, "--kv-cache-reuse off");
+  else {
+    const tokenizer = server.ctx.core.tokenizer;
+    const room = Math.min(400, server.ctx.core.engine.maxSeqLen - TOKENS - 8);
+    let text = "";
+    for (let i = 0; tokenizer.encode(`${text} ${PROMPT} ${i}.`).length <= room; i++)
+      text += ` ${PROMPT} ${i}.`;
+    const before = server.ctx.core.engine.stats();
+    const first = await client.complete({ prompt: text });
+    const start = performance.now();
+    const second = await client.complete({ prompt: text });
+    const ms = performance.now() - start;
+    const after = server.ctx.core.engine.stats();
+    const hits = after.prefixHitTokens - before.prefixHitTokens;
+    const asked = after.prefixQueryTokens - before.prefixQueryTokens;
+    record(
+      reuseName,
+      hits > 0 && same(first, second),
+      `${hits} of ${asked} prompt tokens reused, ${describe(first, second)}, the second in ${ms.toFixed(0)} ms`,
+    );
+  }
+
   const plain = await client.complete({});
   const streamed = await client.stream({});
   const delta = plain.logprobs.reduce(
@@ -494,7 +519,13 @@ export async function runChecks(argv: string[]): Promise<CheckResult[]> {
     try {
       const adapters = [...found.map((e) => e.name), ...(first && second ? [replacedName] : [])];
       const replace = () => second && placeAdapter(second.path, checkLoras, replacedName);
-      return await script(server, adapters, replace, config["max-batch"] ?? 8);
+      return await script(
+        server,
+        adapters,
+        replace,
+        config["max-batch"] ?? 8,
+        config["kv-cache-reuse"] === "on",
+      );
     } finally {
       await server.stop();
     }

@@ -36,8 +36,17 @@ describe("multilora check", () => {
   test("every behaviour passes on the demo model and its two adapters", async () => {
     const results = await runChecks(args(join(model, "lora")));
     expect(results.map((r) => r.name)).toContain("an adapter changes the output");
-    expect(results.length).toBe(14);
+    expect(results.length).toBe(15);
     expect(results.filter((r) => r.status !== "PASS")).toEqual([]);
+  });
+
+  test("blocks larger than the check's prompt make the prefix check fail; with reuse off it is skipped", async () => {
+    const name = "a repeated prompt reuses its KV prefix and answers the same";
+    const big = await runChecks([...args(join(model, "lora")), "--kv-block-tokens", "4096"]);
+    expect(big.find((r) => r.name === name)).toMatchObject({ status: "FAIL" });
+    expect(big.find((r) => r.name === name)?.value).toStartWith("0 of ");
+    const off = await runChecks([...args(join(model, "lora")), "--kv-cache-reuse", "off"]);
+    expect(off.find((r) => r.name === name)).toEqual({ name, status: "SKIP", value: "--kv-cache-reuse off" });
   });
 
   test("an adapter with all-zero B makes 'an adapter changes the output' fail", async () => {
@@ -65,6 +74,6 @@ describe("multilora check", () => {
     expect(r.status).toBe(0);
     const out = JSON.parse(r.stdout) as { results: { status: string }[]; failed: number };
     expect(out.failed).toBe(0);
-    expect(out.results).toHaveLength(14);
+    expect(out.results).toHaveLength(15);
   });
 });
