@@ -106,7 +106,7 @@ export const SERVE_SETTINGS = {
     schema: v.optional(v.nullable(Positive), null),
     read: "number",
     group: "general",
-    help: "KV cache budget",
+    help: "KV cache budget (CPU engine: running sequences, and the blocks kept for prefix reuse in the room they leave)",
     arg: "<n>",
     shown: "max-batch full sequences",
   },
