@@ -24,10 +24,11 @@
 #include "multilora.h"
 
 /* A tile: out[t * R + r] = dot(x[t], w row r) for t < T, r < R; x rows are f32 (or bf16 for the dp
- * kernels), w rows w_stride bytes apart. pf, when not NULL: R rows (same stride) to prefetch alongside,
- * the rows the next tile will read, so a matrix streamed from memory arrives ahead of its use. */
+ * kernels), w rows w_stride bytes apart. pf: pf_rows rows (same stride; 0 for none) to prefetch alongside,
+ * one 64-byte line of each per 64 bytes of k, rows a later tile will read, so a matrix streamed from memory
+ * arrives ahead of its use. */
 typedef void (*tile_fn)(const void *const *x, const unsigned char *w, int64_t w_stride, int64_t n_in, float *out,
-                        const unsigned char *pf);
+                        const unsigned char *pf, int pf_rows);
 
 typedef struct tile_set {
     tile_fn f[5][17];     /* [T][R] */
@@ -71,7 +72,7 @@ INLINE AVX512 __m512 load512(int32_t dtype, const unsigned char *row, int64_t k,
 }
 
 INLINE AVX512 void tile512_body(const int T, const int R, const int32_t dtype, const void *const *xv,
-                                const unsigned char *w, int64_t ws, int64_t n, float *out, const unsigned char *pf) {
+                                const unsigned char *w, int64_t ws, int64_t n, float *out, const unsigned char *pf, int pf_rows) {
     const float *x[4];
     for (int t = 0; t < T; t++) x[t] = xv[t];
     __m512 acc[16];
@@ -81,8 +82,8 @@ INLINE AVX512 void tile512_body(const int T, const int R, const int32_t dtype, c
         __m512 xs[4];
 #pragma GCC unroll 4
         for (int t = 0; t < T; t++) xs[t] = _mm512_loadu_ps(x[t] + k);
-        if (pf && ((k * dtype_size(dtype)) & 63) == 0) /* one prefetch per 64-byte line */
-            for (int r = 0; r < R; r++) _mm_prefetch((const char *)(pf + r * ws + k * dtype_size(dtype)), _MM_HINT_T0);
+        if (pf_rows && ((k * dtype_size(dtype)) & 63) == 0) /* one prefetch per 64-byte line */
+            for (int r = 0; r < pf_rows; r++) _mm_prefetch((const char *)(pf + r * ws + k * dtype_size(dtype)), _MM_HINT_T0);
 #pragma GCC unroll 16
         for (int r = 0; r < R; r++) {
             const __m512 wv = load512(dtype, w + r * ws, k, 0xFFFF);
@@ -104,7 +105,7 @@ INLINE AVX512 void tile512_body(const int T, const int R, const int32_t dtype, c
 
 /* vdpbf16ps: x rows are bf16, zero padded to a multiple of 32; w rows bf16 (the last chunk masked). */
 INLINE AVX512BF16 void tiledp_body(const int T, const int R, const void *const *xv, const unsigned char *w, int64_t ws,
-                                   int64_t n, float *out, const unsigned char *pf) {
+                                   int64_t n, float *out, const unsigned char *pf, int pf_rows) {
     const uint16_t *x[4];
     for (int t = 0; t < T; t++) x[t] = xv[t];
     __m512 acc[16];
@@ -114,8 +115,7 @@ INLINE AVX512BF16 void tiledp_body(const int T, const int R, const void *const *
         __m512i xs[4];
 #pragma GCC unroll 4
         for (int t = 0; t < T; t++) xs[t] = _mm512_loadu_si512(x[t] + k);
-        if (pf)
-            for (int r = 0; r < R; r++) _mm_prefetch((const char *)(pf + r * ws + k * 2), _MM_HINT_T0);
+        for (int r = 0; r < pf_rows; r++) _mm_prefetch((const char *)(pf + r * ws + k * 2), _MM_HINT_T0);
 #pragma GCC unroll 16
         for (int r = 0; r < R; r++) {
             const __m512i wv = _mm512_loadu_si512((const uint16_t *)(w + r * ws) + k);
@@ -139,13 +139,13 @@ INLINE AVX512BF16 void tiledp_body(const int T, const int R, const void *const *
 
 #define TILE512(DT, DTYPE, T, R)                                                                            \
     AVX512 static void tile512_##DT##_##T##x##R(const void *const *x, const unsigned char *w, int64_t ws, \
-                                                 int64_t n, float *out, const unsigned char *pf) {        \
-        tile512_body(T, R, DTYPE, x, w, ws, n, out, pf);                                                  \
+                                                 int64_t n, float *out, const unsigned char *pf, int pf_rows) {        \
+        tile512_body(T, R, DTYPE, x, w, ws, n, out, pf, pf_rows);                                                  \
     }
 #define TILEDP(T, R)                                                                                      \
     AVX512BF16 static void tiledp_##T##x##R(const void *const *x, const unsigned char *w, int64_t ws, int64_t n, \
-                                            float *out, const unsigned char *pf) {                       \
-        tiledp_body(T, R, x, w, ws, n, out, pf);                                                         \
+                                            float *out, const unsigned char *pf, int pf_rows) {                       \
+        tiledp_body(T, R, x, w, ws, n, out, pf, pf_rows);                                                         \
     }
 #define SHAPES512(M, ...)                                                                                 \
     M(__VA_ARGS__ 1, 1) M(__VA_ARGS__ 1, 4) M(__VA_ARGS__ 1, 8) M(__VA_ARGS__ 1, 16) M(__VA_ARGS__ 2, 1)   \
@@ -205,7 +205,7 @@ INLINE AVX2 __m256 load256_tail(int32_t dtype, const unsigned char *row, int64_t
 }
 
 INLINE AVX2 void tile256_body(const int T, const int R, const int32_t dtype, const void *const *xv,
-                              const unsigned char *w, int64_t ws, int64_t n, float *out, const unsigned char *pf) {
+                              const unsigned char *w, int64_t ws, int64_t n, float *out, const unsigned char *pf, int pf_rows) {
     const float *x[4];
     for (int t = 0; t < T; t++) x[t] = xv[t];
     __m256 acc[8];
@@ -215,8 +215,8 @@ INLINE AVX2 void tile256_body(const int T, const int R, const int32_t dtype, con
         __m256 xs[4];
 #pragma GCC unroll 4
         for (int t = 0; t < T; t++) xs[t] = _mm256_loadu_ps(x[t] + k);
-        if (pf && ((k * dtype_size(dtype)) & 63) == 0) /* one prefetch per 64-byte line */
-            for (int r = 0; r < R; r++) _mm_prefetch((const char *)(pf + r * ws + k * dtype_size(dtype)), _MM_HINT_T0);
+        if (pf_rows && ((k * dtype_size(dtype)) & 63) == 0) /* one prefetch per 64-byte line */
+            for (int r = 0; r < pf_rows; r++) _mm_prefetch((const char *)(pf + r * ws + k * dtype_size(dtype)), _MM_HINT_T0);
 #pragma GCC unroll 8
         for (int r = 0; r < R; r++) {
             const __m256 wv = load256(dtype, w + r * ws, k);
@@ -237,8 +237,8 @@ INLINE AVX2 void tile256_body(const int T, const int R, const int32_t dtype, con
 
 #define TILE256(DT, DTYPE, T, R)                                                                            \
     AVX2 static void tile256_##DT##_##T##x##R(const void *const *x, const unsigned char *w, int64_t ws,   \
-                                               int64_t n, float *out, const unsigned char *pf) {          \
-        tile256_body(T, R, DTYPE, x, w, ws, n, out, pf);                                                  \
+                                               int64_t n, float *out, const unsigned char *pf, int pf_rows) {          \
+        tile256_body(T, R, DTYPE, x, w, ws, n, out, pf, pf_rows);                                                  \
     }
 #define SHAPES256(M, ...)                                                                                 \
     M(__VA_ARGS__ 1, 1) M(__VA_ARGS__ 1, 2) M(__VA_ARGS__ 1, 4) M(__VA_ARGS__ 1, 8) M(__VA_ARGS__ 2, 1)    \
@@ -285,14 +285,14 @@ typedef struct block_args {
     int64_t ldy;
 } block_args;
 
-static void run_tile(const block_args *a, int T, int R, int64_t i, int64_t o, int64_t next) {
+static void run_tile(const block_args *a, int T, int R, int64_t i, int64_t o, int64_t pf, int pf_rows) {
     const void *xp[4] = {0};
     for (int t = 0; t < T; t++) {
         const int64_t row = a->xi ? a->xi[i + t] : i + t;
         xp[t] = a->x + row * a->x_row_bytes;
     }
     float out[16];
-    a->ts->f[T][R](xp, a->w + o * a->ws, a->ws, a->n_in, out, next >= 0 ? a->w + next * a->ws : NULL);
+    a->ts->f[T][R](xp, a->w + o * a->ws, a->ws, a->n_in, out, pf_rows > 0 ? a->w + pf * a->ws : NULL, pf_rows);
     for (int t = 0; t < T; t++) {
         float *y = a->y + (i + t) * a->ldy + o;
         if (a->bias) {
@@ -303,26 +303,34 @@ static void run_tile(const block_args *a, int T, int R, int64_t i, int64_t o, in
     }
 }
 
-/* Tiles over rows [o0, o1): each row chunk's weights are loaded once, into the first tile that reads them,
- * which also prefetches the next chunk's rows. */
+/* Tiles over rows [o0, o1). n <= 2: each row chunk's tile prefetches the next chunk's rows. n >= 3: the
+ * ceil(n / 4) token tiles of a row quad share out the prefetch of the next quad, tile j taking
+ * rows [j R / nt, (j + 1) R / nt) of it, so the lines stream in evenly while the quad's tiles compute
+ * from L1 (each weight row is read from memory once per step and reused by every token). */
 static void drive(const block_args *a, int64_t n, int64_t o0, int64_t o1) {
     const tile_set *ts = a->ts;
     int64_t o = o0;
     if (n <= 2) {
         const int *chunks = n == 1 ? ts->r_one : ts->r_two;
         for (int c = 0; chunks[c]; c++)
-            for (const int R = chunks[c]; o + R <= o1; o += R) run_tile(a, (int)n, R, 0, o, o + 2 * R <= o1 ? o + R : -1);
+            for (const int R = chunks[c]; o + R <= o1; o += R)
+                run_tile(a, (int)n, R, 0, o, o + R, o + 2 * R <= o1 ? R : 0);
         return;
     }
+    const int64_t nt = (n + 3) / 4;
     for (const int R = ts->rq; o + R <= o1; o += R) {
-        int64_t i = 0;
-        for (; i + 4 <= n; i += 4) run_tile(a, 4, R, i, o, i == 0 && o + 2 * R <= o1 ? o + R : -1);
-        if (i < n) run_tile(a, (int)(n - i), R, i, o, -1);
+        const int64_t target = o + R;
+        for (int64_t j = 0; j < nt; j++) {
+            const int64_t lo = target + j * R / nt, hi = target + (j + 1) * R / nt;
+            const int rows = hi <= o1 ? (int)(hi - lo) : lo < o1 ? (int)(o1 - lo) : 0;
+            const int64_t i = 4 * j;
+            run_tile(a, n - i < 4 ? (int)(n - i) : 4, R, i, o, lo, rows);
+        }
     }
     for (; o < o1; o++) {
         int64_t i = 0;
-        for (; i + 4 <= n; i += 4) run_tile(a, 4, 1, i, o, -1);
-        if (i < n) run_tile(a, (int)(n - i), 1, i, o, -1);
+        for (; i + 4 <= n; i += 4) run_tile(a, 4, 1, i, o, 0, 0);
+        if (i < n) run_tile(a, (int)(n - i), 1, i, o, 0, 0);
     }
 }
 
@@ -391,6 +399,7 @@ void gemm_prepare(const kernels *k, gemm_x *gx, uint16_t *buf, const float *x, i
 /* matmul over the pool */
 
 #define GROUP 16 /* rows per item: a multiple of every tile's rows */
+#define GRAIN_MACS (1 << 18) /* multiply-adds per hand-off, at least */
 
 typedef struct matmul_job {
     const kernels *k;
@@ -422,7 +431,7 @@ void matmul_parts(const kernels *k, thread_pool *pool, const gemm_x *x, int64_t 
     const int64_t groups = job.first[n_parts];
     /* Blocks of row groups sized so each hand-off carries at least ~256K multiply-adds, and at least
      * four blocks per thread where there are enough rows. */
-    int64_t grain = (1 << 18) / (GROUP * n_in * n_tokens + 1) + 1;
+    int64_t grain = (int64_t)GRAIN_MACS / (GROUP * n_in * n_tokens + 1) + 1;
     const int64_t most = groups / (4 * (int64_t)pool->n_threads);
     if (grain > most) grain = most > 0 ? most : 1;
     thread_pool_run(pool, groups, grain, matmul_rows, &job);
