@@ -399,7 +399,7 @@ void gemm_prepare(const kernels *k, gemm_x *gx, uint16_t *buf, const float *x, i
 /* matmul over the pool */
 
 #define GROUP 16 /* rows per item: a multiple of every tile's rows */
-#define GRAIN_MACS (1 << 18) /* multiply-adds per hand-off, at least */
+#define GRAIN_MACS (1 << 20) /* multiply-adds per hand-off, at least */
 
 typedef struct matmul_job {
     const kernels *k;
@@ -429,8 +429,9 @@ void matmul_parts(const kernels *k, thread_pool *pool, const gemm_x *x, int64_t 
     matmul_job job = {k, x, n_tokens, n_in, parts, n_parts, {0}};
     for (int p = 0; p < n_parts; p++) job.first[p + 1] = job.first[p] + (parts[p].n_out + GROUP - 1) / GROUP;
     const int64_t groups = job.first[n_parts];
-    /* Blocks of row groups sized so each hand-off carries at least ~256K multiply-adds, and at least
-     * four blocks per thread where there are enough rows. */
+    /* Blocks of row groups sized so each hand-off carries at least ~1M multiply-adds (a block's first
+     * rows have no prefetch ahead of them), and at least four blocks per thread where there are enough
+     * rows. */
     int64_t grain = (int64_t)GRAIN_MACS / (GROUP * n_in * n_tokens + 1) + 1;
     const int64_t most = groups / (4 * (int64_t)pool->n_threads);
     if (grain > most) grain = most > 0 ? most : 1;
