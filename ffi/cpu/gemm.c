@@ -388,11 +388,18 @@ AVX512BF16 static void round_bf16_rows(uint16_t *out, int64_t ldb, const float *
     }
 }
 
+void gemm_view(const kernels *k, gemm_x *gx, uint16_t *buf, const float *x, int64_t n_in) {
+    *gx = (gemm_x){x, n_in, k->level >= KERNELS_AVX512_BF16 ? buf : NULL, (n_in + 31) / 32 * 32};
+}
+
+void gemm_round(const gemm_x *gx, int64_t t0, int64_t t1) {
+    if (!gx->bf16 || t0 >= t1) return;
+    round_bf16_rows((uint16_t *)gx->bf16 + t0 * gx->ldb, gx->ldb, gx->f32 + t0 * gx->ld, t1 - t0, gx->ld);
+}
+
 void gemm_prepare(const kernels *k, gemm_x *gx, uint16_t *buf, const float *x, int64_t n, int64_t n_in) {
-    *gx = (gemm_x){x, n_in, NULL, (n_in + 31) / 32 * 32};
-    if (k->level < KERNELS_AVX512_BF16 || !buf) return;
-    round_bf16_rows(buf, gx->ldb, x, n, n_in);
-    gx->bf16 = buf;
+    gemm_view(k, gx, buf, x, n_in);
+    gemm_round(gx, 0, n);
 }
 
 /* ---------------------------------------------------------------------------------------------- */

@@ -81,6 +81,12 @@ int64_t gemm_prepare_elems(int64_t n, int64_t n_in);
  * path does not round: then gx->bf16 stays NULL). */
 void gemm_prepare(const kernels *k, gemm_x *gx, uint16_t *buf, const float *x, int64_t n, int64_t n_in);
 
+/* gemm_prepare in two parts, for callers that fill and round the rows in parallel: gemm_view fills *gx
+ * without touching buf (gx->bf16 = buf on the rounding path, else NULL); gemm_round then rounds rows
+ * [t0, t1) of gx->f32 into it (nothing when gx->bf16 is NULL). Rows are independent. */
+void gemm_view(const kernels *k, gemm_x *gx, uint16_t *buf, const float *x, int64_t n_in);
+void gemm_round(const gemm_x *gx, int64_t t0, int64_t t1);
+
 /*
  * y[i * ldy + o] = dot(x row xi[i], W[o, :]) (+ bias[o]) for i < n, o in [o_begin, o_end); xi NULL means
  * row i. W: rows of n_in elements of w_dtype, w_stride bytes apart; bias: [o_end] of w_dtype or NULL.
