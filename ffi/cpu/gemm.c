@@ -26,7 +26,8 @@
 /* A tile: out[t * R + r] = dot(x[t], w row r) for t < T, r < R; x rows are f32 (or bf16 for the dp
  * kernels), w rows w_stride bytes apart. pf: pf_rows rows (same stride; 0 for none) to prefetch alongside,
  * one 64-byte line of each per 64 bytes of k, rows a later tile will read, so a matrix streamed from memory
- * arrives ahead of its use. */
+ * arrives ahead of its use. The prefetches go to L2 (T1): a prefetch into L1 holds one of its few fill
+ * buffers until the line arrives, which caps the misses in flight below what the memory bandwidth needs. */
 typedef void (*tile_fn)(const void *const *x, const unsigned char *w, int64_t w_stride, int64_t n_in, float *out,
                         const unsigned char *pf, int pf_rows);
 
@@ -83,7 +84,7 @@ INLINE AVX512 void tile512_body(const int T, const int R, const int32_t dtype, c
 #pragma GCC unroll 4
         for (int t = 0; t < T; t++) xs[t] = _mm512_loadu_ps(x[t] + k);
         if (pf_rows && ((k * dtype_size(dtype)) & 63) == 0) /* one prefetch per 64-byte line */
-            for (int r = 0; r < pf_rows; r++) _mm_prefetch((const char *)(pf + r * ws + k * dtype_size(dtype)), _MM_HINT_T0);
+            for (int r = 0; r < pf_rows; r++) _mm_prefetch((const char *)(pf + r * ws + k * dtype_size(dtype)), _MM_HINT_T1);
 #pragma GCC unroll 16
         for (int r = 0; r < R; r++) {
             const __m512 wv = load512(dtype, w + r * ws, k, 0xFFFF);
@@ -115,7 +116,7 @@ INLINE AVX512BF16 void tiledp_body(const int T, const int R, const void *const *
         __m512i xs[4];
 #pragma GCC unroll 4
         for (int t = 0; t < T; t++) xs[t] = _mm512_loadu_si512(x[t] + k);
-        for (int r = 0; r < pf_rows; r++) _mm_prefetch((const char *)(pf + r * ws + k * 2), _MM_HINT_T0);
+        for (int r = 0; r < pf_rows; r++) _mm_prefetch((const char *)(pf + r * ws + k * 2), _MM_HINT_T1);
 #pragma GCC unroll 16
         for (int r = 0; r < R; r++) {
             const __m512i wv = _mm512_loadu_si512((const uint16_t *)(w + r * ws) + k);
@@ -216,7 +217,7 @@ INLINE AVX2 void tile256_body(const int T, const int R, const int32_t dtype, con
 #pragma GCC unroll 4
         for (int t = 0; t < T; t++) xs[t] = _mm256_loadu_ps(x[t] + k);
         if (pf_rows && ((k * dtype_size(dtype)) & 63) == 0) /* one prefetch per 64-byte line */
-            for (int r = 0; r < pf_rows; r++) _mm_prefetch((const char *)(pf + r * ws + k * dtype_size(dtype)), _MM_HINT_T0);
+            for (int r = 0; r < pf_rows; r++) _mm_prefetch((const char *)(pf + r * ws + k * dtype_size(dtype)), _MM_HINT_T1);
 #pragma GCC unroll 8
         for (int r = 0; r < R; r++) {
             const __m256 wv = load256(dtype, w + r * ws, k);
