@@ -51,12 +51,15 @@ typedef struct tile_set {
  * (a transpose done by the additions themselves: 15 adds and a final permute for 16 sums). */
 INLINE AVX512 __m512 reduce16(const __m512 *v) {
     __m512 c[8], d[4], f[2];
+#pragma GCC unroll 8
     for (int i = 0; i < 8; i++)
         c[i] = _mm512_add_ps(_mm512_shuffle_f32x4(v[2 * i], v[2 * i + 1], 0x44),
                              _mm512_shuffle_f32x4(v[2 * i], v[2 * i + 1], 0xEE));
+#pragma GCC unroll 4
     for (int i = 0; i < 4; i++)
         d[i] = _mm512_add_ps(_mm512_shuffle_f32x4(c[2 * i], c[2 * i + 1], 0x88),
                              _mm512_shuffle_f32x4(c[2 * i], c[2 * i + 1], 0xDD));
+#pragma GCC unroll 2
     for (int i = 0; i < 2; i++)
         f[i] = _mm512_add_ps(_mm512_shuffle_ps(d[2 * i], d[2 * i + 1], 0x44), _mm512_shuffle_ps(d[2 * i], d[2 * i + 1], 0xEE));
     const __m512 h = _mm512_add_ps(_mm512_shuffle_ps(f[0], f[1], 0x88), _mm512_shuffle_ps(f[0], f[1], 0xDD));
@@ -72,11 +75,14 @@ INLINE AVX512 __m512 load512(int32_t dtype, const unsigned char *row, int64_t k,
     return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
 }
 
+/* The full chunks of k, then the last one masked (the masked lanes read as 0); every loop over the tile
+ * is unrolled, so the accumulators stay in registers. */
 INLINE AVX512 void tile512_body(const int T, const int R, const int32_t dtype, const void *const *xv,
                                 const unsigned char *w, int64_t ws, int64_t n, float *out, const unsigned char *pf, int pf_rows) {
     const float *x[4];
     for (int t = 0; t < T; t++) x[t] = xv[t];
     __m512 acc[16];
+#pragma GCC unroll 16
     for (int j = 0; j < 16; j++) acc[j] = _mm512_setzero_ps();
     int64_t k = 0;
     for (; k + 16 <= n; k += 16) {
@@ -95,21 +101,26 @@ INLINE AVX512 void tile512_body(const int T, const int R, const int32_t dtype, c
     if (k < n) {
         const __mmask16 m = (__mmask16)((1u << (n - k)) - 1);
         __m512 xs[4];
+#pragma GCC unroll 4
         for (int t = 0; t < T; t++) xs[t] = _mm512_maskz_loadu_ps(m, x[t] + k);
+#pragma GCC unroll 16
         for (int r = 0; r < R; r++) {
             const __m512 wv = load512(dtype, w + r * ws, k, m);
+#pragma GCC unroll 4
             for (int t = 0; t < T; t++) acc[t * R + r] = _mm512_fmadd_ps(xs[t], wv, acc[t * R + r]);
         }
     }
     _mm512_storeu_ps(out, reduce16(acc));
 }
 
-/* vdpbf16ps: x rows are bf16, zero padded to a multiple of 32; w rows bf16 (the last chunk masked). */
+/* vdpbf16ps: x rows are bf16, zero padded to a multiple of 32; w rows bf16 (the last chunk masked). Loops
+ * unrolled as in tile512_body. */
 INLINE AVX512BF16 void tiledp_body(const int T, const int R, const void *const *xv, const unsigned char *w, int64_t ws,
                                    int64_t n, float *out, const unsigned char *pf, int pf_rows) {
     const uint16_t *x[4];
     for (int t = 0; t < T; t++) x[t] = xv[t];
     __m512 acc[16];
+#pragma GCC unroll 16
     for (int j = 0; j < 16; j++) acc[j] = _mm512_setzero_ps();
     int64_t k = 0;
     for (; k + 32 <= n; k += 32) {
@@ -128,9 +139,12 @@ INLINE AVX512BF16 void tiledp_body(const int T, const int R, const void *const *
     if (k < n) {
         const __mmask32 m = (__mmask32)((1ull << (n - k)) - 1);
         __m512i xs[4];
+#pragma GCC unroll 4
         for (int t = 0; t < T; t++) xs[t] = _mm512_loadu_si512(x[t] + k);
+#pragma GCC unroll 16
         for (int r = 0; r < R; r++) {
             const __m512i wv = _mm512_maskz_loadu_epi16(m, (const uint16_t *)(w + r * ws) + k);
+#pragma GCC unroll 4
             for (int t = 0; t < T; t++)
                 acc[t * R + r] = _mm512_dpbf16_ps(acc[t * R + r], (__m512bh)xs[t], (__m512bh)wv);
         }
