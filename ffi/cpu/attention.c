@@ -23,7 +23,7 @@ static void attention_items(void *arg, int64_t begin, int64_t end) {
     const float scale = 1.0f / sqrtf((float)hd);
     /* per query row: output accumulator [hd], scores of a block [ATTN_KEYS], running max, sum */
     const size_t bytes = (size_t)max_rows * ((size_t)hd + ATTN_KEYS + 1) * sizeof(float) +
-                         (size_t)max_rows * (sizeof(double) + sizeof(int32_t));
+                         (size_t)max_rows * (sizeof(double) + 2 * sizeof(int32_t));
     unsigned char *buf = forward_task_alloc(j->ctx->scratch, bytes);
     if (!buf) {
         __atomic_store_n(&j->failed, 1, __ATOMIC_RELAXED);
@@ -34,6 +34,7 @@ static void attention_items(void *arg, int64_t begin, int64_t end) {
     float *scores = acc + (size_t)max_rows * hd;
     float *row_max = scores + (size_t)max_rows * ATTN_KEYS;
     int32_t *qrow = (int32_t *)(row_max + max_rows);
+    int32_t *live = qrow + max_rows; /* keys of the current block each row sums */
     const gemm_x gq = {s->q, hd, NULL, 0}; /* q as [n * heads] rows of hd */
 
     for (int64_t item = begin; item < end; item++) {
@@ -59,6 +60,7 @@ static void attention_items(void *arg, int64_t begin, int64_t end) {
             for (int32_t r = 0; r < rows; r++) {
                 const int32_t pos = first->pos + r / group;
                 const int32_t valid = pos + 1 - kb < nk ? pos + 1 - kb : nk;
+                live[r] = valid > 0 ? valid : 0;
                 if (valid <= 0) continue;
                 float *sc = scores + (size_t)r * ATTN_KEYS;
                 float block_max = -INFINITY;
@@ -78,8 +80,8 @@ static void attention_items(void *arg, int64_t begin, int64_t end) {
                     sc[p] = expf(sc[p] - new_max);
                     sum[r] += sc[p];
                 }
-                attention_pv(j->ctx->k, out, sc, values + (size_t)kb * kv_dim, kv_dim, valid, hd);
             }
+            attention_pv(j->ctx->k, acc, scores, ATTN_KEYS, live, rows, values + (size_t)kb * kv_dim, kv_dim, hd);
         }
         for (int32_t r = 0; r < rows; r++) {
             const float inv = (float)(1.0 / sum[r]);

@@ -563,31 +563,68 @@ void lora_expand(const kernels *k, float *y, int64_t ldy, const int32_t *yi, int
 }
 
 /* ---------------------------------------------------------------------------------------------- */
-/* attention: out += sum_p e[p] * V[p] */
+/* attention: out[r] += sum_p e[r][p] * V[p] */
 
-AVX512 static void pv512(float *out, const float *e, const float *v, int64_t stride, int32_t n, int32_t hd) {
-    for (int32_t d = 0; d < hd; d += 64) {
-        __mmask16 m[4];
-        __m512 acc[4];
-        for (int c = 0; c < 4; c++) {
-            const int32_t left = hd - d - 16 * c;
-            m[c] = left >= 16 ? 0xFFFF : left > 0 ? (__mmask16)((1u << left) - 1) : 0;
-            acc[c] = _mm512_maskz_loadu_ps(m[c], out + d + 16 * c);
+/* R rows (R <= 4) against one 64-wide slice of V: each key's slice is loaded once for the R rows; a row
+ * past its own count of keys leaves its accumulators as they are (a masked multiply-add). */
+INLINE AVX512 void pv512_tile(const int R, float *out, const float *e, int64_t lde, const int32_t *n, const float *v,
+                              int64_t stride, int32_t d, int32_t hd) {
+    __mmask16 m[4];
+    __m512 acc[4][4];
+    int32_t most = 0;
+#pragma GCC unroll 4
+    for (int c = 0; c < 4; c++) {
+        const int32_t left = hd - d - 16 * c;
+        m[c] = left >= 16 ? 0xFFFF : left > 0 ? (__mmask16)((1u << left) - 1) : 0;
+    }
+#pragma GCC unroll 4
+    for (int r = 0; r < R; r++) {
+        most = n[r] > most ? n[r] : most;
+#pragma GCC unroll 4
+        for (int c = 0; c < 4; c++) acc[r][c] = _mm512_maskz_loadu_ps(m[c], out + (int64_t)r * hd + d + 16 * c);
+    }
+    for (int32_t p = 0; p < most; p++) {
+        const float *row = v + (int64_t)p * stride + d;
+        __m512 vs[4];
+#pragma GCC unroll 4
+        for (int c = 0; c < 4; c++) vs[c] = _mm512_maskz_loadu_ps(m[c], row + 16 * c);
+#pragma GCC unroll 4
+        for (int r = 0; r < R; r++) {
+            const __mmask16 live = p < n[r] ? 0xFFFF : 0;
+            const __m512 ep = _mm512_set1_ps(e[r * lde + p]);
+#pragma GCC unroll 4
+            for (int c = 0; c < 4; c++) acc[r][c] = _mm512_mask3_fmadd_ps(ep, vs[c], acc[r][c], m[c] & live);
         }
-        for (int32_t p = 0; p < n; p++) {
-            const __m512 ep = _mm512_set1_ps(e[p]);
-            const float *row = v + (int64_t)p * stride + d;
-            for (int c = 0; c < 4; c++) acc[c] = _mm512_fmadd_ps(ep, _mm512_maskz_loadu_ps(m[c], row + 16 * c), acc[c]);
+    }
+#pragma GCC unroll 4
+    for (int r = 0; r < R; r++)
+#pragma GCC unroll 4
+        for (int c = 0; c < 4; c++) _mm512_mask_storeu_ps(out + (int64_t)r * hd + d + 16 * c, m[c], acc[r][c]);
+}
+
+AVX512 static void pv512(float *out, const float *e, int64_t lde, const int32_t *n, int32_t n_rows, const float *v,
+                         int64_t stride, int32_t hd) {
+    for (int32_t r = 0; r < n_rows; r += 4) {
+        float *o = out + (int64_t)r * hd;
+        const float *er = e + r * lde;
+        for (int32_t d = 0; d < hd; d += 64) {
+            switch (n_rows - r < 4 ? n_rows - r : 4) {
+            case 1: pv512_tile(1, o, er, lde, n + r, v, stride, d, hd); break;
+            case 2: pv512_tile(2, o, er, lde, n + r, v, stride, d, hd); break;
+            case 3: pv512_tile(3, o, er, lde, n + r, v, stride, d, hd); break;
+            default: pv512_tile(4, o, er, lde, n + r, v, stride, d, hd); break;
+            }
         }
-        for (int c = 0; c < 4; c++) _mm512_mask_storeu_ps(out + d + 16 * c, m[c], acc[c]);
     }
 }
 
-void attention_pv(const kernels *k, float *out, const float *e, const float *v, int64_t stride, int32_t n, int32_t hd) {
+void attention_pv(const kernels *k, float *out, const float *e, int64_t lde, const int32_t *n, int32_t n_rows,
+                  const float *v, int64_t stride, int32_t hd) {
     if (k->level >= KERNELS_AVX512) {
-        pv512(out, e, v, stride, n, hd);
+        pv512(out, e, lde, n, n_rows, v, stride, hd);
         return;
     }
-    const axpy_fn axpy = k->axpy[MLR_DTYPE_F32]; /* the same sums, one key at a time */
-    for (int32_t p = 0; p < n; p++) axpy(out, e[p], v + (int64_t)p * stride, hd);
+    const axpy_fn axpy = k->axpy[MLR_DTYPE_F32]; /* the same sums, one row and one key at a time */
+    for (int32_t r = 0; r < n_rows; r++)
+        for (int32_t p = 0; p < n[r]; p++) axpy(out + (int64_t)r * hd, e[r * lde + p], v + (int64_t)p * stride, hd);
 }

@@ -125,9 +125,12 @@ void lora_expand(const kernels *k, float *y, int64_t ldy, const int32_t *yi, int
                  const float *mid, int64_t ldm, int32_t rank, const void *bt, int32_t w_dtype, int64_t bt_stride,
                  int64_t o_begin, int64_t o_end);
 
-/* Attention's weighted sum: out[d] += sum_p e[p] * V[p][d] for d < hd, in p order (a multiply-add per term,
- * fused on the AVX paths); V rows `stride` floats apart. One thread. */
-void attention_pv(const kernels *k, float *out, const float *e, const float *v, int64_t stride, int32_t n, int32_t hd);
+/* Attention's weighted sums for n_rows query rows: out[r * hd + d] += sum_{p < n[r]} e[r * lde + p] * V[p][d]
+ * for d < hd, in p order (a multiply-add per term, fused on the AVX paths); V rows `stride` floats apart,
+ * each read once for up to four rows on AVX-512. A row's sums are the same whatever rows it runs with.
+ * One thread. */
+void attention_pv(const kernels *k, float *out, const float *e, int64_t lde, const int32_t *n, int32_t n_rows,
+                  const float *v, int64_t stride, int32_t hd);
 
 /* ---------------------------------------------------------------------------------------------- */
 /* per-row operations */
