@@ -451,10 +451,11 @@ void matmul_parts(const kernels *k, thread_pool *pool, const gemm_x *x, int64_t 
     matmul_job job = {k, x, n_tokens, n_in, parts, n_parts, {0}};
     for (int p = 0; p < n_parts; p++) job.first[p + 1] = job.first[p] + (parts[p].n_out + GROUP - 1) / GROUP;
     const int64_t groups = job.first[n_parts];
-    /* Blocks of row groups sized so each hand-off carries at least ~1M multiply-adds (a block's first
-     * rows have no prefetch ahead of them), and at least four blocks per thread where there are enough
-     * rows. */
-    int64_t grain = (int64_t)GRAIN_MACS / (GROUP * n_in * n_tokens + 1) + 1;
+    /* The smallest block (the pool's guided blocks shrink to it at the end): ~1M multiply-adds, a batch
+     * under 16 tokens counted as 16 (its rows cost about as long to stream as 16 tokens' to compute), so
+     * that a block's first rows, which have no prefetch ahead of them, are a small part of it; and at
+     * least four blocks per thread where there are enough rows. */
+    int64_t grain = (int64_t)GRAIN_MACS / (GROUP * n_in * (n_tokens > 16 ? n_tokens : 16) + 1) + 1;
     const int64_t most = groups / (4 * (int64_t)pool->n_threads);
     if (grain > most) grain = most > 0 ? most : 1;
     thread_pool_run(pool, groups, grain, matmul_rows, &job);
