@@ -13,6 +13,20 @@ typedef struct attention_job {
     int failed; /* a task could not allocate its buffer; atomic */
 } attention_job;
 
+/* Asks for the K and V rows of the block of keys at kb (one head's hd floats of each, rows kv_dim apart)
+ * into L2: a decode step's K/V were written a whole weight stream ago and come from memory, and the
+ * score tiles alone would read them one miss at a time. */
+static void prefetch_block(const float *keys, const float *values, int32_t kv_dim, int32_t hd, int32_t kb,
+                           int32_t n_keys) {
+    const int32_t end = kb + ATTN_KEYS < n_keys ? kb + ATTN_KEYS : n_keys;
+    for (int32_t p = kb; p < end; p++)
+        for (int32_t d = 0; d < hd + 15; d += 16) { /* every 64-byte line the row touches */
+            const int32_t at = d < hd ? d : hd - 1;
+            __builtin_prefetch(keys + (size_t)p * kv_dim + at, 0, 2);
+            __builtin_prefetch(values + (size_t)p * kv_dim + at, 0, 2);
+        }
+}
+
 static void attention_items(void *arg, int64_t begin, int64_t end) {
     attention_job *j = arg;
     const model *m = j->ctx->m;
@@ -52,8 +66,10 @@ static void attention_items(void *arg, int64_t begin, int64_t end) {
         const size_t layer_off = (size_t)j->layer * (size_t)first->kv->capacity * (size_t)kv_dim + (size_t)kvh * hd;
         const float *keys = first->kv->k + layer_off, *values = first->kv->v + layer_off;
         const int32_t n_keys = first->pos + nt; /* the last token's keys 0..pos */
+        prefetch_block(keys, values, kv_dim, hd, 0, n_keys);
         for (int32_t kb = 0; kb < n_keys; kb += ATTN_KEYS) {
             const int32_t nk = n_keys - kb < ATTN_KEYS ? n_keys - kb : ATTN_KEYS;
+            prefetch_block(keys, values, kv_dim, hd, kb + ATTN_KEYS, n_keys);
             /* scores of every row of the tile against the block (a row uses those up to its position) */
             gemm_block(j->ctx->k, &gq, qrow, rows, keys + (size_t)kb * kv_dim, MLR_DTYPE_F32,
                        (int64_t)kv_dim * (int64_t)sizeof(float), NULL, hd, 0, nk, scores, ATTN_KEYS);
