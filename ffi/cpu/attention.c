@@ -92,10 +92,9 @@ static void attention_items(void *arg, int64_t begin, int64_t end) {
                     for (int32_t d = 0; d < hd; d++) out[d] *= c;
                     row_max[r] = new_max;
                 }
-                for (int32_t p = 0; p < valid; p++) {
-                    sc[p] = expf(sc[p] - new_max);
-                    sum[r] += sc[p];
-                }
+                for (int32_t p = 0; p < valid; p++) sc[p] -= new_max;
+                exp_floats(j->ctx->k, sc, sc, valid); /* expf, bit for bit */
+                for (int32_t p = 0; p < valid; p++) sum[r] += sc[p];
             }
             attention_pv(j->ctx->k, acc, scores, ATTN_KEYS, live, rows, values + (size_t)kb * kv_dim, kv_dim, hd);
         }

@@ -275,9 +275,15 @@ static void silu_rows(void *arg, int64_t begin, int64_t end) {
     const row_job *j = arg;
     forward_scratch *s = j->ctx->scratch;
     const int64_t inter = j->ctx->m->cfg.intermediate_size;
-    for (int64_t i = begin * inter; i < end * inter; i++) {
-        const float g = s->gate[i];
-        s->gate[i] = g / (1.0f + expf(-g)) * s->up[i];
+    float e[256];
+    for (int64_t i = begin * inter; i < end * inter; i += 256) {
+        const int64_t m = end * inter - i < 256 ? end * inter - i : 256;
+        for (int64_t q = 0; q < m; q++) e[q] = -s->gate[i + q];
+        exp_floats(j->ctx->k, e, e, m); /* expf(-g), bit for bit */
+        for (int64_t q = 0; q < m; q++) {
+            const float g = s->gate[i + q];
+            s->gate[i + q] = g / (1.0f + e[q]) * s->up[i + q];
+        }
     }
     gemm_round(j->gx, begin, end);
 }

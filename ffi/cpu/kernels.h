@@ -132,6 +132,11 @@ void lora_expand(const kernels *k, float *y, int64_t ldy, const int32_t *yi, int
 void attention_pv(const kernels *k, float *out, const float *e, int64_t lde, const int32_t *n, int32_t n_rows,
                   const float *v, int64_t stride, int32_t hd);
 
+/* out[i] = expf(x[i]) for i < n (on AVX-512 a vector copy of glibc's expf, gemm.c: bit-identical to
+ * glibc 2.27+ on every float; whatever the libc, an element's value depends on its input alone); out may
+ * be x. One thread. */
+void exp_floats(const kernels *k, float *out, const float *x, int64_t n);
+
 /* ---------------------------------------------------------------------------------------------- */
 /* per-row operations */
 
