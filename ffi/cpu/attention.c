@@ -13,6 +13,20 @@ typedef struct attention_job {
     int failed; /* a task could not allocate its buffer; atomic */
 } attention_job;
 
+/* Asks for the K and V rows of the block of keys at kb (one head's hd floats of each, rows kv_dim apart)
+ * into L2: a decode step's K/V were written a whole weight stream ago and come from memory, and the
+ * score tiles alone would read them one miss at a time. */
+static void prefetch_block(const float *keys, const float *values, int32_t kv_dim, int32_t hd, int32_t kb,
+                           int32_t n_keys) {
+    const int32_t end = kb + ATTN_KEYS < n_keys ? kb + ATTN_KEYS : n_keys;
+    for (int32_t p = kb; p < end; p++)
+        for (int32_t d = 0; d < hd + 15; d += 16) { /* every 64-byte line the row touches */
+            const int32_t at = d < hd ? d : hd - 1;
+            __builtin_prefetch(keys + (size_t)p * kv_dim + at, 0, 2);
+            __builtin_prefetch(values + (size_t)p * kv_dim + at, 0, 2);
+        }
+}
+
 static void attention_items(void *arg, int64_t begin, int64_t end) {
     attention_job *j = arg;
     const model *m = j->ctx->m;
@@ -23,7 +37,7 @@ static void attention_items(void *arg, int64_t begin, int64_t end) {
     const float scale = 1.0f / sqrtf((float)hd);
     /* per query row: output accumulator [hd], scores of a block [ATTN_KEYS], running max, sum */
     const size_t bytes = (size_t)max_rows * ((size_t)hd + ATTN_KEYS + 1) * sizeof(float) +
-                         (size_t)max_rows * (sizeof(double) + sizeof(int32_t));
+                         (size_t)max_rows * (sizeof(double) + 2 * sizeof(int32_t));
     unsigned char *buf = forward_task_alloc(j->ctx->scratch, bytes);
     if (!buf) {
         __atomic_store_n(&j->failed, 1, __ATOMIC_RELAXED);
@@ -34,6 +48,7 @@ static void attention_items(void *arg, int64_t begin, int64_t end) {
     float *scores = acc + (size_t)max_rows * hd;
     float *row_max = scores + (size_t)max_rows * ATTN_KEYS;
     int32_t *qrow = (int32_t *)(row_max + max_rows);
+    int32_t *live = qrow + max_rows; /* keys of the current block each row sums */
     const gemm_x gq = {s->q, hd, NULL, 0}; /* q as [n * heads] rows of hd */
 
     for (int64_t item = begin; item < end; item++) {
@@ -51,14 +66,17 @@ static void attention_items(void *arg, int64_t begin, int64_t end) {
         const size_t layer_off = (size_t)j->layer * (size_t)first->kv->capacity * (size_t)kv_dim + (size_t)kvh * hd;
         const float *keys = first->kv->k + layer_off, *values = first->kv->v + layer_off;
         const int32_t n_keys = first->pos + nt; /* the last token's keys 0..pos */
+        prefetch_block(keys, values, kv_dim, hd, 0, n_keys);
         for (int32_t kb = 0; kb < n_keys; kb += ATTN_KEYS) {
             const int32_t nk = n_keys - kb < ATTN_KEYS ? n_keys - kb : ATTN_KEYS;
+            prefetch_block(keys, values, kv_dim, hd, kb + ATTN_KEYS, n_keys);
             /* scores of every row of the tile against the block (a row uses those up to its position) */
             gemm_block(j->ctx->k, &gq, qrow, rows, keys + (size_t)kb * kv_dim, MLR_DTYPE_F32,
                        (int64_t)kv_dim * (int64_t)sizeof(float), NULL, hd, 0, nk, scores, ATTN_KEYS);
             for (int32_t r = 0; r < rows; r++) {
                 const int32_t pos = first->pos + r / group;
                 const int32_t valid = pos + 1 - kb < nk ? pos + 1 - kb : nk;
+                live[r] = valid > 0 ? valid : 0;
                 if (valid <= 0) continue;
                 float *sc = scores + (size_t)r * ATTN_KEYS;
                 float block_max = -INFINITY;
@@ -74,12 +92,11 @@ static void attention_items(void *arg, int64_t begin, int64_t end) {
                     for (int32_t d = 0; d < hd; d++) out[d] *= c;
                     row_max[r] = new_max;
                 }
-                for (int32_t p = 0; p < valid; p++) {
-                    sc[p] = expf(sc[p] - new_max);
-                    sum[r] += sc[p];
-                }
-                attention_pv(j->ctx->k, out, sc, values + (size_t)kb * kv_dim, kv_dim, valid, hd);
+                for (int32_t p = 0; p < valid; p++) sc[p] -= new_max;
+                exp_floats(j->ctx->k, sc, sc, valid); /* expf, bit for bit */
+                for (int32_t p = 0; p < valid; p++) sum[r] += sc[p];
             }
+            attention_pv(j->ctx->k, acc, scores, ATTN_KEYS, live, rows, values + (size_t)kb * kv_dim, kv_dim, hd);
         }
         for (int32_t r = 0; r < rows; r++) {
             const float inv = (float)(1.0 / sum[r]);

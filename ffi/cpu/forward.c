@@ -50,8 +50,10 @@ int forward_scratch_alloc(forward_scratch *s, const model *m, int32_t max_tokens
     s->group_scale = malloc(t * sizeof(float));
     s->chunks = malloc(t * sizeof(lora_chunk));
     s->tiles = malloc((t + 1) * sizeof(int32_t));
+    s->rope = malloc(t * (size_t)m->cfg.head_dim * sizeof(float));
     if (!s->x || !s->xn || !s->q || !s->k || !s->v || !s->att || !s->o || !s->gate || !s->up || !s->lora_mid || !s->xb ||
-        !s->group_adapter || !s->group_tokens || !s->group_scale || !s->chunks || !s->tiles) {
+        !s->group_adapter || !s->group_tokens || !s->group_scale || !s->chunks || !s->tiles ||
+        !s->rope) {
         forward_scratch_free(s);
         return 0;
     }
@@ -86,6 +88,7 @@ void forward_scratch_free(forward_scratch *s) {
     free(s->group_scale);
     free(s->chunks);
     free(s->tiles);
+    free(s->rope);
     *s = (forward_scratch){0};
 }
 
@@ -213,18 +216,92 @@ static void apply_lora(const lora_site *site) {
     thread_pool_run(site->ctx->pool, (int64_t)s->n_chunks * blocks, 1, lora_expand_items, (void *)site);
 }
 
-/* HF rotate_half RoPE on each head of x[t] ([n_heads * hd]) at position pos. */
-static void rope(const model *m, float *x, int32_t n_heads, int32_t pos) {
-    const int32_t hd = m->cfg.head_dim, half = hd / 2;
+/* cs[j] = cos(pos * inv_freq[j]), cs[half + j] = sin(..) for j < hd / 2: one token's rotation, the same
+ * for every layer (angle in double, each value rounded to f32). */
+static void rope_table(const model *m, float *cs, int32_t pos) {
+    const int32_t half = m->cfg.head_dim / 2;
     for (int32_t j = 0; j < half; j++) {
         const double angle = (double)pos * (double)m->inv_freq[j];
-        const float c = (float)cos(angle), s = (float)sin(angle);
+        cs[j] = (float)cos(angle);
+        cs[half + j] = (float)sin(angle);
+    }
+}
+
+/* HF rotate_half RoPE on each head of x[t] ([n_heads * hd]), rotation cs (rope_table). */
+static void rope(const model *m, float *x, int32_t n_heads, const float *cs) {
+    const int32_t hd = m->cfg.head_dim, half = hd / 2;
+    for (int32_t j = 0; j < half; j++) {
+        const float c = cs[j], s = cs[half + j];
         for (int32_t h = 0; h < n_heads; h++) {
             float *v = x + (int64_t)h * hd;
             const float x1 = v[j], x2 = v[j + half];
             v[j] = x1 * c - x2 * s;
             v[j + half] = x2 * c + x1 * s;
         }
+    }
+}
+
+/* ---------------------------------------------------------------------------------------------- */
+/* per-token row work between the products, one parallel-for each (rows are independent, and each row's
+ * arithmetic is the same whichever thread runs it) */
+
+typedef struct row_job {
+    const forward_ctx *ctx;
+    const batch_entry *batch;
+    int32_t layer;
+    const weight *norm;  /* norm_rows: the norm's weight */
+    int residual;        /* norm_rows: x += o first */
+    const gemm_x *gx;    /* the rows to round to bf16 after (xn, or gate for silu_rows) */
+} row_job;
+
+/* x[t] += o[t] (when residual), xn[t] = rmsnorm(x[t]), then row t of gx rounded. */
+static void norm_rows(void *arg, int64_t begin, int64_t end) {
+    const row_job *j = arg;
+    forward_scratch *s = j->ctx->scratch;
+    const int64_t h = j->ctx->m->cfg.hidden_size;
+    for (int64_t t = begin; t < end; t++) {
+        float *x = s->x + t * h;
+        if (j->residual) {
+            const float *o = s->o + t * h;
+            for (int64_t i = 0; i < h; i++) x[i] += o[i];
+        }
+        rmsnorm(s->xn + t * h, x, j->norm->data, j->norm->dtype, h, j->ctx->m->cfg.rms_norm_eps);
+    }
+    gemm_round(j->gx, begin, end);
+}
+
+/* gate[t] = silu(gate[t]) * up[t], then row t of gx (over gate) rounded. */
+static void silu_rows(void *arg, int64_t begin, int64_t end) {
+    const row_job *j = arg;
+    forward_scratch *s = j->ctx->scratch;
+    const int64_t inter = j->ctx->m->cfg.intermediate_size;
+    float e[256];
+    for (int64_t i = begin * inter; i < end * inter; i += 256) {
+        const int64_t m = end * inter - i < 256 ? end * inter - i : 256;
+        for (int64_t q = 0; q < m; q++) e[q] = -s->gate[i + q];
+        exp_floats(j->ctx->k, e, e, m); /* expf(-g), bit for bit */
+        for (int64_t q = 0; q < m; q++) {
+            const float g = s->gate[i + q];
+            s->gate[i + q] = g / (1.0f + e[q]) * s->up[i + q];
+        }
+    }
+    gemm_round(j->gx, begin, end);
+}
+
+/* RoPE on q[t] and k[t] at the token's position, then k[t] and v[t] into its sequence's cache. */
+static void rope_rows(void *arg, int64_t begin, int64_t end) {
+    const row_job *j = arg;
+    const model *m = j->ctx->m;
+    forward_scratch *s = j->ctx->scratch;
+    const int64_t q_dim = m->q_dim, kv_dim = m->kv_dim;
+    for (int64_t t = begin; t < end; t++) {
+        const batch_entry *b = &j->batch[t];
+        const float *cs = s->rope + t * m->cfg.head_dim;
+        rope(m, s->q + t * q_dim, m->cfg.num_heads, cs);
+        rope(m, s->k + t * kv_dim, m->cfg.num_kv_heads, cs);
+        const size_t at = ((size_t)j->layer * (size_t)b->kv->capacity + (size_t)b->pos) * (size_t)kv_dim;
+        memcpy(b->kv->k + at, s->k + t * kv_dim, (size_t)kv_dim * sizeof(float));
+        memcpy(b->kv->v + at, s->v + t * kv_dim, (size_t)kv_dim * sizeof(float));
     }
 }
 
@@ -260,45 +337,37 @@ int32_t forward(const forward_ctx *ctx, const batch_entry *batch, int32_t n, flo
     const lora_mod down_mod = {MLR_LORA_MLP_4H_TO_H, 0, h};
     gemm_x gx;
 
+    for (int32_t t = 0; t < n; t++) rope_table(m, s->rope + (int64_t)t * m->cfg.head_dim, batch[t].pos);
+
     for (int32_t l = 0; l < m->cfg.num_layers; l++) {
         const layer_weights *w = &m->layers[l];
-        /* attention */
-        for (int32_t t = 0; t < n; t++) rmsnorm(s->xn + t * h, s->x + t * h, w->attn_norm.data, w->attn_norm.dtype, h, eps);
-        gemm_prepare(k, &gx, s->xb, s->xn, n, h);
+        /* attention (x += o of the previous layer's MLP first) */
+        gemm_view(k, &gx, s->xb, s->xn, h);
+        thread_pool_run(ctx->pool, n, 1, norm_rows, &(row_job){ctx, batch, l, &w->attn_norm, l > 0, &gx});
         const matmul_part qkv[3] = {{s->q, w->q.data, w->q.dtype, w->q_bias.data, q_dim},
                                     {s->k, w->k.data, w->k.dtype, w->k_bias.data, kv_dim},
                                     {s->v, w->v.data, w->v.dtype, w->v_bias.data, kv_dim}};
         matmul_parts(k, ctx->pool, &gx, n, h, qkv, 3);
         apply_lora(&(lora_site){ctx, l, &gx, h, qkv_mods, 4, qkv_outs, 3, q_dim + 2 * kv_dim});
-        for (int32_t t = 0; t < n; t++) {
-            rope(m, s->q + t * q_dim, m->cfg.num_heads, batch[t].pos);
-            rope(m, s->k + t * kv_dim, m->cfg.num_kv_heads, batch[t].pos);
-            const size_t at = ((size_t)l * (size_t)batch[t].kv->capacity + (size_t)batch[t].pos) * (size_t)kv_dim;
-            memcpy(batch[t].kv->k + at, s->k + t * kv_dim, (size_t)kv_dim * sizeof(float));
-            memcpy(batch[t].kv->v + at, s->v + t * kv_dim, (size_t)kv_dim * sizeof(float));
-        }
+        thread_pool_run(ctx->pool, n, 1, rope_rows, &(row_job){ctx, batch, l, NULL, 0, NULL});
         if (!attention(ctx, batch, n, l)) return MLR_OUT_OF_MEMORY;
         gemm_prepare(k, &gx, s->xb, s->att, n, q_dim);
         matmul(k, ctx->pool, s->o, &gx, w->o.data, w->o.dtype, NULL, n, q_dim, h);
         apply_lora(&(lora_site){ctx, l, &gx, q_dim, &dense_mod, 1, &o_out, 1, h});
-        for (int64_t i = 0; i < (int64_t)n * h; i++) s->x[i] += s->o[i];
 
-        /* MLP */
-        for (int32_t t = 0; t < n; t++) rmsnorm(s->xn + t * h, s->x + t * h, w->ffn_norm.data, w->ffn_norm.dtype, h, eps);
-        gemm_prepare(k, &gx, s->xb, s->xn, n, h);
+        /* MLP (x += o first) */
+        gemm_view(k, &gx, s->xb, s->xn, h);
+        thread_pool_run(ctx->pool, n, 1, norm_rows, &(row_job){ctx, batch, l, &w->ffn_norm, 1, &gx});
         const matmul_part gate_up[2] = {{s->gate, w->gate.data, w->gate.dtype, NULL, inter},
                                         {s->up, w->up.data, w->up.dtype, NULL, inter}};
         matmul_parts(k, ctx->pool, &gx, n, h, gate_up, 2);
         apply_lora(&(lora_site){ctx, l, &gx, h, mlp_mods, 3, mlp_outs, 2, 2 * inter});
-        for (int64_t i = 0; i < (int64_t)n * inter; i++) {
-            const float g = s->gate[i];
-            s->gate[i] = g / (1.0f + expf(-g)) * s->up[i];
-        }
-        gemm_prepare(k, &gx, s->xb, s->gate, n, inter);
+        gemm_view(k, &gx, s->xb, s->gate, inter);
+        thread_pool_run(ctx->pool, n, 1, silu_rows, &(row_job){ctx, batch, l, NULL, 0, &gx});
         matmul(k, ctx->pool, s->o, &gx, w->down.data, w->down.dtype, NULL, n, inter, h);
         apply_lora(&(lora_site){ctx, l, &gx, inter, &down_mod, 1, &o_out, 1, h});
-        for (int64_t i = 0; i < (int64_t)n * h; i++) s->x[i] += s->o[i];
     }
+    for (int64_t i = 0; i < (int64_t)n * h; i++) s->x[i] += s->o[i];
 
     /* logits for the rows that want them */
     int32_t rows = 0;

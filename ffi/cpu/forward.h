@@ -60,6 +60,7 @@ typedef struct forward_scratch {
     float *group_scale;      /* [max_tokens] the scale of group_tokens[p] */
     lora_chunk *chunks;      /* [max_tokens] runs of at most LORA_CHUNK positions of one group */
     int32_t *tiles;          /* [max_tokens + 1] attention tiles: batch index where each begins */
+    float *rope;             /* [max_tokens][head_dim] this step's rotations: cos then sin (rope_table) */
     int32_t fail_allocs;     /* test hook: the next fail_allocs forward_task_alloc calls fail; atomic */
 } forward_scratch;
 

@@ -24,10 +24,12 @@
 #include "multilora.h"
 
 /* A tile: out[t * R + r] = dot(x[t], w row r) for t < T, r < R; x rows are f32 (or bf16 for the dp
- * kernels), w rows w_stride bytes apart. pf, when not NULL: R rows (same stride) to prefetch alongside,
- * the rows the next tile will read, so a matrix streamed from memory arrives ahead of its use. */
+ * kernels), w rows w_stride bytes apart. pf: pf_rows rows (same stride; 0 for none) to prefetch alongside,
+ * one 64-byte line of each per 64 bytes of k, rows a later tile will read, so a matrix streamed from memory
+ * arrives ahead of its use. The prefetches go to L2 (T1): a prefetch into L1 holds one of its few fill
+ * buffers until the line arrives, which caps the misses in flight below what the memory bandwidth needs. */
 typedef void (*tile_fn)(const void *const *x, const unsigned char *w, int64_t w_stride, int64_t n_in, float *out,
-                        const unsigned char *pf);
+                        const unsigned char *pf, int pf_rows);
 
 typedef struct tile_set {
     tile_fn f[5][17];     /* [T][R] */
@@ -49,12 +51,15 @@ typedef struct tile_set {
  * (a transpose done by the additions themselves: 15 adds and a final permute for 16 sums). */
 INLINE AVX512 __m512 reduce16(const __m512 *v) {
     __m512 c[8], d[4], f[2];
+#pragma GCC unroll 8
     for (int i = 0; i < 8; i++)
         c[i] = _mm512_add_ps(_mm512_shuffle_f32x4(v[2 * i], v[2 * i + 1], 0x44),
                              _mm512_shuffle_f32x4(v[2 * i], v[2 * i + 1], 0xEE));
+#pragma GCC unroll 4
     for (int i = 0; i < 4; i++)
         d[i] = _mm512_add_ps(_mm512_shuffle_f32x4(c[2 * i], c[2 * i + 1], 0x88),
                              _mm512_shuffle_f32x4(c[2 * i], c[2 * i + 1], 0xDD));
+#pragma GCC unroll 2
     for (int i = 0; i < 2; i++)
         f[i] = _mm512_add_ps(_mm512_shuffle_ps(d[2 * i], d[2 * i + 1], 0x44), _mm512_shuffle_ps(d[2 * i], d[2 * i + 1], 0xEE));
     const __m512 h = _mm512_add_ps(_mm512_shuffle_ps(f[0], f[1], 0x88), _mm512_shuffle_ps(f[0], f[1], 0xDD));
@@ -70,19 +75,22 @@ INLINE AVX512 __m512 load512(int32_t dtype, const unsigned char *row, int64_t k,
     return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
 }
 
+/* The full chunks of k, then the last one masked (the masked lanes read as 0); every loop over the tile
+ * is unrolled, so the accumulators stay in registers. */
 INLINE AVX512 void tile512_body(const int T, const int R, const int32_t dtype, const void *const *xv,
-                                const unsigned char *w, int64_t ws, int64_t n, float *out, const unsigned char *pf) {
+                                const unsigned char *w, int64_t ws, int64_t n, float *out, const unsigned char *pf, int pf_rows) {
     const float *x[4];
     for (int t = 0; t < T; t++) x[t] = xv[t];
     __m512 acc[16];
+#pragma GCC unroll 16
     for (int j = 0; j < 16; j++) acc[j] = _mm512_setzero_ps();
     int64_t k = 0;
     for (; k + 16 <= n; k += 16) {
         __m512 xs[4];
 #pragma GCC unroll 4
         for (int t = 0; t < T; t++) xs[t] = _mm512_loadu_ps(x[t] + k);
-        if (pf && ((k * dtype_size(dtype)) & 63) == 0) /* one prefetch per 64-byte line */
-            for (int r = 0; r < R; r++) _mm_prefetch((const char *)(pf + r * ws + k * dtype_size(dtype)), _MM_HINT_T0);
+        if (pf_rows && ((k * dtype_size(dtype)) & 63) == 0) /* one prefetch per 64-byte line */
+            for (int r = 0; r < pf_rows; r++) _mm_prefetch((const char *)(pf + r * ws + k * dtype_size(dtype)), _MM_HINT_T1);
 #pragma GCC unroll 16
         for (int r = 0; r < R; r++) {
             const __m512 wv = load512(dtype, w + r * ws, k, 0xFFFF);
@@ -93,29 +101,33 @@ INLINE AVX512 void tile512_body(const int T, const int R, const int32_t dtype, c
     if (k < n) {
         const __mmask16 m = (__mmask16)((1u << (n - k)) - 1);
         __m512 xs[4];
+#pragma GCC unroll 4
         for (int t = 0; t < T; t++) xs[t] = _mm512_maskz_loadu_ps(m, x[t] + k);
+#pragma GCC unroll 16
         for (int r = 0; r < R; r++) {
             const __m512 wv = load512(dtype, w + r * ws, k, m);
+#pragma GCC unroll 4
             for (int t = 0; t < T; t++) acc[t * R + r] = _mm512_fmadd_ps(xs[t], wv, acc[t * R + r]);
         }
     }
     _mm512_storeu_ps(out, reduce16(acc));
 }
 
-/* vdpbf16ps: x rows are bf16, zero padded to a multiple of 32; w rows bf16 (the last chunk masked). */
+/* vdpbf16ps: x rows are bf16, zero padded to a multiple of 32; w rows bf16 (the last chunk masked). Loops
+ * unrolled as in tile512_body. */
 INLINE AVX512BF16 void tiledp_body(const int T, const int R, const void *const *xv, const unsigned char *w, int64_t ws,
-                                   int64_t n, float *out, const unsigned char *pf) {
+                                   int64_t n, float *out, const unsigned char *pf, int pf_rows) {
     const uint16_t *x[4];
     for (int t = 0; t < T; t++) x[t] = xv[t];
     __m512 acc[16];
+#pragma GCC unroll 16
     for (int j = 0; j < 16; j++) acc[j] = _mm512_setzero_ps();
     int64_t k = 0;
     for (; k + 32 <= n; k += 32) {
         __m512i xs[4];
 #pragma GCC unroll 4
         for (int t = 0; t < T; t++) xs[t] = _mm512_loadu_si512(x[t] + k);
-        if (pf)
-            for (int r = 0; r < R; r++) _mm_prefetch((const char *)(pf + r * ws + k * 2), _MM_HINT_T0);
+        for (int r = 0; r < pf_rows; r++) _mm_prefetch((const char *)(pf + r * ws + k * 2), _MM_HINT_T1);
 #pragma GCC unroll 16
         for (int r = 0; r < R; r++) {
             const __m512i wv = _mm512_loadu_si512((const uint16_t *)(w + r * ws) + k);
@@ -127,9 +139,12 @@ INLINE AVX512BF16 void tiledp_body(const int T, const int R, const void *const *
     if (k < n) {
         const __mmask32 m = (__mmask32)((1ull << (n - k)) - 1);
         __m512i xs[4];
+#pragma GCC unroll 4
         for (int t = 0; t < T; t++) xs[t] = _mm512_loadu_si512(x[t] + k);
+#pragma GCC unroll 16
         for (int r = 0; r < R; r++) {
             const __m512i wv = _mm512_maskz_loadu_epi16(m, (const uint16_t *)(w + r * ws) + k);
+#pragma GCC unroll 4
             for (int t = 0; t < T; t++)
                 acc[t * R + r] = _mm512_dpbf16_ps(acc[t * R + r], (__m512bh)xs[t], (__m512bh)wv);
         }
@@ -139,13 +154,13 @@ INLINE AVX512BF16 void tiledp_body(const int T, const int R, const void *const *
 
 #define TILE512(DT, DTYPE, T, R)                                                                            \
     AVX512 static void tile512_##DT##_##T##x##R(const void *const *x, const unsigned char *w, int64_t ws, \
-                                                 int64_t n, float *out, const unsigned char *pf) {        \
-        tile512_body(T, R, DTYPE, x, w, ws, n, out, pf);                                                  \
+                                                 int64_t n, float *out, const unsigned char *pf, int pf_rows) {        \
+        tile512_body(T, R, DTYPE, x, w, ws, n, out, pf, pf_rows);                                                  \
     }
 #define TILEDP(T, R)                                                                                      \
     AVX512BF16 static void tiledp_##T##x##R(const void *const *x, const unsigned char *w, int64_t ws, int64_t n, \
-                                            float *out, const unsigned char *pf) {                       \
-        tiledp_body(T, R, x, w, ws, n, out, pf);                                                         \
+                                            float *out, const unsigned char *pf, int pf_rows) {                       \
+        tiledp_body(T, R, x, w, ws, n, out, pf, pf_rows);                                                         \
     }
 #define SHAPES512(M, ...)                                                                                 \
     M(__VA_ARGS__ 1, 1) M(__VA_ARGS__ 1, 4) M(__VA_ARGS__ 1, 8) M(__VA_ARGS__ 1, 16) M(__VA_ARGS__ 2, 1)   \
@@ -205,7 +220,7 @@ INLINE AVX2 __m256 load256_tail(int32_t dtype, const unsigned char *row, int64_t
 }
 
 INLINE AVX2 void tile256_body(const int T, const int R, const int32_t dtype, const void *const *xv,
-                              const unsigned char *w, int64_t ws, int64_t n, float *out, const unsigned char *pf) {
+                              const unsigned char *w, int64_t ws, int64_t n, float *out, const unsigned char *pf, int pf_rows) {
     const float *x[4];
     for (int t = 0; t < T; t++) x[t] = xv[t];
     __m256 acc[8];
@@ -215,8 +230,8 @@ INLINE AVX2 void tile256_body(const int T, const int R, const int32_t dtype, con
         __m256 xs[4];
 #pragma GCC unroll 4
         for (int t = 0; t < T; t++) xs[t] = _mm256_loadu_ps(x[t] + k);
-        if (pf && ((k * dtype_size(dtype)) & 63) == 0) /* one prefetch per 64-byte line */
-            for (int r = 0; r < R; r++) _mm_prefetch((const char *)(pf + r * ws + k * dtype_size(dtype)), _MM_HINT_T0);
+        if (pf_rows && ((k * dtype_size(dtype)) & 63) == 0) /* one prefetch per 64-byte line */
+            for (int r = 0; r < pf_rows; r++) _mm_prefetch((const char *)(pf + r * ws + k * dtype_size(dtype)), _MM_HINT_T1);
 #pragma GCC unroll 8
         for (int r = 0; r < R; r++) {
             const __m256 wv = load256(dtype, w + r * ws, k);
@@ -237,8 +252,8 @@ INLINE AVX2 void tile256_body(const int T, const int R, const int32_t dtype, con
 
 #define TILE256(DT, DTYPE, T, R)                                                                            \
     AVX2 static void tile256_##DT##_##T##x##R(const void *const *x, const unsigned char *w, int64_t ws,   \
-                                               int64_t n, float *out, const unsigned char *pf) {          \
-        tile256_body(T, R, DTYPE, x, w, ws, n, out, pf);                                                  \
+                                               int64_t n, float *out, const unsigned char *pf, int pf_rows) {          \
+        tile256_body(T, R, DTYPE, x, w, ws, n, out, pf, pf_rows);                                                  \
     }
 #define SHAPES256(M, ...)                                                                                 \
     M(__VA_ARGS__ 1, 1) M(__VA_ARGS__ 1, 2) M(__VA_ARGS__ 1, 4) M(__VA_ARGS__ 1, 8) M(__VA_ARGS__ 2, 1)    \
@@ -285,14 +300,14 @@ typedef struct block_args {
     int64_t ldy;
 } block_args;
 
-static void run_tile(const block_args *a, int T, int R, int64_t i, int64_t o, int64_t next) {
+static void run_tile(const block_args *a, int T, int R, int64_t i, int64_t o, int64_t pf, int pf_rows) {
     const void *xp[4] = {0};
     for (int t = 0; t < T; t++) {
         const int64_t row = a->xi ? a->xi[i + t] : i + t;
         xp[t] = a->x + row * a->x_row_bytes;
     }
     float out[16];
-    a->ts->f[T][R](xp, a->w + o * a->ws, a->ws, a->n_in, out, next >= 0 ? a->w + next * a->ws : NULL);
+    a->ts->f[T][R](xp, a->w + o * a->ws, a->ws, a->n_in, out, pf_rows > 0 ? a->w + pf * a->ws : NULL, pf_rows);
     for (int t = 0; t < T; t++) {
         float *y = a->y + (i + t) * a->ldy + o;
         if (a->bias) {
@@ -303,26 +318,34 @@ static void run_tile(const block_args *a, int T, int R, int64_t i, int64_t o, in
     }
 }
 
-/* Tiles over rows [o0, o1): each row chunk's weights are loaded once, into the first tile that reads them,
- * which also prefetches the next chunk's rows. */
+/* Tiles over rows [o0, o1). n <= 2: each row chunk's tile prefetches the next chunk's rows. n >= 3: the
+ * ceil(n / 4) token tiles of a row quad share out the prefetch of the next quad, tile j taking
+ * rows [j R / nt, (j + 1) R / nt) of it, so the lines stream in evenly while the quad's tiles compute
+ * from L1 (each weight row is read from memory once per step and reused by every token). */
 static void drive(const block_args *a, int64_t n, int64_t o0, int64_t o1) {
     const tile_set *ts = a->ts;
     int64_t o = o0;
     if (n <= 2) {
         const int *chunks = n == 1 ? ts->r_one : ts->r_two;
         for (int c = 0; chunks[c]; c++)
-            for (const int R = chunks[c]; o + R <= o1; o += R) run_tile(a, (int)n, R, 0, o, o + 2 * R <= o1 ? o + R : -1);
+            for (const int R = chunks[c]; o + R <= o1; o += R)
+                run_tile(a, (int)n, R, 0, o, o + R, o + 2 * R <= o1 ? R : 0);
         return;
     }
+    const int64_t nt = (n + 3) / 4;
     for (const int R = ts->rq; o + R <= o1; o += R) {
-        int64_t i = 0;
-        for (; i + 4 <= n; i += 4) run_tile(a, 4, R, i, o, i == 0 && o + 2 * R <= o1 ? o + R : -1);
-        if (i < n) run_tile(a, (int)(n - i), R, i, o, -1);
+        const int64_t target = o + R;
+        for (int64_t j = 0; j < nt; j++) {
+            const int64_t lo = target + j * R / nt, hi = target + (j + 1) * R / nt;
+            const int rows = hi <= o1 ? (int)(hi - lo) : lo < o1 ? (int)(o1 - lo) : 0;
+            const int64_t i = 4 * j;
+            run_tile(a, n - i < 4 ? (int)(n - i) : 4, R, i, o, lo, rows);
+        }
     }
     for (; o < o1; o++) {
         int64_t i = 0;
-        for (; i + 4 <= n; i += 4) run_tile(a, 4, 1, i, o, -1);
-        if (i < n) run_tile(a, (int)(n - i), 1, i, o, -1);
+        for (; i + 4 <= n; i += 4) run_tile(a, 4, 1, i, o, 0, 0);
+        if (i < n) run_tile(a, (int)(n - i), 1, i, o, 0, 0);
     }
 }
 
@@ -380,17 +403,25 @@ AVX512BF16 static void round_bf16_rows(uint16_t *out, int64_t ldb, const float *
     }
 }
 
+void gemm_view(const kernels *k, gemm_x *gx, uint16_t *buf, const float *x, int64_t n_in) {
+    *gx = (gemm_x){x, n_in, k->level >= KERNELS_AVX512_BF16 ? buf : NULL, (n_in + 31) / 32 * 32};
+}
+
+void gemm_round(const gemm_x *gx, int64_t t0, int64_t t1) {
+    if (!gx->bf16 || t0 >= t1) return;
+    round_bf16_rows((uint16_t *)gx->bf16 + t0 * gx->ldb, gx->ldb, gx->f32 + t0 * gx->ld, t1 - t0, gx->ld);
+}
+
 void gemm_prepare(const kernels *k, gemm_x *gx, uint16_t *buf, const float *x, int64_t n, int64_t n_in) {
-    *gx = (gemm_x){x, n_in, NULL, (n_in + 31) / 32 * 32};
-    if (k->level < KERNELS_AVX512_BF16 || !buf) return;
-    round_bf16_rows(buf, gx->ldb, x, n, n_in);
-    gx->bf16 = buf;
+    gemm_view(k, gx, buf, x, n_in);
+    gemm_round(gx, 0, n);
 }
 
 /* ---------------------------------------------------------------------------------------------- */
 /* matmul over the pool */
 
 #define GROUP 16 /* rows per item: a multiple of every tile's rows */
+#define GRAIN_MACS (1 << 20) /* multiply-adds per hand-off, at least */
 
 typedef struct matmul_job {
     const kernels *k;
@@ -420,9 +451,11 @@ void matmul_parts(const kernels *k, thread_pool *pool, const gemm_x *x, int64_t 
     matmul_job job = {k, x, n_tokens, n_in, parts, n_parts, {0}};
     for (int p = 0; p < n_parts; p++) job.first[p + 1] = job.first[p] + (parts[p].n_out + GROUP - 1) / GROUP;
     const int64_t groups = job.first[n_parts];
-    /* Blocks of row groups sized so each hand-off carries at least ~256K multiply-adds, and at least
-     * four blocks per thread where there are enough rows. */
-    int64_t grain = (1 << 18) / (GROUP * n_in * n_tokens + 1) + 1;
+    /* The smallest block (the pool's guided blocks shrink to it at the end): ~1M multiply-adds, a batch
+     * under 16 tokens counted as 16 (its rows cost about as long to stream as 16 tokens' to compute), so
+     * that a block's first rows, which have no prefetch ahead of them, are a small part of it; and at
+     * least four blocks per thread where there are enough rows. */
+    int64_t grain = (int64_t)GRAIN_MACS / (GROUP * n_in * (n_tokens > 16 ? n_tokens : 16) + 1) + 1;
     const int64_t most = groups / (4 * (int64_t)pool->n_threads);
     if (grain > most) grain = most > 0 ? most : 1;
     thread_pool_run(pool, groups, grain, matmul_rows, &job);
@@ -531,31 +564,128 @@ void lora_expand(const kernels *k, float *y, int64_t ldy, const int32_t *yi, int
 }
 
 /* ---------------------------------------------------------------------------------------------- */
-/* attention: out += sum_p e[p] * V[p] */
+/* exp */
 
-AVX512 static void pv512(float *out, const float *e, const float *v, int64_t stride, int32_t n, int32_t hd) {
-    for (int32_t d = 0; d < hd; d += 64) {
-        __mmask16 m[4];
-        __m512 acc[4];
-        for (int c = 0; c < 4; c++) {
-            const int32_t left = hd - d - 16 * c;
-            m[c] = left >= 16 ? 0xFFFF : left > 0 ? (__mmask16)((1u << left) - 1) : 0;
-            acc[c] = _mm512_maskz_loadu_ps(m[c], out + d + 16 * c);
-        }
-        for (int32_t p = 0; p < n; p++) {
-            const __m512 ep = _mm512_set1_ps(e[p]);
-            const float *row = v + (int64_t)p * stride + d;
-            for (int c = 0; c < 4; c++) acc[c] = _mm512_fmadd_ps(ep, _mm512_maskz_loadu_ps(m[c], row + 16 * c), acc[c]);
-        }
-        for (int c = 0; c < 4; c++) _mm512_mask_storeu_ps(out + d + 16 * c, m[c], acc[c]);
+/* glibc's expf (sysdeps/ieee754/flt-32/e_expf.c, the FMA build every AVX-512 CPU runs), 8 lanes at a time
+ * in double: x N/ln2 = k + r, exp(x) = 2^(k/N) (C0 r^3 + C1 r^2 + C2 r + 1) with N = 32, the same
+ * operations, fused the same way, on the same constants, so each lane is bit-identical to expf (checked
+ * over every float). Lanes with |x| >= 88 (overflow, underflow, inf, NaN) are left to expf itself. */
+static const uint64_t exp_tab[32] = {
+    0x3ff0000000000000, 0x3fefd9b0d3158574, 0x3fefb5586cf9890f, 0x3fef9301d0125b51, 0x3fef72b83c7d517b,
+    0x3fef54873168b9aa, 0x3fef387a6e756238, 0x3fef1e9df51fdee1, 0x3fef06fe0a31b715, 0x3feef1a7373aa9cb,
+    0x3feedea64c123422, 0x3feece086061892d, 0x3feebfdad5362a27, 0x3feeb42b569d4f82, 0x3feeab07dd485429,
+    0x3feea47eb03a5585, 0x3feea09e667f3bcd, 0x3fee9f75e8ec5f74, 0x3feea11473eb0187, 0x3feea589994cce13,
+    0x3feeace5422aa0db, 0x3feeb737b0cdc5e5, 0x3feec49182a3f090, 0x3feed503b23e255d, 0x3feee89f995ad3ad,
+    0x3feeff76f2fb5e47, 0x3fef199bdd85529c, 0x3fef3720dcef9069, 0x3fef5818dcfba487, 0x3fef7c97337b9b5f,
+    0x3fefa4afa2a490da, 0x3fefd0765b6e4540,
+};
+
+INLINE AVX512 __m256 exp8(__m256 x) {
+    const __m512d xd = _mm512_cvtps_pd(x);
+    const __m512d shift = _mm512_set1_pd(0x1.8p52), invln2n = _mm512_set1_pd(0x1.71547652b82fep+5);
+    const __m512d kds = _mm512_fmadd_pd(invln2n, xd, shift);
+    const __m512i ki = _mm512_castpd_si512(kds);
+    const __m512d r = _mm512_fmsub_pd(invln2n, xd, _mm512_sub_pd(kds, shift));
+    const __m512i idx = _mm512_and_si512(ki, _mm512_set1_epi64(31));
+    const __m512i lo = _mm512_permutex2var_epi64(_mm512_loadu_si512(exp_tab), idx, _mm512_loadu_si512(exp_tab + 8));
+    const __m512i hi =
+        _mm512_permutex2var_epi64(_mm512_loadu_si512(exp_tab + 16), idx, _mm512_loadu_si512(exp_tab + 24));
+    const __m512i t = _mm512_mask_blend_epi64(_mm512_test_epi64_mask(idx, _mm512_set1_epi64(16)), lo, hi);
+    const __m512d sc = _mm512_castsi512_pd(_mm512_add_epi64(t, _mm512_slli_epi64(ki, 47)));
+    const __m512d z = _mm512_fmadd_pd(_mm512_set1_pd(0x1.c6af84b912394p-20), r, _mm512_set1_pd(0x1.ebfce50fac4f3p-13));
+    const __m512d r2 = _mm512_mul_pd(r, r);
+    __m512d y = _mm512_fmadd_pd(_mm512_set1_pd(0x1.62e42ff0c52d6p-6), r, _mm512_set1_pd(1.0));
+    y = _mm512_fmadd_pd(z, r2, y);
+    return _mm512_cvtpd_ps(_mm512_mul_pd(y, sc));
+}
+
+AVX512 static void exp512(float *out, const float *x, int64_t n) {
+    for (int64_t i = 0; i < n; i += 16) {
+        const __mmask16 m = n - i >= 16 ? 0xFFFF : (__mmask16)((1u << (n - i)) - 1);
+        const __m512 v = _mm512_maskz_loadu_ps(m, x + i);
+        const __m512i top = _mm512_and_si512(_mm512_srli_epi32(_mm512_castps_si512(v), 20), _mm512_set1_epi32(0x7ff));
+        const __mmask16 odd = _mm512_mask_cmpge_epi32_mask(m, top, _mm512_set1_epi32(0x42b));
+        float keep[16];
+        if (odd) _mm512_storeu_ps(keep, v);
+        const __m512 e = _mm512_insertf32x8(_mm512_castps256_ps512(exp8(_mm512_castps512_ps256(v))),
+                                            exp8(_mm512_extractf32x8_ps(v, 1)), 1);
+        _mm512_mask_storeu_ps(out + i, m, e);
+        for (int j = 0; odd >> j; j++)
+            if ((odd >> j) & 1) out[i + j] = expf(keep[j]);
     }
 }
 
-void attention_pv(const kernels *k, float *out, const float *e, const float *v, int64_t stride, int32_t n, int32_t hd) {
+void exp_floats(const kernels *k, float *out, const float *x, int64_t n) {
     if (k->level >= KERNELS_AVX512) {
-        pv512(out, e, v, stride, n, hd);
+        exp512(out, x, n);
         return;
     }
-    const axpy_fn axpy = k->axpy[MLR_DTYPE_F32]; /* the same sums, one key at a time */
-    for (int32_t p = 0; p < n; p++) axpy(out, e[p], v + (int64_t)p * stride, hd);
+    for (int64_t i = 0; i < n; i++) out[i] = expf(x[i]);
+}
+
+/* ---------------------------------------------------------------------------------------------- */
+/* attention: out[r] += sum_p e[r][p] * V[p] */
+
+/* R rows (R <= 4) against one 64-wide slice of V: each key's slice is loaded once for the R rows; a row
+ * past its own count of keys leaves its accumulators as they are (a masked multiply-add). */
+INLINE AVX512 void pv512_tile(const int R, float *out, const float *e, int64_t lde, const int32_t *n, const float *v,
+                              int64_t stride, int32_t d, int32_t hd) {
+    __mmask16 m[4];
+    __m512 acc[4][4];
+    int32_t most = 0;
+#pragma GCC unroll 4
+    for (int c = 0; c < 4; c++) {
+        const int32_t left = hd - d - 16 * c;
+        m[c] = left >= 16 ? 0xFFFF : left > 0 ? (__mmask16)((1u << left) - 1) : 0;
+    }
+#pragma GCC unroll 4
+    for (int r = 0; r < R; r++) {
+        most = n[r] > most ? n[r] : most;
+#pragma GCC unroll 4
+        for (int c = 0; c < 4; c++) acc[r][c] = _mm512_maskz_loadu_ps(m[c], out + (int64_t)r * hd + d + 16 * c);
+    }
+    for (int32_t p = 0; p < most; p++) {
+        const float *row = v + (int64_t)p * stride + d;
+        __m512 vs[4];
+#pragma GCC unroll 4
+        for (int c = 0; c < 4; c++) vs[c] = _mm512_maskz_loadu_ps(m[c], row + 16 * c);
+#pragma GCC unroll 4
+        for (int r = 0; r < R; r++) {
+            const __mmask16 live = p < n[r] ? 0xFFFF : 0;
+            const __m512 ep = _mm512_set1_ps(e[r * lde + p]);
+#pragma GCC unroll 4
+            for (int c = 0; c < 4; c++) acc[r][c] = _mm512_mask3_fmadd_ps(ep, vs[c], acc[r][c], m[c] & live);
+        }
+    }
+#pragma GCC unroll 4
+    for (int r = 0; r < R; r++)
+#pragma GCC unroll 4
+        for (int c = 0; c < 4; c++) _mm512_mask_storeu_ps(out + (int64_t)r * hd + d + 16 * c, m[c], acc[r][c]);
+}
+
+AVX512 static void pv512(float *out, const float *e, int64_t lde, const int32_t *n, int32_t n_rows, const float *v,
+                         int64_t stride, int32_t hd) {
+    for (int32_t r = 0; r < n_rows; r += 4) {
+        float *o = out + (int64_t)r * hd;
+        const float *er = e + r * lde;
+        for (int32_t d = 0; d < hd; d += 64) {
+            switch (n_rows - r < 4 ? n_rows - r : 4) {
+            case 1: pv512_tile(1, o, er, lde, n + r, v, stride, d, hd); break;
+            case 2: pv512_tile(2, o, er, lde, n + r, v, stride, d, hd); break;
+            case 3: pv512_tile(3, o, er, lde, n + r, v, stride, d, hd); break;
+            default: pv512_tile(4, o, er, lde, n + r, v, stride, d, hd); break;
+            }
+        }
+    }
+}
+
+void attention_pv(const kernels *k, float *out, const float *e, int64_t lde, const int32_t *n, int32_t n_rows,
+                  const float *v, int64_t stride, int32_t hd) {
+    if (k->level >= KERNELS_AVX512) {
+        pv512(out, e, lde, n, n_rows, v, stride, hd);
+        return;
+    }
+    const axpy_fn axpy = k->axpy[MLR_DTYPE_F32]; /* the same sums, one row and one key at a time */
+    for (int32_t r = 0; r < n_rows; r++)
+        for (int32_t p = 0; p < n[r]; p++) axpy(out + (int64_t)r * hd, e[r * lde + p], v + (int64_t)p * stride, hd);
 }

@@ -81,6 +81,12 @@ int64_t gemm_prepare_elems(int64_t n, int64_t n_in);
  * path does not round: then gx->bf16 stays NULL). */
 void gemm_prepare(const kernels *k, gemm_x *gx, uint16_t *buf, const float *x, int64_t n, int64_t n_in);
 
+/* gemm_prepare in two parts, for callers that fill and round the rows in parallel: gemm_view fills *gx
+ * without touching buf (gx->bf16 = buf on the rounding path, else NULL); gemm_round then rounds rows
+ * [t0, t1) of gx->f32 into it (nothing when gx->bf16 is NULL). Rows are independent. */
+void gemm_view(const kernels *k, gemm_x *gx, uint16_t *buf, const float *x, int64_t n_in);
+void gemm_round(const gemm_x *gx, int64_t t0, int64_t t1);
+
 /*
  * y[i * ldy + o] = dot(x row xi[i], W[o, :]) (+ bias[o]) for i < n, o in [o_begin, o_end); xi NULL means
  * row i. W: rows of n_in elements of w_dtype, w_stride bytes apart; bias: [o_end] of w_dtype or NULL.
@@ -119,9 +125,17 @@ void lora_expand(const kernels *k, float *y, int64_t ldy, const int32_t *yi, int
                  const float *mid, int64_t ldm, int32_t rank, const void *bt, int32_t w_dtype, int64_t bt_stride,
                  int64_t o_begin, int64_t o_end);
 
-/* Attention's weighted sum: out[d] += sum_p e[p] * V[p][d] for d < hd, in p order (a multiply-add per term,
- * fused on the AVX paths); V rows `stride` floats apart. One thread. */
-void attention_pv(const kernels *k, float *out, const float *e, const float *v, int64_t stride, int32_t n, int32_t hd);
+/* Attention's weighted sums for n_rows query rows: out[r * hd + d] += sum_{p < n[r]} e[r * lde + p] * V[p][d]
+ * for d < hd, in p order (a multiply-add per term, fused on the AVX paths); V rows `stride` floats apart,
+ * each read once for up to four rows on AVX-512. A row's sums are the same whatever rows it runs with.
+ * One thread. */
+void attention_pv(const kernels *k, float *out, const float *e, int64_t lde, const int32_t *n, int32_t n_rows,
+                  const float *v, int64_t stride, int32_t hd);
+
+/* out[i] = expf(x[i]) for i < n (on AVX-512 a vector copy of glibc's expf, gemm.c: bit-identical to
+ * glibc 2.27+ on every float; whatever the libc, an element's value depends on its input alone); out may
+ * be x. One thread. */
+void exp_floats(const kernels *k, float *out, const float *x, int64_t n);
 
 /* ---------------------------------------------------------------------------------------------- */
 /* per-row operations */

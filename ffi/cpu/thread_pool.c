@@ -43,12 +43,20 @@ static int spin_for_zero(const int *word) {
     }
 }
 
+/* Guided self-scheduling: each claim takes 1 / (2 n_threads) of the items left, at least grain, so the
+ * first blocks are large (few hand-offs, long runs of consecutive items) and the last ones small (the
+ * threads finish close together). */
 static void work_on_job(thread_pool *pool) {
+    const int64_t n = pool->n_items, grain = pool->grain, parts = 2 * (int64_t)pool->n_threads;
+    int64_t begin = __atomic_load_n(&pool->next, __ATOMIC_RELAXED);
     for (;;) {
-        int64_t begin = __atomic_fetch_add(&pool->next, pool->grain, __ATOMIC_RELAXED);
-        if (begin >= pool->n_items) return;
-        int64_t end = begin + pool->grain < pool->n_items ? begin + pool->grain : pool->n_items;
+        if (begin >= n) return;
+        int64_t size = (n - begin) / parts;
+        if (size < grain) size = grain;
+        const int64_t end = begin + size < n ? begin + size : n;
+        if (!__atomic_compare_exchange_n(&pool->next, &begin, end, 1, __ATOMIC_RELAXED, __ATOMIC_RELAXED)) continue;
         pool->fn(pool->ctx, begin, end);
+        begin = __atomic_load_n(&pool->next, __ATOMIC_RELAXED);
     }
 }
 

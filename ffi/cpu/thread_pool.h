@@ -42,7 +42,9 @@ typedef struct thread_pool {
 int thread_pool_init(thread_pool *pool, int n_threads);
 void thread_pool_free(thread_pool *pool);
 
-/* Calls fn over [0, n_items) in blocks of at least grain items, on every thread; returns when done. */
+/* Calls fn over [0, n_items) in blocks of at least grain items, on every thread; returns when done. Each
+ * block is 1 / (2 n_threads) of the items not yet claimed (at least grain): large blocks first, small
+ * ones last, so the threads finish close together. */
 void thread_pool_run(thread_pool *pool, int64_t n_items, int64_t grain, pool_task_fn fn, void *ctx);
 
 #endif /* MLR_THREAD_POOL_H */
