@@ -30,7 +30,7 @@ import { CpuEngine } from "../src/engine/cpu-engine.ts";
 import type { LoraRef } from "../src/engine/engine.ts";
 import { writeLlamaCheckpoint } from "../src/engine/random-checkpoint.ts";
 import { cpuKernelPath, peakFlops, readBandwidth } from "./native-yardstick.ts";
-import { decodeRate, randomAdapter, SMOLLM2_360M } from "./shapes.ts";
+import { decodeRate, flushToDisk, randomAdapter, SMOLLM2_360M } from "./shapes.ts";
 
 const { values } = parseArgs({
   options: { threads: { type: "string" }, tokens: { type: "string", default: "48" } },
@@ -89,6 +89,7 @@ const work = mkdtempSync(join(tmpdir(), "multilora-bench-engine-"));
 try {
   let t = performance.now();
   writeLlamaCheckpoint(work, { ...DIMS, dtype: "BF16", tied: true, seed: 1, maxPosition: 8192 });
+  flushToDisk(work);
   const generateSeconds = (performance.now() - t) / 1000;
   t = performance.now();
   const checkpoint = loadCheckpoint(work);

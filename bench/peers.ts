@@ -40,7 +40,7 @@ import type { LoraRef, RequestHandle } from "../src/engine/engine.ts";
 import { type LlamaCheckpoint, writeLlamaCheckpoint } from "../src/engine/random-checkpoint.ts";
 import { castFloats } from "../src/formats/dtypes.ts";
 import { moduleShape } from "../src/formats/lora-modules.ts";
-import { randomAdapter, SEVEN, SMOLLM2_360M } from "./shapes.ts";
+import { flushToDisk, randomAdapter, SEVEN, SMOLLM2_360M } from "./shapes.ts";
 
 const NODE_LLAMA_CPP = "3.22.1";
 const ROOT = join(import.meta.dir, "..");
@@ -642,6 +642,7 @@ if (why) {
       writeAdapterGguf(file, i + 1);
       return file;
     });
+    flushToDisk(work);
     const ours = await measureOurs(join(work, "hf"));
     try {
       result = { ours, theirs: await measureLlamaCpp(gguf, adapterFiles) };

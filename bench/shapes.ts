@@ -1,6 +1,6 @@
 /** Shared by the benchmarks: a SmolLM2-360M-shaped random model, and random adapters in TensorRT-LLM's format. */
 
-import { writeFileSync } from "node:fs";
+import { closeSync, fsyncSync, openSync, readdirSync, statSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { buildDemoTokenizer, demoTokenizerConfig } from "../src/engine/demo-tokenizer.ts";
 import type { RequestHandle } from "../src/engine/engine.ts";
@@ -8,6 +8,26 @@ import { rng, writeLlamaCheckpoint } from "../src/engine/random-checkpoint.ts";
 import { castFloats } from "../src/formats/dtypes.ts";
 import { MODULE_IDS, type ModuleName, moduleShape } from "../src/formats/lora-modules.ts";
 import { writeSafetensors } from "../src/formats/safetensors-writer.ts";
+
+/**
+ * Writes the files under `dir` out to disk and waits: a model just written leaves hundreds of MB of dirty
+ * pages, whose writeback would otherwise take memory bandwidth and CPU from the first figures measured.
+ */
+export function flushToDisk(dir: string): void {
+  for (const name of readdirSync(dir)) {
+    const path = join(dir, name);
+    if (statSync(path).isDirectory()) {
+      flushToDisk(path);
+      continue;
+    }
+    const fd = openSync(path, "r");
+    try {
+      fsyncSync(fd);
+    } finally {
+      closeSync(fd);
+    }
+  }
+}
 
 /** hidden 960, intermediate 2560, 32 layers, 15 heads, 5 kv heads, vocab 49152, tied embeddings. */
 export const SMOLLM2_360M = {
