@@ -11,6 +11,7 @@ import {
   demoSpecialTokenIds,
   demoTokenizerConfig,
 } from "../../src/engine/demo-tokenizer.ts";
+import { rng } from "../../src/engine/random-checkpoint.ts";
 import { loadTokenizer, type Tokenizer } from "../../src/engine/tokenizer.ts";
 import { MultiloraError } from "../../src/errors.ts";
 
@@ -72,18 +73,6 @@ function expectMultiloraError(fn: () => unknown, ...parts: string[]): MultiloraE
   const error = caught as MultiloraError;
   for (const part of parts) expect(error.message).toContain(part);
   return error;
-}
-
-/** A deterministic PRNG (mulberry32). */
-function prng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 2 ** 32;
-  };
 }
 
 /** Random text: ASCII, Latin-1, CJK, emoji and other code points of every UTF-8 length; no surrogates. */
@@ -290,7 +279,7 @@ describe("the demo tokenizer", () => {
 
   test("round-trips arbitrary text, bytes outside ASCII included", () => {
     for (const text of TEXTS) expect(tok.decode(tok.encode(text, { addSpecialTokens: false }))).toBe(text);
-    const next = prng(7);
+    const next = rng(7);
     for (let i = 0; i < 50; i++) {
       const text = randomText(next, 1 + Math.floor(next() * 40));
       const ids = tok.encode(text, { addSpecialTokens: false });
@@ -372,7 +361,7 @@ describe("streaming by table (byte-level vocabularies)", () => {
   }
 
   function expectSameAsDecode(tok: Tokenizer, seed: number): void {
-    const next = prng(seed);
+    const next = rng(seed);
     for (let i = 0; i < 200; i++) {
       const ids = randomIds(next, tok.vocabSize, 1 + Math.floor(next() * 24));
       for (const skip of [false, true]) {

@@ -1,4 +1,5 @@
 import { describe, expect, test } from "bun:test";
+import { rng } from "../../src/engine/random-checkpoint.ts";
 import { FAMILIES, type FamilyName } from "../../src/tools/families.ts";
 import { parseToolCalls } from "../../src/tools/parse.ts";
 import { createToolCallStream, type ToolCallDelta } from "../../src/tools/stream.ts";
@@ -48,18 +49,6 @@ function stream(family: FamilyName, pieces: readonly string[], finalContent: str
   return out;
 }
 
-/** A small seeded generator (mulberry32), so a failing split can be replayed. */
-function random(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
-
 function randomSplit(text: string, rand: () => number): string[] {
   const chars = Array.from(text);
   const pieces: string[] = [];
@@ -91,7 +80,7 @@ describe("the streaming parser gives what parseToolCalls gives", () => {
       for (let i = 1; i < chars.length; i++) {
         expectSameAsParse(c.family, c.text, [chars.slice(0, i).join(""), chars.slice(i).join("")]);
       }
-      const rand = random(chars.length);
+      const rand = rng(chars.length);
       for (let k = 0; k < 20; k++) expectSameAsParse(c.family, c.text, randomSplit(c.text, rand));
     });
   }
@@ -142,7 +131,7 @@ describe("the streaming parser gives what parseToolCalls gives", () => {
         "]",
       ],
     };
-    const rand = random(14);
+    const rand = rng(14);
     for (let k = 0; k < 600; k++) {
       const family = (["hermes", "llama3", "mistral"] as const)[k % 3] as FamilyName;
       const pool = parts[family];
