@@ -815,7 +815,8 @@ int32_t mlr_cpu_create(const mlr_cpu_params *params, mlr_engine **out, char *err
     ok = ok && forward_scratch_alloc(&e->scratch, &e->m, max_tokens, p->max_lora_rank);
     ok = ok && prefix_cache_init(&e->prefix, &e->m, p->kv_block_tokens);
     const int pool_ok = ok && thread_pool_init(&e->pool, p->threads) == 0;
-    ok = pool_ok && mask_worker_start(e, p->max_batch);
+    ok = pool_ok && (!e->k.panels || model_pack_panels(&e->m, &e->pool) == MLR_OK);
+    ok = ok && mask_worker_start(e, p->max_batch);
     if (pool_ok && !ok) thread_pool_free(&e->pool);
     pthread_mutex_init(&e->mu, NULL);
     pthread_mutex_init(&e->compute_mu, NULL);

@@ -344,27 +344,27 @@ int32_t forward(const forward_ctx *ctx, const batch_entry *batch, int32_t n, flo
         /* attention (x += o of the previous layer's MLP first) */
         gemm_view(k, &gx, s->xb, s->xn, h);
         thread_pool_run(ctx->pool, n, 1, norm_rows, &(row_job){ctx, batch, l, &w->attn_norm, l > 0, &gx});
-        const matmul_part qkv[3] = {{s->q, w->q.data, w->q.dtype, w->q_bias.data, q_dim},
-                                    {s->k, w->k.data, w->k.dtype, w->k_bias.data, kv_dim},
-                                    {s->v, w->v.data, w->v.dtype, w->v_bias.data, kv_dim}};
+        const matmul_part qkv[3] = {{s->q, w->q.data, w->q.dtype, w->q_bias.data, q_dim, w->q.panels},
+                                    {s->k, w->k.data, w->k.dtype, w->k_bias.data, kv_dim, w->k.panels},
+                                    {s->v, w->v.data, w->v.dtype, w->v_bias.data, kv_dim, w->v.panels}};
         matmul_parts(k, ctx->pool, &gx, n, h, qkv, 3);
         apply_lora(&(lora_site){ctx, l, &gx, h, qkv_mods, 4, qkv_outs, 3, q_dim + 2 * kv_dim});
         thread_pool_run(ctx->pool, n, 1, rope_rows, &(row_job){ctx, batch, l, NULL, 0, NULL});
         if (!attention(ctx, batch, n, l)) return MLR_OUT_OF_MEMORY;
         gemm_prepare(k, &gx, s->xb, s->att, n, q_dim);
-        matmul(k, ctx->pool, s->o, &gx, w->o.data, w->o.dtype, NULL, n, q_dim, h);
+        matmul(k, ctx->pool, s->o, &gx, w->o.data, w->o.dtype, w->o.panels, NULL, n, q_dim, h);
         apply_lora(&(lora_site){ctx, l, &gx, q_dim, &dense_mod, 1, &o_out, 1, h});
 
         /* MLP (x += o first) */
         gemm_view(k, &gx, s->xb, s->xn, h);
         thread_pool_run(ctx->pool, n, 1, norm_rows, &(row_job){ctx, batch, l, &w->ffn_norm, 1, &gx});
-        const matmul_part gate_up[2] = {{s->gate, w->gate.data, w->gate.dtype, NULL, inter},
-                                        {s->up, w->up.data, w->up.dtype, NULL, inter}};
+        const matmul_part gate_up[2] = {{s->gate, w->gate.data, w->gate.dtype, NULL, inter, w->gate.panels},
+                                        {s->up, w->up.data, w->up.dtype, NULL, inter, w->up.panels}};
         matmul_parts(k, ctx->pool, &gx, n, h, gate_up, 2);
         apply_lora(&(lora_site){ctx, l, &gx, h, mlp_mods, 3, mlp_outs, 2, 2 * inter});
         gemm_view(k, &gx, s->xb, s->gate, inter);
         thread_pool_run(ctx->pool, n, 1, silu_rows, &(row_job){ctx, batch, l, NULL, 0, &gx});
-        matmul(k, ctx->pool, s->o, &gx, w->down.data, w->down.dtype, NULL, n, inter, h);
+        matmul(k, ctx->pool, s->o, &gx, w->down.data, w->down.dtype, w->down.panels, NULL, n, inter, h);
         apply_lora(&(lora_site){ctx, l, &gx, inter, &down_mod, 1, &o_out, 1, h});
     }
     for (int64_t i = 0; i < (int64_t)n * h; i++) s->x[i] += s->o[i];
@@ -378,7 +378,8 @@ int32_t forward(const forward_ctx *ctx, const batch_entry *batch, int32_t n, flo
     }
     if (rows > 0) {
         gemm_prepare(k, &gx, s->xb, s->xn, rows, h);
-        matmul(k, ctx->pool, logits, &gx, m->lm_head.data, m->lm_head.dtype, NULL, rows, h, m->cfg.vocab_size);
+        matmul(k, ctx->pool, logits, &gx, m->lm_head.data, m->lm_head.dtype, m->lm_head.panels, NULL, rows, h,
+               m->cfg.vocab_size);
     }
     return MLR_OK;
 }

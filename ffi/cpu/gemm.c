@@ -318,10 +318,16 @@ static void run_tile(const block_args *a, int T, int R, int64_t i, int64_t o, in
     }
 }
 
-/* Tiles over rows [o0, o1). n <= 2: each row chunk's tile prefetches the next chunk's rows. n >= 3: the
- * ceil(n / 4) token tiles of a row quad share out the prefetch of the next quad, tile j taking
+/* Tiles over rows [o0, o1). n <= 2: each row chunk's tile prefetches the next chunk's rows. 3 <= n <= 16:
+ * the ceil(n / 4) token tiles of a row quad share out the prefetch of the next quad, tile j taking
  * rows [j R / nt, (j + 1) R / nt) of it, so the lines stream in evenly while the quad's tiles compute
- * from L1 (each weight row is read from memory once per step and reused by every token). */
+ * from L1 (each weight row is read from memory once per step and reused by every token). n > 16: rows in
+ * blocks of about BLOCK_BYTES, every token tile over a block's quads (the block stays in L1 / L2 while the
+ * token tiles, too many to stay near, stream past it once each), and the token tiles share out the
+ * prefetch of the next block the same way. */
+#define BLOCKED_TOKENS 16
+#define BLOCK_BYTES (64 << 10)
+
 static void drive(const block_args *a, int64_t n, int64_t o0, int64_t o1) {
     const tile_set *ts = a->ts;
     int64_t o = o0;
@@ -332,15 +338,23 @@ static void drive(const block_args *a, int64_t n, int64_t o0, int64_t o1) {
                 run_tile(a, (int)n, R, 0, o, o + R, o + 2 * R <= o1 ? R : 0);
         return;
     }
+    const int R = ts->rq;
     const int64_t nt = (n + 3) / 4;
-    for (const int R = ts->rq; o + R <= o1; o += R) {
-        const int64_t target = o + R;
+    int64_t rb = R;
+    if (n > BLOCKED_TOKENS) {
+        rb = BLOCK_BYTES / a->ws / R * R;
+        if (rb < R) rb = R;
+    }
+    while (o + R <= o1) {
+        const int64_t be = o + rb <= o1 ? o + rb : o + (o1 - o) / R * R;
         for (int64_t j = 0; j < nt; j++) {
-            const int64_t lo = target + j * R / nt, hi = target + (j + 1) * R / nt;
+            const int64_t lo = be + j * rb / nt, hi = be + (j + 1) * rb / nt;
             const int rows = hi <= o1 ? (int)(hi - lo) : lo < o1 ? (int)(o1 - lo) : 0;
             const int64_t i = 4 * j;
-            run_tile(a, n - i < 4 ? (int)(n - i) : 4, R, i, o, lo, rows);
+            for (int64_t q = o; q < be; q += R)
+                run_tile(a, n - i < 4 ? (int)(n - i) : 4, R, i, q, lo, q == o ? rows : 0);
         }
+        o = be;
     }
     for (; o < o1; o++) {
         int64_t i = 0;
@@ -420,7 +434,7 @@ void gemm_prepare(const kernels *k, gemm_x *gx, uint16_t *buf, const float *x, i
 /* ---------------------------------------------------------------------------------------------- */
 /* matmul over the pool */
 
-#define GROUP 16 /* rows per item: a multiple of every tile's rows */
+#define GROUP 16 /* rows per item: a multiple of every tile's rows, and one panel */
 #define GRAIN_MACS (1 << 20) /* multiply-adds per hand-off, at least */
 
 typedef struct matmul_job {
@@ -441,8 +455,12 @@ static void matmul_rows(void *ctx, int64_t begin, int64_t end) {
         const matmul_part *part = &j->parts[p];
         const int64_t o0 = (lo - j->first[p]) * GROUP;
         const int64_t o1 = (hi - j->first[p]) * GROUP < part->n_out ? (hi - j->first[p]) * GROUP : part->n_out;
-        gemm_block(j->k, j->x, NULL, j->n_tokens, part->w, part->dtype, j->n_in * dtype_size(part->dtype), part->bias,
-                   j->n_in, o0, o1, part->y, part->n_out);
+        if (part->panels && j->k->panels)
+            gemm_panels_block(j->x, j->n_tokens, part->panels, part->bias, part->dtype, j->n_in, part->n_out,
+                              o0 / GROUP, (o1 + GROUP - 1) / GROUP, part->y, part->n_out);
+        else
+            gemm_block(j->k, j->x, NULL, j->n_tokens, part->w, part->dtype, j->n_in * dtype_size(part->dtype),
+                       part->bias, j->n_in, o0, o1, part->y, part->n_out);
     }
 }
 
@@ -462,8 +480,8 @@ void matmul_parts(const kernels *k, thread_pool *pool, const gemm_x *x, int64_t 
 }
 
 void matmul(const kernels *k, thread_pool *pool, float *y, const gemm_x *x, const void *w, int32_t w_dtype,
-            const void *bias, int64_t n_tokens, int64_t n_in, int64_t n_out) {
-    const matmul_part part = {y, w, w_dtype, bias, n_out};
+            const uint16_t *panels, const void *bias, int64_t n_tokens, int64_t n_in, int64_t n_out) {
+    const matmul_part part = {y, w, w_dtype, bias, n_out, panels};
     matmul_parts(k, pool, x, n_tokens, n_in, &part, 1);
 }
 

@@ -192,12 +192,22 @@ static kernel_level cpu_level(void) {
 
 static const char *const level_names[] = {"portable", "avx2", "avx512", "avx512_bf16"};
 
+/* vdpbf16ps issues about as often as an f32 FMA (kernels.h): AMD's cores, not Intel's. */
+static int fast_dpbf16(void) {
+    unsigned a, b, c, d;
+    if (!__get_cpuid(0, &a, &b, &c, &d)) return 0;
+    return b == 0x68747541u && d == 0x69746e65u && c == 0x444d4163u; /* "AuthenticAMD" */
+}
+
+kernel_level kernels_cpu_most(void) { return cpu_level(); }
+
 kernel_level kernels_cpu_level(void) {
-    kernel_level level = cpu_level();
-    const char *cap = getenv("MULTILORA_CPU_KERNELS");
-    if (cap) {
+    const kernel_level most = cpu_level();
+    kernel_level level = most == KERNELS_AVX512_BF16 && !fast_dpbf16() ? KERNELS_AVX512 : most;
+    const char *pick = getenv("MULTILORA_CPU_KERNELS");
+    if (pick) {
         for (int i = 0; i <= KERNELS_AVX512_BF16; i++)
-            if (strcmp(cap, level_names[i]) == 0 && i < (int)level) level = (kernel_level)i;
+            if (strcmp(pick, level_names[i]) == 0) level = (kernel_level)(i < (int)most ? i : (int)most);
     }
     return level;
 }
@@ -205,13 +215,14 @@ kernel_level kernels_cpu_level(void) {
 static void fill(kernels *k, kernel_level level) {
     if (level >= KERNELS_AVX512) {
         *k = (kernels){{dot_f32_avx512, dot_f16_avx512, dot_bf16_avx512},
-                       {axpy_f32_avx512, axpy_f16_avx512, axpy_bf16_avx512}, level, level_names[level]};
+                       {axpy_f32_avx512, axpy_f16_avx512, axpy_bf16_avx512}, level, level == KERNELS_AVX512,
+                       level_names[level]};
     } else if (level == KERNELS_AVX2) {
         *k = (kernels){{dot_f32_avx2, dot_f16_avx2, dot_bf16_avx2},
-                       {axpy_f32_avx2, axpy_f16_avx2, axpy_bf16_avx2}, level, level_names[level]};
+                       {axpy_f32_avx2, axpy_f16_avx2, axpy_bf16_avx2}, level, 0, level_names[level]};
     } else {
         *k = (kernels){{dot_f32_portable, dot_f16_portable, dot_bf16_portable},
-                       {axpy_f32_portable, axpy_f16_portable, axpy_bf16_portable}, KERNELS_PORTABLE,
+                       {axpy_f32_portable, axpy_f16_portable, axpy_bf16_portable}, KERNELS_PORTABLE, 0,
                        level_names[KERNELS_PORTABLE]};
     }
 }

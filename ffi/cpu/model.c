@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "../common/errbuf.h"
+#include "kernels.h"
 
 /* Finds `name` in the table and checks its shape; records a problem and returns a NULL weight otherwise. */
 static weight find(const mlr_tensor *tensors, int32_t n, const char *name, int64_t d0, int64_t d1, int required,
@@ -27,16 +28,16 @@ static weight find(const mlr_tensor *tensors, int32_t n, const char *name, int64
         } else if (!t->data) {
             errbuf_add(err, err_len, "%s: no data", name);
         } else {
-            return (weight){t->data, t->dtype};
+            return (weight){t->data, t->dtype, NULL};
         }
         (*problems)++;
-        return (weight){NULL, 0};
+        return (weight){NULL, 0, NULL};
     }
     if (required) {
         errbuf_add(err, err_len, "%s: missing", name);
         (*problems)++;
     }
-    return (weight){NULL, 0};
+    return (weight){NULL, 0, NULL};
 }
 
 static int check_config(const mlr_model_config *c, char *err, size_t err_len) {
@@ -142,7 +143,64 @@ int32_t model_init(model *m, const mlr_model_config *cfg, const mlr_tensor *tens
     return MLR_OK;
 }
 
+/* The matrices model_pack_panels packs: 7 per layer, then lm_head (i = 7 num_layers); their shapes. */
+static weight *matrix_at(model *m, int i, int64_t *rows, int64_t *cols) {
+    const int64_t h = m->cfg.hidden_size, inter = m->cfg.intermediate_size;
+    if (i == 7 * m->cfg.num_layers) {
+        *rows = m->cfg.vocab_size, *cols = h;
+        return &m->lm_head;
+    }
+    layer_weights *l = &m->layers[i / 7];
+    switch (i % 7) {
+    case 0: *rows = m->q_dim, *cols = h; return &l->q;
+    case 1: *rows = m->kv_dim, *cols = h; return &l->k;
+    case 2: *rows = m->kv_dim, *cols = h; return &l->v;
+    case 3: *rows = h, *cols = m->q_dim; return &l->o;
+    case 4: *rows = inter, *cols = h; return &l->gate;
+    case 5: *rows = inter, *cols = h; return &l->up;
+    default: *rows = h, *cols = inter; return &l->down;
+    }
+}
+
+static void free_panels(model *m) {
+    int64_t rows, cols;
+    for (int i = 0; m->layers && i <= 7 * m->cfg.num_layers; i++) {
+        weight *w = matrix_at(m, i, &rows, &cols);
+        free(w->panels);
+        w->panels = NULL;
+    }
+}
+
+typedef struct pack_job {
+    uint16_t *dst;
+    const uint16_t *src;
+    int64_t rows, cols;
+} pack_job;
+
+static void pack_panels(void *ctx, int64_t begin, int64_t end) {
+    const pack_job *j = ctx;
+    panels_pack(j->dst, j->src, j->rows, j->cols, begin, end);
+}
+
+int32_t model_pack_panels(model *m, thread_pool *pool) {
+    for (int i = 0; i <= 7 * m->cfg.num_layers; i++) {
+        int64_t rows, cols;
+        weight *w = matrix_at(m, i, &rows, &cols);
+        if (w->dtype != MLR_DTYPE_BF16 || w->panels) continue;
+        /* whole 64-byte lines, aligned: a panel holds one line per pair of k */
+        w->panels = aligned_alloc(64, (size_t)panels_elems(rows, cols) * sizeof(uint16_t));
+        if (!w->panels) {
+            free_panels(m);
+            return MLR_OUT_OF_MEMORY;
+        }
+        pack_job job = {w->panels, w->data, rows, cols};
+        thread_pool_run(pool, (rows + 15) / 16, 16, pack_panels, &job);
+    }
+    return MLR_OK;
+}
+
 void model_free(model *m) {
+    free_panels(m);
     free(m->layers);
     free(m->inv_freq);
     m->layers = NULL;

@@ -9,11 +9,14 @@
 #include <stdint.h>
 
 #include "multilora.h"
+#include "thread_pool.h"
 
-/* One weight: borrowed data (the mapped file) and its dtype. */
+/* One weight: borrowed data (the mapped file) and its dtype; a BF16 matrix on a path that packs them
+ * (kernels.h) also has its panels, owned. */
 typedef struct weight {
     const void *data;
-    int32_t dtype; /* mlr_float_dtype */
+    int32_t dtype;    /* mlr_float_dtype */
+    uint16_t *panels; /* panels_pack of data, or NULL */
 } weight;
 
 typedef struct layer_weights {
@@ -43,6 +46,10 @@ typedef struct model {
 int32_t model_init(model *m, const mlr_model_config *cfg, const mlr_tensor *tensors, int32_t n_tensors, char *err,
                    size_t err_len);
 void model_free(model *m);
+
+/* Packs every BF16 matrix (the layers' projections and lm_head) in panels, over the pool; MLR_OK, or
+ * MLR_OUT_OF_MEMORY (then none is kept). */
+int32_t model_pack_panels(model *m, thread_pool *pool);
 
 /* Input and output width of a LoRA module id (mlr_lora_module) in this model; 0 when the model has no such
  * module. */

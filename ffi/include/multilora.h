@@ -420,8 +420,9 @@ int32_t mlr_cpu_test_mask_overlap(mlr_engine *engine, int32_t mode, int64_t *pre
  * "avx512_bf16" (ffi/cpu/kernels.h).
  */
 
-/* The kernel path a CPU engine created now uses (the widest this CPU runs, capped by the environment
- * variable MULTILORA_CPU_KERNELS). A static string. */
+/* The kernel path a CPU engine created now uses (the widest this CPU runs, but avx512 rather than
+ * avx512_bf16 on Intel CPUs, whose vdpbf16ps is slower than two f32 FMAs; or the one the environment
+ * variable MULTILORA_CPU_KERNELS picks). A static string. */
 const char *mlr_cpu_kernel_path(void);
 
 /* Read bandwidth in bytes/s: `threads` threads read a buffer of `bytes` (filled first) `rounds` times with

@@ -4,11 +4,12 @@
  * alone, in any batch, at any position of a tile, on any thread count).
  *
  * Tolerance, max |y - reference| over max |reference| (ffi/cpu/kernels.h lists the paths):
- *   portable, avx2, avx512 (f32 arithmetic, any weight dtype)   1e-5
+ *   portable, avx2, avx512 (f32 arithmetic, any weight dtype)   1e-5 (avx512's BF16: the panels of gemm_panels.c)
  *   avx512_bf16 with BF16 weights (activations rounded to bf16)  5e-3 (measured 1.4e-3 at n_in 960)
  *   avx512_bf16 with F32 / F16 weights (the avx512 f32 kernels)   1e-5
  */
 import { describe, expect, test } from "bun:test";
+import { readFileSync } from "node:fs";
 import {
   benchMatmul,
   cpuKernelPath,
@@ -69,17 +70,30 @@ const supported = KERNEL_PATHS.filter(
   (p) => benchMatmul(p, 1, new Float32Array(1), new Float32Array(1), "F32", 1, 1, 1) !== undefined,
 );
 
+/** Intel's vdpbf16ps is slower than two f32 FMAs: there the engine takes avx512 (ffi/cpu/kernels.h). */
+function amdCpu(): boolean {
+  try {
+    return readFileSync("/proc/cpuinfo", "utf8").includes("AuthenticAMD");
+  } catch {
+    return false;
+  }
+}
+
 describe("the matrix kernels", () => {
-  test("the engine's path is the widest this CPU runs, and the portable one always runs", () => {
+  test("the engine's path is the widest this CPU runs (avx512 rather than avx512_bf16 on Intel), and the portable one always runs", () => {
     expect(supported).toContain("portable");
-    expect(cpuKernelPath()).toBe(supported.at(-1) as KernelPath);
+    const widest = supported.at(-1) as KernelPath;
+    expect(cpuKernelPath()).toBe(widest === "avx512_bf16" && !amdCpu() ? "avx512" : widest);
   });
 
-  // Sizes off every vector width and tile: k tails (173), row tails (45), token tails (37).
+  // Sizes off every vector width and tile: k tails (173, odd), row tails (45), token tails (37 = 3 x 12 + 1
+  // for the panels, 9 x 4 + 1 for the row tiles); 26 x 2048 x 160 runs the blocked loops over several blocks
+  // (of 16 rows, 4 panels) with token tiles of two shapes.
   const shapes: [number, number, number][] = [
     [37, 173, 45],
     [6, 64, 32],
     [1, 960, 48],
+    [26, 2048, 160],
   ];
   for (const path of supported) {
     for (const dtype of DTYPES) {
