@@ -90,6 +90,7 @@ try {
   let t = performance.now();
   writeLlamaCheckpoint(work, { ...DIMS, dtype: "BF16", tied: true, seed: 1, maxPosition: 8192 });
   flushToDisk(work);
+  Bun.gc(true); // the generator's garbage, collected now rather than by GC threads during the figures
   const generateSeconds = (performance.now() - t) / 1000;
   t = performance.now();
   const checkpoint = loadCheckpoint(work);

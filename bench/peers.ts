@@ -643,6 +643,7 @@ if (why) {
       return file;
     });
     flushToDisk(work);
+    Bun.gc(true); // the generators' garbage, collected now rather than by GC threads during the figures
     const ours = await measureOurs(join(work, "hf"));
     try {
       result = { ours, theirs: await measureLlamaCpp(gguf, adapterFiles) };
