@@ -87,17 +87,26 @@ describe("the matrix kernels", () => {
   });
 
   // Sizes off every vector width and tile: k tails (173, odd), row tails (45), token tails (37 = 3 x 12 + 1
-  // for the panels, 9 x 4 + 1 for the row tiles); 26 x 2048 x 160 runs the blocked loops over several blocks
-  // (of 16 rows, 4 panels) with token tiles of two shapes.
+  // for the panels, 9 x 4 + 1 for the row tiles).
   const shapes: [number, number, number][] = [
     [37, 173, 45],
     [6, 64, 32],
     [1, 960, 48],
-    [26, 2048, 160],
+  ];
+  // Batches over 16 tokens run the rows in blocks (gemm.c: 16 rows of 2048 BF16; gemm_panels.c: 4 panels),
+  // every token tile over a block: 160 rows are several blocks, 26 tokens two tile shapes (12 + 12 + 2).
+  const blocked: [number, number, number][] = [[26, 2048, 160]];
+  const cases = [
+    ...DTYPES.map((dtype) => ({ dtype, shapes, what: "" })),
+    ...(["F32", "BF16"] as const).map((dtype) => ({
+      dtype,
+      shapes: blocked,
+      what: " over several row blocks",
+    })),
   ];
   for (const path of supported) {
-    for (const dtype of DTYPES) {
-      test(`${path}, ${dtype} weights: within ${kernelTolerance(path, dtype)} of float64, and every token the same alone as in any batch`, () => {
+    for (const { dtype, shapes, what } of cases) {
+      test(`${path}, ${dtype} weights${what}: within ${kernelTolerance(path, dtype)} of float64, and every token the same alone as in any batch`, () => {
         for (const [nTokens, nIn, nOut] of shapes) {
           const { x, w, reference } = problem(nTokens * 7 + nIn, nTokens, nIn, nOut, dtype);
           const all = benchMatmul(path, 2, x, w, dtype, nTokens, nIn, nOut) as Float32Array;
