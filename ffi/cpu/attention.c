@@ -27,6 +27,37 @@ static void prefetch_block(const float *keys, const float *values, int32_t kv_di
         }
 }
 
+/* The largest of x[0 .. n) (n > 0): eight running maxima, then the largest of them. The maximum of a set
+ * does not depend on the order it is taken in (a +0 / -0 tie can come out either way, and subtracting
+ * either from the scores gives the same values). */
+static float max_floats(const float *x, int32_t n) {
+    float m[8];
+    for (int i = 0; i < 8; i++) m[i] = x[0];
+    int32_t p = 0;
+    for (; p + 8 <= n; p += 8)
+        for (int i = 0; i < 8; i++) m[i] = x[p + i] > m[i] ? x[p + i] : m[i];
+    for (; p < n; p++) m[0] = x[p] > m[0] ? x[p] : m[0];
+    float best = m[0];
+    for (int i = 1; i < 8; i++) best = m[i] > best ? m[i] : best;
+    return best;
+}
+
+/* sum[r] += e[r][0] + e[r][1] + ... + e[r][nk - 1] in double, in that order, for each row r < rows (rows
+ * ATTN_KEYS apart): eight rows at a time, so that eight independent chains of additions run together
+ * instead of one (each row's own sum is the same sequence of additions either way). */
+static void add_row_sums(double *sum, const float *e, int32_t rows, int32_t nk) {
+    int32_t r = 0;
+    for (; r + 8 <= rows; r += 8) {
+        double s[8];
+        for (int i = 0; i < 8; i++) s[i] = sum[r + i];
+        for (int32_t p = 0; p < nk; p++)
+            for (int i = 0; i < 8; i++) s[i] += e[(size_t)(r + i) * ATTN_KEYS + p];
+        for (int i = 0; i < 8; i++) sum[r + i] = s[i];
+    }
+    for (; r < rows; r++)
+        for (int32_t p = 0; p < nk; p++) sum[r] += e[(size_t)r * ATTN_KEYS + p];
+}
+
 static void attention_items(void *arg, int64_t begin, int64_t end) {
     attention_job *j = arg;
     const model *m = j->ctx->m;
@@ -77,13 +108,11 @@ static void attention_items(void *arg, int64_t begin, int64_t end) {
                 const int32_t pos = first->pos + r / group;
                 const int32_t valid = pos + 1 - kb < nk ? pos + 1 - kb : nk;
                 live[r] = valid > 0 ? valid : 0;
-                if (valid <= 0) continue;
                 float *sc = scores + (size_t)r * ATTN_KEYS;
-                float block_max = -INFINITY;
-                for (int32_t p = 0; p < valid; p++) {
-                    sc[p] *= scale;
-                    block_max = sc[p] > block_max ? sc[p] : block_max;
-                }
+                for (int32_t p = live[r]; p < nk; p++) sc[p] = 0; /* adds nothing to the sum below */
+                if (valid <= 0) continue;
+                for (int32_t p = 0; p < valid; p++) sc[p] *= scale;
+                const float block_max = max_floats(sc, valid);
                 const float new_max = block_max > row_max[r] ? block_max : row_max[r];
                 float *out = acc + (size_t)r * hd;
                 if (new_max != row_max[r]) { /* rescale what was summed under the old max */
@@ -94,8 +123,8 @@ static void attention_items(void *arg, int64_t begin, int64_t end) {
                 }
                 for (int32_t p = 0; p < valid; p++) sc[p] -= new_max;
                 exp_floats(j->ctx->k, sc, sc, valid); /* expf, bit for bit */
-                for (int32_t p = 0; p < valid; p++) sum[r] += sc[p];
             }
+            add_row_sums(sum, scores, rows, nk);
             attention_pv(j->ctx->k, acc, scores, ATTN_KEYS, live, rows, values + (size_t)kb * kv_dim, kv_dim, hd);
         }
         for (int32_t r = 0; r < rows; r++) {
