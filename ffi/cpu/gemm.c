@@ -650,7 +650,7 @@ INLINE AVX512 void pv512_tile(const int R, float *out, const float *e, int64_t l
                               int64_t stride, int32_t d, int32_t hd) {
     __mmask16 m[4];
     __m512 acc[4][4];
-    int32_t most = 0;
+    int32_t most = 0, fewest = n[0];
 #pragma GCC unroll 4
     for (int c = 0; c < 4; c++) {
         const int32_t left = hd - d - 16 * c;
@@ -659,10 +659,24 @@ INLINE AVX512 void pv512_tile(const int R, float *out, const float *e, int64_t l
 #pragma GCC unroll 4
     for (int r = 0; r < R; r++) {
         most = n[r] > most ? n[r] : most;
+        fewest = n[r] < fewest ? n[r] : fewest;
 #pragma GCC unroll 4
         for (int c = 0; c < 4; c++) acc[r][c] = _mm512_maskz_loadu_ps(m[c], out + (int64_t)r * hd + d + 16 * c);
     }
-    for (int32_t p = 0; p < most; p++) {
+    /* the keys every row sums (no per-row mask), then the rest (a row past its count is left as it is) */
+    for (int32_t p = 0; p < fewest; p++) {
+        const float *row = v + (int64_t)p * stride + d;
+        __m512 vs[4];
+#pragma GCC unroll 4
+        for (int c = 0; c < 4; c++) vs[c] = _mm512_maskz_loadu_ps(m[c], row + 16 * c);
+#pragma GCC unroll 4
+        for (int r = 0; r < R; r++) {
+            const __m512 ep = _mm512_set1_ps(e[r * lde + p]);
+#pragma GCC unroll 4
+            for (int c = 0; c < 4; c++) acc[r][c] = _mm512_mask3_fmadd_ps(ep, vs[c], acc[r][c], m[c]);
+        }
+    }
+    for (int32_t p = fewest; p < most; p++) {
         const float *row = v + (int64_t)p * stride + d;
         __m512 vs[4];
 #pragma GCC unroll 4
