@@ -178,6 +178,7 @@ static void drive(const panel_args *a, int64_t n, int64_t p0, int64_t p1) {
     const int64_t nt = (n + TQ - 1) / TQ;
     const int first = panels_per_tile(n);
     int64_t bp = PANEL_BLOCK_BYTES / (a->ps * 2);
+    bp = (bp + first - 1) / first * first; /* whole tiles */
     if (bp < first) bp = first;
     for (int64_t b = p0; b < p1; b += bp) {
         const int64_t be = b + bp < p1 ? b + bp : p1;
