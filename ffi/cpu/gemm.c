@@ -646,6 +646,22 @@ void exp_floats(const kernels *k, float *out, const float *x, int64_t n) {
 
 /* R rows (R <= 4) against one 64-wide slice of V: each key's slice is loaded once for the R rows; a row
  * past its own count of keys leaves its accumulators as they are (a masked multiply-add). */
+/* Key p (its slice of V at row) into R rows' accumulators; ragged: a row past its count n[r] is left as
+ * it is (a masked multiply-add), else every row takes it. */
+INLINE AVX512 void pv512_key(const int R, const int ragged, __m512 acc[4][4], const __mmask16 *m, const float *e,
+                             int64_t lde, const int32_t *n, const float *row, int32_t p) {
+    __m512 vs[4];
+#pragma GCC unroll 4
+    for (int c = 0; c < 4; c++) vs[c] = _mm512_maskz_loadu_ps(m[c], row + 16 * c);
+#pragma GCC unroll 4
+    for (int r = 0; r < R; r++) {
+        const __mmask16 live = !ragged || p < n[r] ? 0xFFFF : 0;
+        const __m512 ep = _mm512_set1_ps(e[r * lde + p]);
+#pragma GCC unroll 4
+        for (int c = 0; c < 4; c++) acc[r][c] = _mm512_mask3_fmadd_ps(ep, vs[c], acc[r][c], m[c] & live);
+    }
+}
+
 INLINE AVX512 void pv512_tile(const int R, float *out, const float *e, int64_t lde, const int32_t *n, const float *v,
                               int64_t stride, int32_t d, int32_t hd) {
     __mmask16 m[4];
@@ -664,31 +680,8 @@ INLINE AVX512 void pv512_tile(const int R, float *out, const float *e, int64_t l
         for (int c = 0; c < 4; c++) acc[r][c] = _mm512_maskz_loadu_ps(m[c], out + (int64_t)r * hd + d + 16 * c);
     }
     /* the keys every row sums (no per-row mask), then the rest (a row past its count is left as it is) */
-    for (int32_t p = 0; p < fewest; p++) {
-        const float *row = v + (int64_t)p * stride + d;
-        __m512 vs[4];
-#pragma GCC unroll 4
-        for (int c = 0; c < 4; c++) vs[c] = _mm512_maskz_loadu_ps(m[c], row + 16 * c);
-#pragma GCC unroll 4
-        for (int r = 0; r < R; r++) {
-            const __m512 ep = _mm512_set1_ps(e[r * lde + p]);
-#pragma GCC unroll 4
-            for (int c = 0; c < 4; c++) acc[r][c] = _mm512_mask3_fmadd_ps(ep, vs[c], acc[r][c], m[c]);
-        }
-    }
-    for (int32_t p = fewest; p < most; p++) {
-        const float *row = v + (int64_t)p * stride + d;
-        __m512 vs[4];
-#pragma GCC unroll 4
-        for (int c = 0; c < 4; c++) vs[c] = _mm512_maskz_loadu_ps(m[c], row + 16 * c);
-#pragma GCC unroll 4
-        for (int r = 0; r < R; r++) {
-            const __mmask16 live = p < n[r] ? 0xFFFF : 0;
-            const __m512 ep = _mm512_set1_ps(e[r * lde + p]);
-#pragma GCC unroll 4
-            for (int c = 0; c < 4; c++) acc[r][c] = _mm512_mask3_fmadd_ps(ep, vs[c], acc[r][c], m[c] & live);
-        }
-    }
+    for (int32_t p = 0; p < fewest; p++) pv512_key(R, 0, acc, m, e, lde, n, v + (int64_t)p * stride + d, p);
+    for (int32_t p = fewest; p < most; p++) pv512_key(R, 1, acc, m, e, lde, n, v + (int64_t)p * stride + d, p);
 #pragma GCC unroll 4
     for (int r = 0; r < R; r++)
 #pragma GCC unroll 4
