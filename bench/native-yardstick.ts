@@ -4,13 +4,12 @@
  * matrix product for the kernel tests. Same library path as src/engine/native.ts (`MULTILORA_LIB`
  * overrides it).
  */
-import { CString, dlopen, FFIType, ptr } from "bun:ffi";
-import { nativeLibraryPath } from "../src/engine/native.ts";
+import { dlopen, FFIType, ptr } from "bun:ffi";
+import { cpuKernelPath as nativeCpuKernelPath, nativeLibraryPath } from "../src/engine/native.ts";
 
 const { ptr: P, i32, i64, f64, cstring } = FFIType;
 
 const SYMBOLS = {
-  mlr_cpu_kernel_path: { args: [], returns: P },
   mlr_bench_read_bandwidth: { args: [i32, i64, i32], returns: f64 },
   mlr_bench_peak_flops: { args: [i32, i32], returns: f64 },
   mlr_bench_matmul: { args: [cstring, i32, P, P, P, i32, i64, i64, i64], returns: i32 },
@@ -27,8 +26,7 @@ function symbols() {
 
 /** The kernel path a CPU engine created now uses. */
 export function cpuKernelPath(): KernelPath {
-  const p = symbols().mlr_cpu_kernel_path();
-  return new CString(p as NonNullable<typeof p>).toString() as KernelPath;
+  return nativeCpuKernelPath() as KernelPath;
 }
 
 /** Read bandwidth (bytes/s) over a buffer of `bytes`, best of `rounds`, on `threads` threads. */

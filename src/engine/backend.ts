@@ -8,6 +8,7 @@ import type { BaseModel, ModelDims } from "../formats/model-config.ts";
 import { loadCheckpoint, type ModelMemory } from "./checkpoint.ts";
 import { CpuEngine, type CpuEngineOptions } from "./cpu-engine.ts";
 import type { Engine } from "./engine.ts";
+import { cpuKernelPath } from "./native.ts";
 import { isTrtllmEngineDir, TrtllmEngine, type TrtllmEngineOptions } from "./trtllm-engine.ts";
 
 export type Backend = "cpu" | "trtllm";
@@ -75,6 +76,11 @@ export function openEngine(
     dtype: checkpoint.dtype,
     modelType: checkpoint.modelType,
     baseModelName: checkpoint.hf._name_or_path,
-    weights: checkpoint.mapped ? "weights memory-mapped" : "weights read into memory (--model-memory)",
+    weights:
+      (checkpoint.mapped ? "weights memory-mapped" : "weights read into memory (--model-memory)") +
+      // the avx512 path packs every BF16 matrix into panels of its own (ffi/cpu/gemm_panels.c)
+      (checkpoint.dtype === "BF16" && cpuKernelPath() === "avx512"
+        ? ", BF16 matrices repacked into the engine's memory for its avx512 kernels"
+        : ""),
   };
 }

@@ -487,6 +487,24 @@ export class StructView {
   }
 }
 
+let kernelPath: string | undefined;
+
+/**
+ * The CPU engine's kernel path on this CPU: "avx512_bf16", "avx512", "avx2" or "portable"
+ * (ffi/cpu/kernels.h; `MULTILORA_CPU_KERNELS` picks one). A symbol of the CPU library only, so it is
+ * looked up apart from the symbols both libraries have.
+ */
+export function cpuKernelPath(): string {
+  if (kernelPath === undefined) {
+    nativeSymbols(); // a clear error when the library cannot be loaded
+    const lib = dlopen(nativeLibraryPath(), { mlr_cpu_kernel_path: { args: [], returns: P } });
+    const p = lib.symbols.mlr_cpu_kernel_path();
+    kernelPath = p ? new CString(p).toString() : "portable";
+    lib.close();
+  }
+  return kernelPath;
+}
+
 /**
  * The library's name for a value of one of its enums (`mlr_status`, `mlr_finish`, `mlr_float_dtype`,
  * `mlr_lora_module`), e.g. "MLR_LORA_NOT_CACHED"; undefined when the value is not one of the enum's.

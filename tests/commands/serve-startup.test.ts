@@ -7,6 +7,7 @@ import { join } from "node:path";
 import * as v from "valibot";
 import { ServeConfigSchema, startServer } from "../../src/commands/serve.ts";
 import { writeDemoModel } from "../../src/engine/demo-model.ts";
+import { cpuKernelPath } from "../../src/engine/native.ts";
 import { MultiloraError } from "../../src/errors.ts";
 import { haveDebianTool } from "../helpers/debian-tool.ts";
 
@@ -44,6 +45,11 @@ test("a busy port is one clear line, and the server listens on loopback unless t
   try {
     expect(server.url).toBe(`http://127.0.0.1:${server.port}`);
     expect(lines.at(-1)).toContain("(bound to 127.0.0.1)");
+    // how the (BF16) demo weights are held: mapped or read, and repacked on the avx512 kernel path
+    expect(lines.at(-1)).toMatch(/, weights (memory-mapped|read into memory \(--model-memory\))/);
+    expect(lines.at(-1)?.includes("BF16 matrices repacked into the engine's memory")).toBe(
+      cpuKernelPath() === "avx512",
+    );
     expect(lines.some((l) => l.startsWith("warning"))).toBe(false);
     // A demo model's own lora/ folder is its LoRA dir when none is given.
     expect(server.ctx.core.registry?.dir).toBe(join(modelDir, "lora"));
