@@ -9,7 +9,7 @@ import { join } from "node:path";
 import type { CpuEngine } from "../../src/engine/cpu-engine.ts";
 import type { LoraRef } from "../../src/engine/engine.ts";
 import { writeLlamaCheckpoint } from "../../src/engine/random-checkpoint.ts";
-import { collect, loraFromPeft, openEngine } from "../helpers/engine.ts";
+import { collect, LONG_NEW_TOKENS, LONG_POSITIONS, loraFromPeft, openEngine } from "../helpers/engine.ts";
 import { writePeftAdapter } from "../helpers/peft.ts";
 
 const work = mkdtempSync(join(tmpdir(), "multilora-cache-"));
@@ -26,9 +26,15 @@ const ADAPTER_BYTES = 2 * (2 * (64 + 64) + 2 * (64 + 32)) * 4;
 const MAX_ADAPTER_BYTES = 2 * 2 * (64 + 64 + (64 + 32) * 2 + (64 + 64) + (64 + 96) * 3) * 4;
 
 test("the cache follows put, hit, LRU eviction, not cached, pin, pin cap, active, full, no overwrite and release", async () => {
-  const model = writeLlamaCheckpoint(join(work, "model"), { ...DIMS, vocab: 64, seed: 2 });
+  const model = writeLlamaCheckpoint(join(work, "model"), {
+    ...DIMS,
+    vocab: 64,
+    seed: 2,
+    maxPosition: LONG_POSITIONS,
+  });
   // Two adapters at most; room for one pinned adapter besides the max-size reserve.
   engine = openEngine(model.dir, {
+    maxSeqLen: LONG_POSITIONS,
     maxLoras: 2,
     maxLoraRank: 2,
     loraCacheBytes: MAX_ADAPTER_BYTES + ADAPTER_BYTES,
@@ -103,7 +109,12 @@ test("the cache follows put, hit, LRU eviction, not cached, pin, pin cap, active
 
   // An active task is never evicted: with 2 pinned and 4 running, there is no room for 5. (The running
   // requests are long, and cancelled, so that they are still running however late this thread looks.)
-  const long = e.enqueue({ prompt: [1, 2, 3], maxNewTokens: 2000, temperature: 0, lora: idOnly(4n) });
+  const long = e.enqueue({
+    prompt: [1, 2, 3],
+    maxNewTokens: LONG_NEW_TOKENS,
+    temperature: 0,
+    lora: idOnly(4n),
+  });
   const first = await long.events[Symbol.asyncIterator]().next();
   expect(first.done).toBe(false);
   expect(table()).toEqual(["2 pinned", "4 active 1"]);
@@ -125,7 +136,12 @@ test("the cache follows put, hit, LRU eviction, not cached, pin, pin cap, active
   // Release: at once when idle; when active, as soon as its last request ends.
   e.loraRelease(5n);
   expect(table()).toEqual(["2 pinned"]);
-  const busy = e.enqueue({ prompt: [1, 2, 3], maxNewTokens: 2000, temperature: 0, lora: idOnly(2n) });
+  const busy = e.enqueue({
+    prompt: [1, 2, 3],
+    maxNewTokens: LONG_NEW_TOKENS,
+    temperature: 0,
+    lora: idOnly(2n),
+  });
   await busy.events[Symbol.asyncIterator]().next();
   e.loraRelease(2n);
   expect(table()).toEqual(["2 active 1 releasing"]);

@@ -6,18 +6,25 @@ import { loadCheckpoint } from "../../src/engine/checkpoint.ts";
 import { CpuEngine } from "../../src/engine/cpu-engine.ts";
 import type { EngineError } from "../../src/engine/engine.ts";
 import { writeLlamaCheckpoint } from "../../src/engine/random-checkpoint.ts";
-import { collect, engineTestModel, loraFromPeft, tinySpec } from "../helpers/engine.ts";
+import {
+  collect,
+  engineTestModel,
+  LONG_NEW_TOKENS,
+  LONG_POSITIONS,
+  loraFromPeft,
+  tinySpec,
+} from "../helpers/engine.ts";
 import { writePeftAdapter } from "../helpers/peft.ts";
 
-const SPEC = tinySpec(4);
+const SPEC = { ...tinySpec(4), maxPosition: LONG_POSITIONS };
 const { work, model, open } = engineTestModel("sched", SPEC);
 /** KV bytes per token: 2 (K and V) x 2 layers x 32 (kv width) x 4 bytes. */
 const KV_PER_TOKEN = 2 * 2 * 32 * 4;
 
 describe("cancel", () => {
   test("a cancelled request ends with 'cancelled' and its slot and KV are free before the next step", async () => {
-    const e = open();
-    const handle = e.enqueue({ prompt: [1, 2, 3], maxNewTokens: 500, temperature: 0 });
+    const e = open({ maxSeqLen: LONG_POSITIONS });
+    const handle = e.enqueue({ prompt: [1, 2, 3], maxNewTokens: LONG_NEW_TOKENS, temperature: 0 });
     const events = handle.events[Symbol.asyncIterator]();
     expect((await events.next()).done).toBe(false);
     handle.cancel();
@@ -40,13 +47,13 @@ describe("cancel", () => {
 
 describe("the KV budget", () => {
   test("a request that does not fit now waits for room, then runs", async () => {
-    const e = open({ kvCacheBytes: 2010 * KV_PER_TOKEN, maxSeqLen: 2048 });
-    // a: 3 + 2000 tokens, far more steps than the first event takes to arrive.
-    const a = e.enqueue({ prompt: [1, 2, 3], maxNewTokens: 2000, temperature: 0 });
+    const aTokens = 3 + LONG_NEW_TOKENS;
+    const e = open({ kvCacheBytes: (aTokens + 10) * KV_PER_TOKEN, maxSeqLen: LONG_POSITIONS });
+    const a = e.enqueue({ prompt: [1, 2, 3], maxNewTokens: LONG_NEW_TOKENS, temperature: 0 });
     await a.events[Symbol.asyncIterator]().next();
-    // 2003 + 23 tokens do not fit in 2010: b waits in the queue until a ends.
+    // a's tokens + 23 do not fit in a's + 10: b waits in the queue until a ends.
     const b = e.enqueue({ prompt: [4, 5, 6], maxNewTokens: 20, temperature: 0 });
-    expect(e.stats()).toMatchObject({ running: 1, queued: 1, kvBytesUsed: 2003 * KV_PER_TOKEN });
+    expect(e.stats()).toMatchObject({ running: 1, queued: 1, kvBytesUsed: aTokens * KV_PER_TOKEN });
     a.cancel();
     expect((await collect(a)).finishReason).toBe("cancelled");
     expect((await collect(b)).tokens.length).toBe(20);

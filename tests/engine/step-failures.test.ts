@@ -6,10 +6,18 @@
 import { describe, expect, test } from "bun:test";
 import { join } from "node:path";
 import type { EngineError, RequestHandle, TokenEvent } from "../../src/engine/engine.ts";
-import { collect, engineTestModel, loraFromPeft, TINY_DIMS, tinySpec } from "../helpers/engine.ts";
+import {
+  collect,
+  engineTestModel,
+  LONG_NEW_TOKENS,
+  LONG_POSITIONS,
+  loraFromPeft,
+  TINY_DIMS,
+  tinySpec,
+} from "../helpers/engine.ts";
 import { ALL_SEVEN, writePeftAdapter } from "../helpers/peft.ts";
 
-const SPEC = tinySpec(8);
+const SPEC = { ...tinySpec(8), maxPosition: LONG_POSITIONS };
 const { work, open } = engineTestModel("failures", SPEC);
 const PROMPT = [1, 9, 33, 4, 17, 60, 2];
 
@@ -37,14 +45,15 @@ async function started(handle: RequestHandle) {
 
 describe("an allocation that fails in a forward step", () => {
   test("ends every request of the step with OUT_OF_MEMORY; a queued one then runs; later ones get the same tokens", async () => {
-    const e = open({ maxBatch: 2 });
+    const e = open({ maxBatch: 2, maxSeqLen: LONG_POSITIONS });
     const greedy = { maxNewTokens: 12, temperature: 0, topLogprobs: 1 };
     const before = await collect(e.enqueue({ prompt: PROMPT, ...greedy }));
     expect(before.tokens.length).toBe(12);
 
     // a and b fill both slots and are decoding; c waits in the queue, outside every step.
-    const a = await started(e.enqueue({ prompt: PROMPT, maxNewTokens: 1000, temperature: 0 }));
-    const b = await started(e.enqueue({ prompt: [5, 6, 7], maxNewTokens: 1000, temperature: 0 }));
+    const long = { maxNewTokens: LONG_NEW_TOKENS, temperature: 0 };
+    const a = await started(e.enqueue({ prompt: PROMPT, ...long }));
+    const b = await started(e.enqueue({ prompt: [5, 6, 7], ...long }));
     const c = e.enqueue({ prompt: PROMPT, ...greedy });
     expect(e.stats()).toMatchObject({ running: 2, queued: 1 });
     e.failNextScratchAllocations(1);
@@ -53,7 +62,7 @@ describe("an allocation that fails in a forward step", () => {
       expect(ended.error?.engineCode).toBe("OUT_OF_MEMORY");
       expect(ended.error?.message).toContain("out of memory in a forward step");
       expect(ended.events.length).toBeGreaterThan(0); // the tokens before the failure stand
-      expect(ended.events.length).toBeLessThan(1000);
+      expect(ended.events.length).toBeLessThan(LONG_NEW_TOKENS);
       expect(ended.events.every((event) => event.finishReason === null)).toBe(true);
     }
     expect(await collect(c)).toEqual(before);

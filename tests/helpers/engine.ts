@@ -22,6 +22,16 @@ export function tinySpec(seed: number, vocab = 64) {
   return { ...TINY_DIMS, vocab, seed };
 }
 
+/**
+ * Positions for a request that must still be running however late a test looks at it: the engine decodes
+ * from enqueue on, while the first event waits for the response pump's worker to start (tens of
+ * milliseconds on a loaded machine, in which the tiny model makes hundreds of tokens). Such a test writes
+ * its model with `maxPosition: LONG_POSITIONS`, opens the engine with `maxSeqLen: LONG_POSITIONS`, asks
+ * for LONG_NEW_TOKENS (seconds of decoding) and ends the request with cancel.
+ */
+export const LONG_POSITIONS = 32768;
+export const LONG_NEW_TOKENS = LONG_POSITIONS - 64;
+
 /** Two threads at most: CI machines have two cores. */
 export function openEngine(dir: string, options: CpuEngineOptions = {}): CpuEngine {
   return CpuEngine.create(loadCheckpoint(dir), { threads: 2, ...options });
