@@ -66,6 +66,7 @@ typedef struct request {
     int32_t n_cached;        /* positions whose K/V are stored */
     prefix_block *prefix_last; /* held: the last of the sequence's blocks in the prefix cache, NULL none */
     int32_t prefix_blocks;   /* its blocks in the prefix cache: positions 0 .. prefix_blocks * block_tokens */
+    int32_t prefix_stopped;  /* let its blocks go to make room for a queued request: reuses and stores no more */
     int32_t n_generated;
     lora_adapter *lora;
     sampler_state sampler;
@@ -236,6 +237,23 @@ static int kv_room(mlr_engine *e, int64_t bytes) {
     return 1;
 }
 
+/* kv_room for a queued request: blocks that running sequences hold (each holds the last of the chain it
+ * stored or copied, which keeps the whole chain) are let go too, last slot first, each such sequence
+ * storing and reusing no more, until the request fits. So cached blocks only ever use room that no
+ * request needs: a long generation, storing its blocks as it goes, never keeps another request waiting. */
+static int kv_room_for_request(mlr_engine *e, int64_t bytes) {
+    int32_t s = e->n_running;
+    while (!kv_room(e, bytes)) {
+        while (s > 0 && !e->running[s - 1]->prefix_last) s--;
+        if (s == 0) return 0;
+        request *r = e->running[--s];
+        prefix_block_release(r->prefix_last);
+        r->prefix_last = NULL;
+        r->prefix_stopped = 1;
+    }
+    return 1;
+}
+
 /* The prompt positions a request may take from the cache: whole blocks before its last position (whose
  * logits start the answer, so it is always computed). */
 static int32_t reusable_end(const mlr_engine *e, const request *r) {
@@ -248,7 +266,7 @@ static int32_t reusable_end(const mlr_engine *e, const request *r) {
 static void reuse_prefix(mlr_engine *e, request *r) {
     const int32_t b = e->prefix.block_tokens;
     const uint64_t task = r->p.lora_task_id;
-    while (r->n_cached == r->prefix_blocks * b && r->n_cached + b <= reusable_end(e, r)) {
+    while (!r->prefix_stopped && r->n_cached == r->prefix_blocks * b && r->n_cached + b <= reusable_end(e, r)) {
         prefix_block *found = prefix_cache_find(&e->prefix, r->prefix_last, task, r->p.lora_scale, r->tokens + r->n_cached);
         if (!found) return;
         prefix_block_load(&e->prefix, found, &r->kv, r->n_cached);
@@ -266,7 +284,7 @@ static void reuse_prefix(mlr_engine *e, request *r) {
  * the budget has room; what does not fit is tried again after the next step. */
 static void publish_prefix(mlr_engine *e, request *r) {
     const int32_t b = e->prefix.block_tokens;
-    while ((r->prefix_blocks + 1) * b <= r->n_cached && kv_room(e, e->prefix.block_bytes)) {
+    while (!r->prefix_stopped && (r->prefix_blocks + 1) * b <= r->n_cached && kv_room(e, e->prefix.block_bytes)) {
         const int32_t pos = r->prefix_blocks * b;
         prefix_block *stored = prefix_cache_store(&e->prefix, r->prefix_last, r->p.lora_task_id, r->p.lora_scale,
                                                   r->tokens + pos, &r->kv, pos);
@@ -284,6 +302,7 @@ static void publish_prefix(mlr_engine *e, request *r) {
  * computing it too, so n > 1 choices of one prompt share one prefill. */
 static int leaves_block_to(const mlr_engine *e, const request *r, const request *o, int32_t o_from, int32_t o_take) {
     const int32_t b = e->prefix.block_tokens, end = r->n_cached + b;
+    if (r->prefix_stopped || o->prefix_stopped) return 0;
     if (r->n_cached != r->prefix_blocks * b || end > reusable_end(e, r)) return 0;
     if (o->p.lora_task_id != r->p.lora_task_id || (r->p.lora_task_id != 0 && o->p.lora_scale != r->p.lora_scale)) return 0;
     if (o_from < r->n_cached || o_from >= end || o_from + o_take < end || o->prefix_blocks * b != o_from - o_from % b)
@@ -313,7 +332,7 @@ static void admit(mlr_engine *e) {
             r->cancelled = 2;
             respond_error(e, r->id, MLR_INVALID_ARGUMENT, MLR_FINISH_ERROR, text);
         }
-        if (!r->cancelled && (e->kv_used + need > e->kv_capacity || !kv_room(e, need))) return; /* waits for room */
+        if (!r->cancelled && (e->kv_used + need > e->kv_capacity || !kv_room_for_request(e, need))) return; /* waits for room */
         e->queue_head = r->next;
         if (!e->queue_head) e->queue_tail = NULL;
         if (r->cancelled) {

@@ -15,7 +15,9 @@
  * Memory: blocks count against the engine's KV budget beside the running sequences'; the engine evicts
  * least recently used blocks when a request or a new block needs room. Only a leaf (no cached block after
  * it) that no running sequence holds (refs: the sequence's last block, which its next block will extend)
- * is evicted, so a cached block's whole prefix stays cached.
+ * is evicted, so a cached block's whole prefix stays cached. A queued request that needs the room makes
+ * the running sequences release their blocks (engine.c, kv_room_for_request): cached blocks never keep a
+ * request waiting.
  *
  * Threads: only the engine's scheduler thread (and mlr_destroy after it) uses a cache; the engine copies
  * the counters out under its lock for mlr_stats_get.

@@ -6,10 +6,20 @@
 import { describe, expect, test } from "bun:test";
 import { join } from "node:path";
 import type { GenerateRequest } from "../../src/engine/engine.ts";
-import { collect, engineTestModel, loraFromPeft, TINY_DIMS, tinySpec } from "../helpers/engine.ts";
+import {
+  collect,
+  engineTestModel,
+  LONG_NEW_TOKENS,
+  LONG_POSITIONS,
+  loraFromPeft,
+  TINY_DIMS,
+  tinySpec,
+} from "../helpers/engine.ts";
 import { writePeftAdapter } from "../helpers/peft.ts";
 
 const { work, open } = engineTestModel("prefix", { ...tinySpec(11, 256), dtype: "BF16" });
+/** For requests that must still be running while the test looks. */
+const long = engineTestModel("prefix-long", { ...tinySpec(12, 256), maxPosition: LONG_POSITIONS });
 const BLOCK = 16;
 /** KV bytes per token: 2 (K and V) x 2 layers x 32 (kv width) x 4 bytes. */
 const KV_PER_TOKEN = 2 * 2 * 32 * 4;
@@ -152,6 +162,31 @@ describe("the KV budget", () => {
     expect(big.tokens.length).toBe(10);
     const s = e.stats();
     expect(s.kvBytesUsed + s.prefixBytes).toBeLessThanOrEqual(s.kvBytesCapacity);
+  });
+
+  test("a running generation's stored blocks give way to a queued request", async () => {
+    // Room for exactly two long requests: a's blocks, stored as it decodes, fill the room b needs.
+    const positions = 3 + LONG_NEW_TOKENS;
+    const e = long.open({
+      kvBlockTokens: BLOCK,
+      kvCacheBytes: 2 * positions * KV_PER_TOKEN,
+      maxSeqLen: LONG_POSITIONS,
+    });
+    const ask = (p: number[]) => e.enqueue({ prompt: p, maxNewTokens: LONG_NEW_TOKENS, temperature: 0 });
+    const a = ask([1, 2, 3]);
+    const aEvents = a.events[Symbol.asyncIterator]();
+    for (let i = 0; i < 200; i++) expect((await aEvents.next()).done).toBe(false);
+    expect(e.stats().prefixBlocks).toBeGreaterThanOrEqual(200 / BLOCK - 1);
+    const b = ask([4, 5, 6]);
+    const bEvents = b.events[Symbol.asyncIterator]();
+    expect((await bEvents.next()).done).toBe(false); // b runs beside a, not after it
+    const s = e.stats();
+    expect(s).toMatchObject({ running: 2, queued: 0, kvBytesUsed: 2 * positions * KV_PER_TOKEN });
+    expect(s.kvBytesUsed + s.prefixBytes).toBeLessThanOrEqual(s.kvBytesCapacity);
+    a.cancel();
+    b.cancel();
+    expect((await collect(a)).finishReason).toBe("cancelled");
+    expect((await collect(b)).finishReason).toBe("cancelled");
   });
 
   test("with reuse off nothing is kept or looked up", async () => {
