@@ -488,30 +488,70 @@ void matmul(const kernels *k, thread_pool *pool, float *y, const gemm_x *x, cons
 /* ---------------------------------------------------------------------------------------------- */
 /* LoRA expansion */
 
-INLINE AVX512 void expand512_tile(const int T, float *const *yr, const float *scale, const float *mid, int64_t ldm,
-                                  int32_t rank, const unsigned char *bt, int32_t dtype, int64_t bs, int64_t o,
-                                  __mmask16 m) {
+/* T tokens x V vectors of 16 outputs from o, the last vector's lanes masked by m: T V accumulators
+ * (T V <= 8), each a chain of rank multiply-adds; the tile shapes below keep eight chains in flight. */
+INLINE AVX512 void expand512_body(const int T, const int V, float *const *yr, const float *scale, const float *mid,
+                                  int64_t ldm, int32_t rank, const unsigned char *bt, int32_t dtype, int64_t bs,
+                                  int64_t o, __mmask16 m) {
     __m512 acc[8];
-    for (int t = 0; t < T; t++) acc[t] = _mm512_setzero_ps();
-    for (int32_t r = 0; r < rank; r++) {
-        const __m512 wv = load512(dtype, bt + r * bs, o, m);
 #pragma GCC unroll 8
-        for (int t = 0; t < T; t++) acc[t] = _mm512_fmadd_ps(_mm512_set1_ps(mid[t * ldm + r]), wv, acc[t]);
+    for (int j = 0; j < T * V; j++) acc[j] = _mm512_setzero_ps();
+    for (int32_t r = 0; r < rank; r++) {
+        __m512 wv[8];
+#pragma GCC unroll 8
+        for (int v = 0; v < V; v++) wv[v] = load512(dtype, bt + r * bs, o + 16 * v, v == V - 1 ? m : 0xFFFF);
+#pragma GCC unroll 8
+        for (int t = 0; t < T; t++) {
+            const __m512 c = _mm512_set1_ps(mid[t * ldm + r]);
+#pragma GCC unroll 8
+            for (int v = 0; v < V; v++) acc[t * V + v] = _mm512_fmadd_ps(c, wv[v], acc[t * V + v]);
+        }
     }
+#pragma GCC unroll 8
     for (int t = 0; t < T; t++) {
-        const __m512 yv = _mm512_maskz_loadu_ps(m, yr[t] + o);
-        _mm512_mask_storeu_ps(yr[t] + o, m, _mm512_add_ps(yv, _mm512_mul_ps(_mm512_set1_ps(scale[t]), acc[t])));
+        const __m512 s = _mm512_set1_ps(scale[t]);
+#pragma GCC unroll 8
+        for (int v = 0; v < V; v++) {
+            const __mmask16 mv = v == V - 1 ? m : 0xFFFF;
+            float *y = yr[t] + o + 16 * v;
+            _mm512_mask_storeu_ps(y, mv, _mm512_add_ps(_mm512_maskz_loadu_ps(mv, y), _mm512_mul_ps(s, acc[t * V + v])));
+        }
     }
 }
 
+#define EXPAND512(T, V)                                                                                      \
+    AVX512 static void expand512_##T##x##V(float *const *yr, const float *scale, const float *mid, int64_t ldm, \
+                                           int32_t rank, const unsigned char *bt, int32_t dtype, int64_t bs,     \
+                                           int64_t o, __mmask16 m) {                                             \
+        expand512_body(T, V, yr, scale, mid, ldm, rank, bt, dtype, bs, o, m);                                 \
+    }
+EXPAND512(8, 1) EXPAND512(4, 1) EXPAND512(4, 2) EXPAND512(2, 1) EXPAND512(2, 2) EXPAND512(2, 3) EXPAND512(2, 4)
+EXPAND512(1, 1) EXPAND512(1, 2) EXPAND512(1, 3) EXPAND512(1, 4) EXPAND512(1, 5) EXPAND512(1, 6) EXPAND512(1, 7)
+EXPAND512(1, 8)
+
+typedef void (*expand_fn)(float *const *, const float *, const float *, int64_t, int32_t, const unsigned char *,
+                          int32_t, int64_t, int64_t, __mmask16);
+static const expand_fn expand512_tiles[9][9] = {
+    [1] = {[1] = expand512_1x1, [2] = expand512_1x2, [3] = expand512_1x3, [4] = expand512_1x4, [5] = expand512_1x5,
+           [6] = expand512_1x6, [7] = expand512_1x7, [8] = expand512_1x8},
+    [2] = {[1] = expand512_2x1, [2] = expand512_2x2, [3] = expand512_2x3, [4] = expand512_2x4},
+    [4] = {[1] = expand512_4x1, [2] = expand512_4x2},
+    [8] = {[1] = expand512_8x1},
+};
+
+/* n <= 8 tokens in tiles of 8, 4, 2, 1 tokens, each over the outputs in steps of 8 / T vectors. */
 AVX512 static void expand512(float *const *yr, const float *scale, const float *mid, int64_t ldm, int32_t rank,
                              const unsigned char *bt, int32_t dtype, int64_t bs, int64_t n, int64_t o0, int64_t o1) {
-    for (int64_t o = o0; o < o1; o += 16) {
-        const __mmask16 m = o1 - o >= 16 ? 0xFFFF : (__mmask16)((1u << (o1 - o)) - 1);
-        int64_t i = 0;
-        for (; i + 8 <= n; i += 8)
-            expand512_tile(8, yr + i, scale + i, mid + i * ldm, ldm, rank, bt, dtype, bs, o, m);
-        for (; i < n; i++) expand512_tile(1, yr + i, scale + i, mid + i * ldm, ldm, rank, bt, dtype, bs, o, m);
+    for (int64_t i = 0; i < n;) {
+        const int T = n - i >= 8 ? 8 : n - i >= 4 ? 4 : n - i >= 2 ? 2 : 1;
+        for (int64_t o = o0; o < o1; o += 16 * (8 / T)) {
+            const int64_t left = (o1 - o + 15) / 16;
+            const int V = left < 8 / T ? (int)left : 8 / T;
+            const int64_t last = o1 - (o + 16 * (V - 1));
+            const __mmask16 m = last >= 16 ? 0xFFFF : (__mmask16)((1u << last) - 1);
+            expand512_tiles[T][V](yr + i, scale + i, mid + i * ldm, ldm, rank, bt, dtype, bs, o, m);
+        }
+        i += T;
     }
 }
 
