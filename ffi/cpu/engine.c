@@ -160,6 +160,7 @@ void mlr_cpu_params_default(mlr_cpu_params *p) {
     p->lora_dtype = -1;
     p->kv_cache_reuse = 1;
     p->kv_block_tokens = 32;
+    p->copy_weights = 0;
 }
 
 /* ============================================================================================== */
@@ -808,10 +809,11 @@ int32_t mlr_cpu_create(const mlr_cpu_params *params, mlr_engine **out, char *err
     if (p->max_seq_len <= 0) p->max_seq_len = max_pos < 4096 ? max_pos : 4096;
     if (p->max_batch <= 0 || p->prefill_chunk <= 0 || p->max_lora_rank <= 0 || p->lora_cache_bytes < 0 ||
         p->max_loras < 0 || p->kv_cache_bytes < 0 || p->threads < 0 || p->kv_block_tokens < 1 ||
-        p->kv_block_tokens > 4096 || (p->kv_cache_reuse != 0 && p->kv_cache_reuse != 1)) {
+        p->kv_block_tokens > 4096 || (p->kv_cache_reuse != 0 && p->kv_cache_reuse != 1) ||
+        (p->copy_weights != 0 && p->copy_weights != 1)) {
         errbuf_add(err, err_len,
                    "max_batch, prefill_chunk and max_lora_rank must be positive; sizes and counts not negative; "
-                   "kv_block_tokens 1..4096; kv_cache_reuse 0 or 1");
+                   "kv_block_tokens 1..4096; kv_cache_reuse and copy_weights 0 or 1");
         model_free(&e->m);
         free(e);
         return MLR_INVALID_ARGUMENT;
@@ -835,6 +837,7 @@ int32_t mlr_cpu_create(const mlr_cpu_params *params, mlr_engine **out, char *err
     ok = ok && prefix_cache_init(&e->prefix, &e->m, p->kv_block_tokens);
     const int pool_ok = ok && thread_pool_init(&e->pool, p->threads) == 0;
     ok = pool_ok && (!e->k.panels || model_pack_panels(&e->m, &e->pool) == MLR_OK);
+    ok = ok && (!p->copy_weights || model_own_weights(&e->m) == MLR_OK);
     ok = ok && mask_worker_start(e, p->max_batch);
     if (pool_ok && !ok) thread_pool_free(&e->pool);
     pthread_mutex_init(&e->mu, NULL);

@@ -74,6 +74,7 @@ static const layout_entry LAYOUT[] = {
     FIELD(mlr_cpu_params, lora_dtype),
     FIELD(mlr_cpu_params, kv_cache_reuse),
     FIELD(mlr_cpu_params, kv_block_tokens),
+    FIELD(mlr_cpu_params, copy_weights),
     SIZE(mlr_request),
     FIELD(mlr_request, prompt),
     FIELD(mlr_request, prompt_len),

@@ -5,6 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "../common/dtype_size.h"
 #include "../common/errbuf.h"
 #include "kernels.h"
 
@@ -199,8 +200,70 @@ int32_t model_pack_panels(model *m, thread_pool *pool) {
     return MLR_OK;
 }
 
+/* Every weight the model reads and its element count: embed, final_norm, lm_head, then 12 per layer (the
+ * 7 matrices of matrix_at, 2 norms, 3 biases). */
+static int32_t weight_count(const model *m) { return 3 + 12 * m->cfg.num_layers; }
+
+static weight *weight_entry(model *m, int32_t i, int64_t *elems) {
+    const int64_t h = m->cfg.hidden_size, v = m->cfg.vocab_size;
+    if (i < 3) {
+        *elems = i == 1 ? h : v * h;
+        return i == 0 ? &m->embed : i == 1 ? &m->final_norm : &m->lm_head;
+    }
+    const int32_t layer = (i - 3) / 12, j = (i - 3) % 12;
+    if (j < 7) {
+        int64_t rows, cols;
+        weight *w = matrix_at(m, 7 * layer + j, &rows, &cols);
+        *elems = rows * cols;
+        return w;
+    }
+    layer_weights *l = &m->layers[layer];
+    switch (j) {
+    case 7: *elems = h; return &l->attn_norm;
+    case 8: *elems = h; return &l->ffn_norm;
+    case 9: *elems = m->q_dim; return &l->q_bias;
+    case 10: *elems = m->kv_dim; return &l->k_bias;
+    default: *elems = m->kv_dim; return &l->v_bias;
+    }
+}
+
+/* What a weight needs copied: its bytes rounded to whole lines, or 0 (absent, packed, or a tied lm_head,
+ * which shares the embedding's copy). */
+static size_t copy_bytes(const model *m, const weight *w, int64_t elems) {
+    if (!w->data || w->panels || (w == &m->lm_head && m->cfg.tie_word_embeddings)) return 0;
+    return ((size_t)elems * (size_t)dtype_size(w->dtype) + 63) & ~(size_t)63;
+}
+
+int32_t model_own_weights(model *m) {
+    size_t total = 0;
+    int64_t elems;
+    for (int32_t i = 0; i < weight_count(m); i++) {
+        const weight *w = weight_entry(m, i, &elems);
+        total += copy_bytes(m, w, elems);
+    }
+    unsigned char *copy = aligned_alloc(64, total > 0 ? total : 64);
+    if (!copy) return MLR_OUT_OF_MEMORY;
+    size_t at = 0;
+    for (int32_t i = 0; i < weight_count(m); i++) {
+        weight *w = weight_entry(m, i, &elems);
+        const size_t bytes = copy_bytes(m, w, elems);
+        if (bytes > 0) {
+            memcpy(copy + at, w->data, (size_t)elems * (size_t)dtype_size(w->dtype));
+            w->data = copy + at;
+            at += bytes;
+        } else if (w->panels) {
+            w->data = NULL;
+        }
+    }
+    if (m->cfg.tie_word_embeddings && !m->lm_head.panels) m->lm_head.data = m->embed.data;
+    m->owned = copy;
+    return MLR_OK;
+}
+
 void model_free(model *m) {
     free_panels(m);
+    free(m->owned);
+    m->owned = NULL;
     free(m->layers);
     free(m->inv_freq);
     m->layers = NULL;

@@ -39,6 +39,7 @@ typedef struct model {
     layer_weights *layers;        /* [num_layers], owned */
     float *inv_freq;              /* [head_dim / 2] rotary frequencies, llama3 scaling applied; owned */
     int32_t dtype;                /* the matrices' dtype (the default dtype adapters must have) */
+    void *owned;                  /* model_own_weights: the copies the weights point into; owned */
 } model;
 
 /* Resolves every tensor by name and checks it; on failure writes every problem to err and returns
@@ -50,6 +51,12 @@ void model_free(model *m);
 /* Packs every BF16 matrix (the layers' projections and lm_head) in panels, over the pool; MLR_OK, or
  * MLR_OUT_OF_MEMORY (then none is kept). */
 int32_t model_pack_panels(model *m, thread_pool *pool);
+
+/* Copies every tensor the engine reads into memory of its own (one buffer, m->owned) and points the
+ * weights there; a matrix packed in panels keeps only its panels (its data becomes NULL: never read on
+ * the panel path). After it nothing points into the caller's tensors. MLR_OK, or MLR_OUT_OF_MEMORY (then
+ * nothing is changed). */
+int32_t model_own_weights(model *m);
 
 /* Input and output width of a LoRA module id (mlr_lora_module) in this model; 0 when the model has no such
  * module. */

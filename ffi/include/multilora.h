@@ -118,7 +118,7 @@ typedef struct mlr_engine mlr_engine; /* opaque */
 /* One weight tensor of the model, as Hugging Face names it ("model.layers.0.self_attn.q_proj.weight"). */
 typedef struct mlr_tensor {
     const char *name;  /* borrowed for the call */
-    const void *data;  /* borrowed until mlr_destroy: the memory-mapped model file; never written */
+    const void *data;  /* borrowed until mlr_destroy (for the call only with copy_weights); never written */
     int32_t dtype;     /* mlr_float_dtype */
     int32_t ndim;      /* 1 or 2 */
     int64_t shape[2];
@@ -162,12 +162,16 @@ typedef struct mlr_cpu_params {
                                   * KV budget's free room for later prompts that start with the same tokens,
                                   * adapter and lora_scale; 0 off */
     int32_t kv_block_tokens;     /* positions per reused block, 1..4096; default 32 */
+    int32_t copy_weights;        /* 1: the tensors' data is borrowed for the call only: the engine copies what
+                                  * it reads later (every tensor it does not repack into its own layout), so
+                                  * the caller may release that memory, or the file under it may change, once
+                                  * mlr_cpu_create returns; default 0: borrowed until mlr_destroy */
 } mlr_cpu_params;
 
 void mlr_cpu_params_default(mlr_cpu_params *params);
 
 /*
- * Builds a CPU engine over the tensors (no copy) and starts its scheduler thread.
+ * Builds a CPU engine over the tensors (no copy unless copy_weights) and starts its scheduler thread.
  * engine: set on success; owned by the caller, freed with mlr_destroy.
  * err: caller's buffer, filled with every problem found (missing tensors, wrong shapes, unsupported
  * settings) when the status is not MLR_OK.

@@ -289,7 +289,7 @@ export const SERVE_SETTINGS = {
     schema: v.optional(v.picklist(["auto", "map", "copy"] as const), "auto"),
     read: "string",
     group: "general",
-    help: "model weights memory-mapped (map) or read into memory the server owns (copy), so that a model file truncated or rewritten in place cannot crash the server; auto maps read-only files (no write permission) and copies the others",
+    help: "model weights read in place from their memory map (map) or copied into the engine's memory as it starts (copy), so that a model file truncated or rewritten in place while serving cannot crash the server; auto maps read-only files (no write permission) and copies the others",
     arg: "auto|map|copy",
   },
   backend: {

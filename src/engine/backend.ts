@@ -77,10 +77,14 @@ export function openEngine(
     modelType: checkpoint.modelType,
     baseModelName: checkpoint.hf._name_or_path,
     weights:
-      (checkpoint.mapped ? "weights memory-mapped" : "weights read into memory (--model-memory)") +
+      (checkpoint.mapped
+        ? "weights memory-mapped"
+        : "weights copied into the engine's memory (--model-memory)") +
       // the avx512 path packs every BF16 matrix into panels of its own (ffi/cpu/gemm_panels.c)
       (checkpoint.dtype === "BF16" && cpuKernelPath() === "avx512"
-        ? ", BF16 matrices repacked into the engine's memory for its avx512 kernels"
+        ? checkpoint.mapped
+          ? ", BF16 matrices repacked into the engine's memory for its avx512 kernels"
+          : ", BF16 matrices repacked for its avx512 kernels"
         : ""),
   };
 }

@@ -1,15 +1,17 @@
 /**
  * A Hugging Face checkpoint folder opened for the CPU engine: `config.json` checked for what the engine
  * supports (every unsupported field named), and `model.safetensors` (or the shards listed by
- * `model.safetensors.index.json`) memory-mapped, so the engine reads the weights in place, or read into
- * memory the server owns.
+ * `model.safetensors.index.json`) memory-mapped: the engine reads the weights in place from the map, or
+ * (copy) copies what it reads into its own memory while it starts, after which nothing reads the map.
  *
  * Why not always map: a mapping is backed by the file, so a file truncated or rewritten in place while
  * serving (`cp new.safetensors model.safetensors` does exactly that) kills the process with SIGBUS on the
  * next touch of a page that is gone; no check at start prevents a later write, and a SIGBUS cannot be
- * caught safely inside the engine's compute threads. So `auto` maps only files nobody may write without
- * first changing their mode (no write permission bit: `chmod a-w`), and reads the others into owned
- * memory (a copy: the process holds the weights once, the page cache keeps its reclaimable pages).
+ * caught safely inside the engine's compute threads. So `auto` reads in place only files nobody may write
+ * without first changing their mode (no write permission bit: `chmod a-w`), and has the engine copy the
+ * others (the process holds the weights once, the page cache keeps its reclaimable pages; the CPU engine
+ * copies straight from the map, so the weights are never in memory twice, and a file that changes during
+ * those first seconds of start-up is the one window left). A file that cannot be mapped is read instead.
  * Replacing a file by rename (a new inode) is safe either way.
  */
 import { accessSync, constants, existsSync, statSync } from "node:fs";
@@ -77,17 +79,19 @@ export interface Checkpoint {
   /** Largest sequence the model supports with full attention (sliding_window caps it for Mistral). */
   maxSequence: number;
   tensors: CheckpointTensor[];
-  /** The mapped files: they must stay referenced while the engine runs. */
+  /** The weights files (mapped, or read where mapping failed): referenced while the engine reads them. */
   files: SafetensorsFile[];
   /** Bytes of weights. */
   bytes: number;
-  /** Whether the weights are memory-mapped (else read into memory the server owns). */
+  /** Whether the engine reads the weights in place from their memory map while it runs (else it copies
+   * them while it starts: `copy`). */
   mapped: boolean;
 }
 
 const IndexSchema = v.looseObject({ weight_map: v.record(v.string(), v.string()) });
 
-/** How the weights are held: mapped, read into owned memory, or mapped only when the file is read-only. */
+/** How the engine holds the weights: read in place from the map, copied into its memory at start, or read
+ * in place only when the file is read-only (auto). */
 export type ModelMemory = "auto" | "map" | "copy";
 
 /** Opens the checkpoint in `dir`; one error lists every unsupported setting. */
@@ -212,7 +216,16 @@ export function mapsWeights(path: string, memory: ModelMemory): boolean {
 
 function openWeightsFile(path: string, memory: ModelMemory): SafetensorsFile & { mapped: boolean } {
   const mapped = mapsWeights(path, memory);
-  return Object.assign(mapped ? mmapSafetensors(path) : readSafetensors(path), { mapped });
+  return Object.assign(mapped ? mmapSafetensors(path) : mapOrRead(path), { mapped });
+}
+
+/** For an engine that copies the weights as it starts: mapped (no second copy), or read where mapping fails. */
+function mapOrRead(path: string): SafetensorsFile {
+  try {
+    return mmapSafetensors(path);
+  } catch {
+    return readSafetensors(path); // its errors are the clear ones (missing, unreadable, malformed)
+  }
 }
 
 /** Opens model.safetensors, or every shard named by model.safetensors.index.json. */

@@ -51,7 +51,8 @@ export class CpuEngine extends NativeEngine {
     private readonly symbols: NativeSymbols,
     library: string,
     private readonly engineHandle: Pointer,
-    /** Kept referenced: the engine reads the weights from these mappings until close(). */
+    /** The model; a mapped one's files and tensors stay referenced: the engine reads the weights in place
+     * until close(). A copied one keeps only its description (the engine holds its own copy). */
     readonly checkpoint: Checkpoint,
     maxSeqLen: number,
   ) {
@@ -127,6 +128,7 @@ export class CpuEngine extends NativeEngine {
       entry.view.setBigInt64(i * TENSOR.size + TENSOR.offset("shape") + 8, BigInt(t.shape[1] ?? 0), true);
     });
     params.set("tensors", ptr(table)).set("n_tensors", checkpoint.tensors.length);
+    params.set("copy_weights", checkpoint.mapped ? 0 : 1);
 
     const maxSeqLen = Math.min(
       options.maxSeqLen ?? Math.min(4096, checkpoint.maxSequence),
@@ -159,6 +161,14 @@ export class CpuEngine extends NativeEngine {
       });
     }
     const handle = Number(out[0]) as Pointer;
-    return new CpuEngine(lib, library, handle, checkpoint, maxSeqLen);
+    const kept = checkpoint.mapped ? checkpoint : described(checkpoint);
+    return new CpuEngine(lib, library, handle, kept, maxSeqLen);
   }
+}
+
+/** A copied checkpoint without its files and tensor bytes, so that their maps can go once the engine
+ * has its copy. */
+function described(checkpoint: Checkpoint): Checkpoint {
+  const empty = new Uint8Array(0);
+  return { ...checkpoint, files: [], tensors: checkpoint.tensors.map((t) => ({ ...t, data: empty })) };
 }

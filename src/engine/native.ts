@@ -266,6 +266,7 @@ export const CPU_PARAMS = new StructLayout("mlr_cpu_params", [
   ["lora_dtype", "i32"],
   ["kv_cache_reuse", "i32"],
   ["kv_block_tokens", "i32"],
+  ["copy_weights", "i32"],
 ]);
 
 /** Mirrors `mlr_trtllm_params` (negative numbers: TensorRT-LLM's own default). */

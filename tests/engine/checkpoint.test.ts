@@ -1,9 +1,10 @@
 /** Opening Hugging Face checkpoints: single file or shards, what each architecture allows, clear refusals. */
 import { afterAll, describe, expect, test } from "bun:test";
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { closeSync, mkdtempSync, openSync, readFileSync, rmSync, writeFileSync, writeSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { loadCheckpoint } from "../../src/engine/checkpoint.ts";
+import { CpuEngine } from "../../src/engine/cpu-engine.ts";
 import { writeLlamaCheckpoint } from "../../src/engine/random-checkpoint.ts";
 import { readSafetensors } from "../../src/formats/safetensors-reader.ts";
 import { writeSafetensors } from "../../src/formats/safetensors-writer.ts";
@@ -110,4 +111,37 @@ describe("checkpoints", () => {
       /no config.json; give a Hugging Face model folder/,
     );
   });
+});
+
+describe("how the engine holds the weights (--model-memory)", () => {
+  const cases = [
+    { dtype: "BF16", tied: true }, // repacked into panels on the avx512 path; lm_head shares the embedding
+    { dtype: "F32", tied: false },
+  ] as const;
+  for (const { dtype, tied } of cases) {
+    test(`copy keeps the engine's own copy, so the file may change under it; map reads it in place (${dtype}${tied ? ", tied" : ""})`, async () => {
+      const dir = writeLlamaCheckpoint(join(work, `memory-${dtype}`), { ...SPEC, dtype, tied }).dir;
+      const copied = CpuEngine.create(loadCheckpoint(dir, { memory: "copy" }), { threads: 2 });
+      const mapped = CpuEngine.create(loadCheckpoint(dir, { memory: "map" }), { threads: 2 });
+      expect(copied.checkpoint).toMatchObject({ mapped: false, files: [] });
+      expect(mapped.checkpoint.mapped).toBe(true);
+      try {
+        const prompt = [1, 5, 9, 33];
+        const before = copied.forwardLogits(prompt);
+        expect(mapped.forwardLogits(prompt)).toEqual(before);
+        // Every weight byte rewritten in place, the header kept: what copying another checkpoint over it does.
+        const file = join(dir, "model.safetensors");
+        const size = readFileSync(file).length;
+        const header = 8 + Number(readFileSync(file).readBigUInt64LE(0));
+        const fd = openSync(file, "r+");
+        writeSync(fd, Buffer.alloc(size - header, 0x3c), 0, size - header, header);
+        closeSync(fd);
+        expect(copied.forwardLogits(prompt)).toEqual(before);
+        expect(mapped.forwardLogits(prompt)).not.toEqual(before);
+      } finally {
+        await copied.close();
+        await mapped.close();
+      }
+    });
+  }
 });

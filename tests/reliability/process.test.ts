@@ -100,7 +100,7 @@ test("truncating the model file while serving does not crash the server", async 
   }
 }, 30_000);
 
-test("a read-only model file is memory-mapped (--model-memory auto); --model-memory copy reads it", async () => {
+test("a read-only model file is read in place (--model-memory auto); --model-memory copy has the engine copy it", async () => {
   const { mapsWeights } = await import("../../src/engine/checkpoint.ts");
   const dir = writeDemoModel(join(work, "readonly")).dir;
   const file = join(dir, "model.safetensors");
