@@ -13,6 +13,7 @@ const SYMBOLS = {
   mlr_bench_read_bandwidth: { args: [i32, i64, i32], returns: f64 },
   mlr_bench_peak_flops: { args: [i32, i32], returns: f64 },
   mlr_bench_matmul: { args: [cstring, i32, P, P, P, i32, i64, i64, i64], returns: i32 },
+  mlr_bench_lora_expand: { args: [cstring, P, P, P, P, i32, i64, i32, i64], returns: i32 },
 } as const;
 
 export type KernelPath = "portable" | "avx2" | "avx512" | "avx512_bf16";
@@ -71,4 +72,37 @@ export function benchMatmul(
   if (status === 6) return undefined; // MLR_UNSUPPORTED
   if (status !== 0) throw new Error(`mlr_bench_matmul failed with status ${status}`);
   return y;
+}
+
+/**
+ * The engine's LoRA expansion, on one thread: y[t, o] + scale[t] * mid[t, :] . Bt[:, o] for t < nTokens,
+ * on `path` (undefined: the engine's own). Bt holds rank rows of nOut elements (Float32Array for F32,
+ * Uint16Array of bits for F16 / BF16). Returns undefined when this CPU cannot run the path.
+ */
+export function benchLoraExpand(
+  path: KernelPath | undefined,
+  y: Float32Array,
+  mid: Float32Array,
+  scale: Float32Array,
+  bt: Float32Array | Uint16Array,
+  dtype: keyof typeof DTYPE,
+  nTokens: number,
+  rank: number,
+  nOut: number,
+): Float32Array | undefined {
+  const out = y.slice();
+  const status = symbols().mlr_bench_lora_expand(
+    path === undefined ? null : Buffer.from(`${path}\0`),
+    ptr(out),
+    ptr(mid),
+    ptr(scale),
+    ptr(bt),
+    DTYPE[dtype],
+    BigInt(nTokens),
+    rank,
+    BigInt(nOut),
+  );
+  if (status === 6) return undefined; // MLR_UNSUPPORTED
+  if (status !== 0) throw new Error(`mlr_bench_lora_expand failed with status ${status}`);
+  return out;
 }

@@ -259,3 +259,19 @@ int32_t mlr_bench_matmul(const char *path, int32_t threads, float *y, const floa
     free(panels);
     return MLR_OK;
 }
+
+int32_t mlr_bench_lora_expand(const char *path, float *y, const float *mid, const float *scale, const void *bt,
+                              int32_t w_dtype, int64_t n_tokens, int32_t rank, int64_t n_out) {
+    if (!y || !mid || !scale || !bt || n_tokens < 1 || rank < 1 || n_out < 1 || w_dtype < MLR_DTYPE_F32 ||
+        w_dtype > MLR_DTYPE_BF16)
+        return MLR_INVALID_ARGUMENT;
+    kernels k;
+    if (path) {
+        if (!kernels_select_named(&k, path)) return MLR_UNSUPPORTED;
+    } else {
+        kernels_select(&k);
+    }
+    lora_expand(&k, y, n_out, NULL, n_tokens, scale, mid, rank, rank, bt, w_dtype, n_out * dtype_size(w_dtype), 0,
+                n_out);
+    return MLR_OK;
+}

@@ -445,6 +445,13 @@ double mlr_bench_peak_flops(int32_t threads, int32_t kind);
 int32_t mlr_bench_matmul(const char *path, int32_t threads, float *y, const float *x, const void *w, int32_t w_dtype,
                          int64_t n_tokens, int64_t n_in, int64_t n_out);
 
+/* The LoRA expansion as the CPU engine computes it (one thread), on kernel path `path` (NULL: the
+ * engine's): y[t, o] += scale[t] * sum_r mid[t, r] * Bt[r, o] for t < n_tokens, o < n_out, the sum in r
+ * order. y [n_tokens, n_out], mid [n_tokens, rank] f32, Bt [rank, n_out] of w_dtype. MLR_OK;
+ * MLR_UNSUPPORTED when this CPU cannot run the path; MLR_INVALID_ARGUMENT for bad sizes or dtype. */
+int32_t mlr_bench_lora_expand(const char *path, float *y, const float *mid, const float *scale, const void *bt,
+                              int32_t w_dtype, int64_t n_tokens, int32_t rank, int64_t n_out);
+
 /* ============================================================================================== */
 /* Output constraints (structured output): a vocabulary as bytes, compiled programs, matchers      */
 /*

@@ -1,7 +1,7 @@
 /**
- * The CPU engine's matrix product on every kernel path this CPU runs (mlr_bench_matmul): against a float64
- * product of the very values stored, and batch invariance bit for bit (a token's outputs are the same
- * alone, in any batch, at any position of a tile, on any thread count).
+ * The CPU engine's matrix product and LoRA expansion on every kernel path this CPU runs (mlr_bench_matmul,
+ * mlr_bench_lora_expand): against a float64 product of the very values stored, and batch invariance bit for
+ * bit (a token's outputs are the same alone, in any batch, at any position of a tile, on any thread count).
  *
  * Tolerance, max |y - reference| over max |reference| (ffi/cpu/kernels.h lists the paths):
  *   portable, avx2, avx512 (f32 arithmetic, any weight dtype)   1e-5 (avx512's BF16: the panels of gemm_panels.c)
@@ -11,6 +11,7 @@
 import { describe, expect, test } from "bun:test";
 import { readFileSync } from "node:fs";
 import {
+  benchLoraExpand,
   benchMatmul,
   cpuKernelPath,
   KERNEL_PATHS,
@@ -142,6 +143,73 @@ describe("the matrix kernels", () => {
               nOut,
             );
             expect(part).toEqual(all.subarray(from * nOut, (from + count) * nOut));
+          }
+        }
+      });
+    }
+  }
+
+  // The expansion's tiles: 8 / 4 / 2 / 1 tokens x as many 16-lane vectors as make eight chains (gemm.c):
+  // 11 tokens = 8 + 2 + 1, output tails off every vector width (300, 37, 5), ranks 2 to 64.
+  const expansions: [number, number, number][] = [
+    [11, 16, 300],
+    [1, 16, 960],
+    [9, 2, 37],
+    [3, 64, 5],
+  ];
+  for (const path of supported) {
+    for (const dtype of DTYPES) {
+      test(`${path}, ${dtype} LoRA expansion: within 1e-5 of float64, and every token the same alone as in any batch`, () => {
+        for (const [nTokens, rank, nOut] of expansions) {
+          const random = rng(nTokens * 31 + rank * 7 + nOut);
+          const y = Float32Array.from({ length: nTokens * nOut }, () => random() * 2 - 1);
+          const mid = Float32Array.from({ length: nTokens * rank }, () => random() * 2 - 1);
+          const scale = Float32Array.from({ length: nTokens }, () => 0.25 + random());
+          const bt = weights(
+            dtype,
+            Float32Array.from({ length: rank * nOut }, () => random() - 0.5),
+          );
+          const reference = new Float64Array(nTokens * nOut);
+          for (let t = 0; t < nTokens; t++)
+            for (let o = 0; o < nOut; o++) {
+              let s = 0;
+              for (let r = 0; r < rank; r++)
+                s += (mid[t * rank + r] as number) * (bt.exact[r * nOut + o] as number);
+              reference[t * nOut + o] = (y[t * nOut + o] as number) + (scale[t] as number) * s;
+            }
+          const all = benchLoraExpand(
+            path,
+            y,
+            mid,
+            scale,
+            bt.stored,
+            dtype,
+            nTokens,
+            rank,
+            nOut,
+          ) as Float32Array;
+          expect(relative(all, reference)).toBeLessThan(1e-5);
+          for (const [from, count] of [
+            [0, 1],
+            [1, 2],
+            [2, 3],
+            [3, 5],
+            [nTokens - 1, 1],
+          ] as const) {
+            if (from + count > nTokens) continue;
+            const rows = (a: Float32Array, n: number) => a.subarray(from * n, (from + count) * n);
+            const part = benchLoraExpand(
+              path,
+              rows(y, nOut),
+              rows(mid, rank),
+              scale.subarray(from, from + count),
+              bt.stored,
+              dtype,
+              count,
+              rank,
+              nOut,
+            );
+            expect(part).toEqual(rows(all, nOut));
           }
         }
       });
