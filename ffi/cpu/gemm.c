@@ -555,30 +555,69 @@ AVX512 static void expand512(float *const *yr, const float *scale, const float *
     }
 }
 
-INLINE AVX2 void expand256_tile(const int T, float *const *yr, const float *scale, const float *mid, int64_t ldm,
-                                int32_t rank, const unsigned char *bt, int32_t dtype, int64_t bs, int64_t o) {
-    __m256 acc[4];
-    for (int t = 0; t < T; t++) acc[t] = _mm256_setzero_ps();
+/* T tokens x V vectors of 8 outputs from o (whole vectors): T V accumulators (T V <= 8), each a chain of
+ * rank multiply-adds; with the weight vector and T broadcasts they fit AVX2's 16 registers. */
+INLINE AVX2 void expand256_body(const int T, const int V, float *const *yr, const float *scale, const float *mid,
+                                int64_t ldm, int32_t rank, const unsigned char *bt, int32_t dtype, int64_t bs,
+                                int64_t o) {
+    __m256 acc[8];
+#pragma GCC unroll 8
+    for (int j = 0; j < T * V; j++) acc[j] = _mm256_setzero_ps();
     for (int32_t r = 0; r < rank; r++) {
-        const __m256 wv = load256(dtype, bt + r * bs, o);
+        __m256 c[4];
 #pragma GCC unroll 4
-        for (int t = 0; t < T; t++) acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(mid[t * ldm + r]), wv, acc[t]);
+        for (int t = 0; t < T; t++) c[t] = _mm256_set1_ps(mid[t * ldm + r]);
+#pragma GCC unroll 8
+        for (int v = 0; v < V; v++) {
+            const __m256 wv = load256(dtype, bt + r * bs, o + 8 * v);
+#pragma GCC unroll 4
+            for (int t = 0; t < T; t++) acc[t * V + v] = _mm256_fmadd_ps(c[t], wv, acc[t * V + v]);
+        }
     }
+#pragma GCC unroll 4
     for (int t = 0; t < T; t++) {
-        const __m256 yv = _mm256_loadu_ps(yr[t] + o);
-        _mm256_storeu_ps(yr[t] + o, _mm256_add_ps(yv, _mm256_mul_ps(_mm256_set1_ps(scale[t]), acc[t])));
+        const __m256 sc = _mm256_set1_ps(scale[t]);
+#pragma GCC unroll 8
+        for (int v = 0; v < V; v++) {
+            float *y = yr[t] + o + 8 * v;
+            _mm256_storeu_ps(y, _mm256_add_ps(_mm256_loadu_ps(y), _mm256_mul_ps(sc, acc[t * V + v])));
+        }
     }
 }
 
+#define EXPAND256(T, V)                                                                                      \
+    AVX2 static void expand256_##T##x##V(float *const *yr, const float *scale, const float *mid, int64_t ldm, \
+                                         int32_t rank, const unsigned char *bt, int32_t dtype, int64_t bs,     \
+                                         int64_t o) {                                                          \
+        expand256_body(T, V, yr, scale, mid, ldm, rank, bt, dtype, bs, o);                                    \
+    }
+EXPAND256(4, 1) EXPAND256(4, 2) EXPAND256(2, 1) EXPAND256(2, 2) EXPAND256(2, 3) EXPAND256(2, 4) EXPAND256(1, 1)
+EXPAND256(1, 2) EXPAND256(1, 3) EXPAND256(1, 4) EXPAND256(1, 5) EXPAND256(1, 6) EXPAND256(1, 7) EXPAND256(1, 8)
+
+typedef void (*expand256_fn)(float *const *, const float *, const float *, int64_t, int32_t, const unsigned char *,
+                             int32_t, int64_t, int64_t);
+static const expand256_fn expand256_tiles[5][9] = {
+    [1] = {[1] = expand256_1x1, [2] = expand256_1x2, [3] = expand256_1x3, [4] = expand256_1x4, [5] = expand256_1x5,
+           [6] = expand256_1x6, [7] = expand256_1x7, [8] = expand256_1x8},
+    [2] = {[1] = expand256_2x1, [2] = expand256_2x2, [3] = expand256_2x3, [4] = expand256_2x4},
+    [4] = {[1] = expand256_4x1, [2] = expand256_4x2},
+};
+
+/* n <= 8 tokens in tiles of 4, 2, 1 tokens over the whole vectors of outputs (8 / T at a time), then the
+ * outputs past the last whole vector one at a time with the same lane arithmetic. */
 AVX2 static void expand256(float *const *yr, const float *scale, const float *mid, int64_t ldm, int32_t rank,
                            const unsigned char *bt, int32_t dtype, int64_t bs, int64_t n, int64_t o0, int64_t o1) {
-    int64_t o = o0;
-    for (; o + 8 <= o1; o += 8) {
-        int64_t i = 0;
-        for (; i + 4 <= n; i += 4) expand256_tile(4, yr + i, scale + i, mid + i * ldm, ldm, rank, bt, dtype, bs, o);
-        for (; i < n; i++) expand256_tile(1, yr + i, scale + i, mid + i * ldm, ldm, rank, bt, dtype, bs, o);
+    const int64_t whole = o0 + (o1 - o0) / 8 * 8;
+    for (int64_t i = 0; i < n;) {
+        const int T = n - i >= 4 ? 4 : n - i >= 2 ? 2 : 1;
+        for (int64_t o = o0; o < whole; o += 8 * (8 / T)) {
+            const int64_t left = (whole - o) / 8;
+            const int V = left < 8 / T ? (int)left : 8 / T;
+            expand256_tiles[T][V](yr + i, scale + i, mid + i * ldm, ldm, rank, bt, dtype, bs, o);
+        }
+        i += T;
     }
-    for (; o < o1; o++) { /* the same lane arithmetic, one element at a time */
+    for (int64_t o = whole; o < o1; o++) {
         for (int64_t i = 0; i < n; i++) {
             float acc = 0.0f;
             for (int32_t r = 0; r < rank; r++) acc = fmaf(mid[i * ldm + r], weight_at(bt + r * bs, dtype, o), acc);
