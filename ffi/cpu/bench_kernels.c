@@ -228,7 +228,14 @@ double mlr_bench_peak_flops(int32_t threads, int32_t kind) {
 }
 
 /* ---------------------------------------------------------------------------------------------- */
-/* the engine's matrix product */
+/* the engine's matrix product and LoRA expansion */
+
+/* The kernels of `path`, or the engine's own for NULL; 0 when this CPU cannot run the path. */
+static int kernels_for(kernels *k, const char *path) {
+    if (path) return kernels_select_named(k, path);
+    kernels_select(k);
+    return 1;
+}
 
 int32_t mlr_bench_matmul(const char *path, int32_t threads, float *y, const float *x, const void *w, int32_t w_dtype,
                          int64_t n_tokens, int64_t n_in, int64_t n_out) {
@@ -236,11 +243,7 @@ int32_t mlr_bench_matmul(const char *path, int32_t threads, float *y, const floa
         w_dtype > MLR_DTYPE_BF16)
         return MLR_INVALID_ARGUMENT;
     kernels k;
-    if (path) {
-        if (!kernels_select_named(&k, path)) return MLR_UNSUPPORTED;
-    } else {
-        kernels_select(&k);
-    }
+    if (!kernels_for(&k, path)) return MLR_UNSUPPORTED;
     const int pack = k.panels && w_dtype == MLR_DTYPE_BF16;
     uint16_t *buf = malloc((size_t)gemm_prepare_elems(n_tokens, n_in) * sizeof(uint16_t));
     uint16_t *panels = pack ? aligned_alloc(64, (size_t)panels_elems(n_out, n_in) * sizeof(uint16_t)) : NULL;
@@ -266,11 +269,7 @@ int32_t mlr_bench_lora_expand(const char *path, float *y, const float *mid, cons
         w_dtype > MLR_DTYPE_BF16)
         return MLR_INVALID_ARGUMENT;
     kernels k;
-    if (path) {
-        if (!kernels_select_named(&k, path)) return MLR_UNSUPPORTED;
-    } else {
-        kernels_select(&k);
-    }
+    if (!kernels_for(&k, path)) return MLR_UNSUPPORTED;
     lora_expand(&k, y, n_out, NULL, n_tokens, scale, mid, rank, rank, bt, w_dtype, n_out * dtype_size(w_dtype), 0,
                 n_out);
     return MLR_OK;
