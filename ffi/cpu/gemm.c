@@ -529,9 +529,9 @@ EXPAND512(8, 1) EXPAND512(4, 1) EXPAND512(4, 2) EXPAND512(2, 1) EXPAND512(2, 2) 
 EXPAND512(1, 1) EXPAND512(1, 2) EXPAND512(1, 3) EXPAND512(1, 4) EXPAND512(1, 5) EXPAND512(1, 6) EXPAND512(1, 7)
 EXPAND512(1, 8)
 
-typedef void (*expand_fn)(float *const *, const float *, const float *, int64_t, int32_t, const unsigned char *,
-                          int32_t, int64_t, int64_t, __mmask16);
-static const expand_fn expand512_tiles[9][9] = {
+typedef void (*expand512_fn)(float *const *, const float *, const float *, int64_t, int32_t, const unsigned char *,
+                             int32_t, int64_t, int64_t, __mmask16);
+static const expand512_fn expand512_tiles[9][9] = {
     [1] = {[1] = expand512_1x1, [2] = expand512_1x2, [3] = expand512_1x3, [4] = expand512_1x4, [5] = expand512_1x5,
            [6] = expand512_1x6, [7] = expand512_1x7, [8] = expand512_1x8},
     [2] = {[1] = expand512_2x1, [2] = expand512_2x2, [3] = expand512_2x3, [4] = expand512_2x4},
